@@ -1,0 +1,183 @@
+"""Settings and where they come from.
+
+Precedence, highest first: command-line flags, `PIPELINED_*` environment
+variables, the TOML config file, the defaults below. `parse(text)` is pure;
+`resolve()` gathers the layers; `Config.validate()` names the bad field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pipelined.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_STAGES",
+    "Config",
+    "default_config_path",
+    "default_db_path",
+    "parse",
+    "resolve",
+]
+
+DEFAULT_STAGES = ("1_backlog", "2_current", "4_merge")
+STAGE_NAME = re.compile(r"^[0-9]+_[A-Za-z0-9][A-Za-z0-9_-]*$")
+LOG_FORMATS = ("auto", "console", "json", "logfmt")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the daemon and the commands, with its default."""
+
+    root: Path = field(default_factory=Path.cwd)
+    db: Path | None = None  # None: derived from root, see default_db_path()
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    settle_ms: int = 100  # quiet time across the whole tree before a flush
+    settle_cap_ms: int = 3000  # a burst that never goes quiet is flushed after this
+    delete_grace_ms: int = 300  # a vanished story must stay absent this long
+    git_lock_cap_s: float = 10.0  # wait at most this long for .git/index.lock to go
+    max_file_bytes: int = 1024 * 1024
+    rescan_interval_s: float = 300.0  # safety-net stat pass
+    writer_queue: int = 64  # batches waiting for the writer before back-pressure
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def validate(self) -> Config:
+        """Return self, or raise ConfigError naming the first bad field."""
+        if not self.stages:
+            raise ConfigError("stages", list(self.stages), "at least one stage is needed")
+        for stage in self.stages:
+            if not STAGE_NAME.match(stage):
+                raise ConfigError("stages", stage, "a stage is named <digits>_<name>")
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError("stages", list(self.stages), "a stage is listed twice")
+        for name in ("settle_ms", "settle_cap_ms", "max_file_bytes", "writer_queue"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, getattr(self, name), "must be positive")
+        if self.delete_grace_ms < 0:
+            raise ConfigError("delete_grace_ms", self.delete_grace_ms, "must not be negative")
+        if self.settle_cap_ms < self.settle_ms:
+            raise ConfigError("settle_cap_ms", self.settle_cap_ms, "must be >= settle_ms")
+        if self.rescan_interval_s <= 0 or self.git_lock_cap_s < 0:
+            raise ConfigError("rescan_interval_s", self.rescan_interval_s, "must be positive")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("log_format", self.log_format, f"one of {', '.join(LOG_FORMATS)}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level", self.log_level, "one of debug, info, warning, error")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        """The database file: the configured one, or one named after the root."""
+        return self.db if self.db is not None else default_db_path(self.root)
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    if env.get("STATE_DIRECTORY"):
+        # systemd may pass several, colon-separated; the first is ours.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pipelined"
+
+
+def default_db_path(root: Path, env: Mapping[str, str] | None = None) -> Path:
+    """`<state dir>/<root name>-<hash of the absolute root>.db`: two roots never share."""
+    absolute = root.resolve()
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", absolute.name) or "root"
+    return _state_dir(os.environ if env is None else env) / f"{name}-{digest}.db"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CONFIG_HOME/pipelined/config.toml` (or `~/.config/...`)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "pipelined" / "config.toml"
+
+
+_CASTS: dict[str, Any] = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: object) -> object:
+    """Turn a TOML or environment value into the field's type, or raise ConfigError."""
+    try:
+        if name in ("root",):
+            return Path(str(value)).expanduser()
+        if name == "db":
+            return Path(str(value)).expanduser() if value not in (None, "") else None
+        if name == "stages":
+            if isinstance(value, str):
+                return tuple(s.strip() for s in value.split(",") if s.strip())
+            if isinstance(value, list | tuple) and all(isinstance(s, str) for s in value):
+                return tuple(value)
+            raise ValueError("a list of folder names")
+        if name in ("settle_ms", "settle_cap_ms", "delete_grace_ms", "max_file_bytes",
+                    "writer_queue"):
+            if isinstance(value, bool):
+                raise ValueError("an integer")
+            return int(str(value)) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+        if name in ("rescan_interval_s", "git_lock_cap_s"):
+            if isinstance(value, bool):
+                raise ValueError("a number")
+            return float(value)  # type: ignore[arg-type]
+        if name in ("log_format", "log_level"):
+            if not isinstance(value, str):
+                raise ValueError("a string")
+            return value.lower()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(name, value, f"expected {exc}" if str(exc) else "wrong type") from None
+    raise ConfigError(name, value, "unknown setting")
+
+
+def parse(text: str, source: str = "config") -> dict[str, object]:
+    """Parse TOML config text into typed settings; unknown keys are errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML ({exc})") from None
+    return {key: _coerce(key, value) for key, value in raw.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, object]:
+    settings: dict[str, object] = {}
+    for name in _CASTS:
+        value = env.get(f"PIPELINED_{name.upper()}")
+        if value is not None and value != "":
+            settings[name] = _coerce(name, value)
+    return settings
+
+
+def resolve(
+    flags: Mapping[str, object],
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Layer flags over environment over config file over defaults, then validate.
+
+    `config_file` is an explicit path (it must exist); without one,
+    `$PIPELINED_CONFIG` or the default path is read when it exists.
+    """
+    env = os.environ if env is None else env
+    path = config_file
+    explicit = path is not None
+    if path is None and env.get("PIPELINED_CONFIG"):
+        path, explicit = Path(env["PIPELINED_CONFIG"]), True
+    if path is None:
+        path = default_config_path(env)
+    settings: dict[str, object] = {}
+    if explicit or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("config", str(path), f"cannot read it ({exc})") from None
+        settings.update(parse(text, source=str(path)))
+    settings.update(_from_env(env))
+    settings.update({k: _coerce(k, v) for k, v in flags.items() if v is not None})
+    return replace(Config(), **settings).validate()  # type: ignore[arg-type]

@@ -1,0 +1,318 @@
+"""The daemon's lifecycle: lock, migrate, load, watch, stat pass, apply, stop.
+
+The only module that wires threads:
+
+- main thread: signals, the watches (it alone schedules them), health checks;
+- watchdog observer: `StoryEventHandler` hands ids to the `Coalescer`;
+- apply thread (`ApplyLoop`): the only owner of the pycrdt document and the
+  content map's writes; one reconcile per settled burst, one batch each;
+- writer thread (`Writer`): the only writer of the database.
+
+Shutdown runs in a fixed order: stop the watcher, settle what is pending,
+drain the writer (which checkpoints), release the lock. A second SIGTERM
+skips the final flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from pipelined.config import Config
+from pipelined.content import ContentMap
+from pipelined.errors import PipelinedError, RootError
+from pipelined.layout import FileSignature, find_git_dir
+from pipelined.notify import Notifier
+from pipelined.state import PipelineState
+from pipelined.store.connection import open_writer
+from pipelined.store.load import Persisted, load_persisted
+from pipelined.store.lock import DaemonLock
+from pipelined.store.migrations import apply_migrations
+from pipelined.store.writer import Writer
+from pipelined.sync import KnownFile, Reconciler, SyncResult
+from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
+
+__all__ = ["ApplyLoop", "Daemon", "check_root"]
+
+log = structlog.get_logger("pipelined.daemon")
+
+HEALTH_EVERY_S = 0.5
+DEFERRED_POLL_S = 0.05
+
+
+def check_root(config: Config) -> Path:
+    """The absolute root, or RootError if it or a stage folder is missing."""
+    root = config.root.expanduser()
+    if not root.is_dir():
+        raise RootError(root, "no such folder (set --root or PIPELINED_ROOT)")
+    root = root.resolve()
+    for stage in config.stages:
+        if not (root / stage).is_dir():
+            raise RootError(root / stage, "stage folder is missing "
+                            f"(create it, or set --stages; watched: {','.join(config.stages)})")
+    return root
+
+
+class ApplyLoop(threading.Thread):
+    """Owns the pipeline state: loads it, reconciles settled bursts, hands batches on."""
+
+    def __init__(self, config: Config, root: Path, persisted: Persisted,
+                 coalescer: Coalescer, writer: Writer) -> None:
+        super().__init__(name="pipelined-apply", daemon=True)
+        self.config = config
+        self.root = root
+        self.persisted = persisted
+        self.coalescer = coalescer
+        self.writer = writer
+        self.git_dir = find_git_dir(root)
+        self.ready = threading.Event()
+        self.skip_flush = threading.Event()
+        self.failed: BaseException | None = None
+        self.stories = 0
+        self.last_flush_monotonic = time.monotonic()
+        self._deferred: dict[str, float] = {}
+        self._reconciler: Reconciler | None = None
+
+    # -- startup -------------------------------------------------------------------
+
+    def _startup(self) -> Reconciler:
+        started = time.monotonic()
+        p = self.persisted
+        state = PipelineState(p.client_id)
+        applied = state.load(p.updates)
+        content = ContentMap(p.contents)
+        known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), winner)
+                 for path, sid, stage, mtime, size, inode, winner in p.signatures}
+        reconciler = Reconciler(self.root, self.config.stages, state, content, known,
+                                self.config.max_file_bytes, p.high_water)
+        doc_ids = state.ids()
+        row_ids = set(content.all_content_ids())
+        mismatch = doc_ids ^ row_ids
+        if mismatch:
+            log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
+                        count=len(mismatch))
+        loaded_ms = int((time.monotonic() - started) * 1000)
+        touched, stat_checked = reconciler.changed_ids()
+        result = reconciler.reconcile(touched, confirm_absent=not self._git_busy(),
+                                      repair=mismatch)
+        if p.client_id_is_new:
+            result.batch.meta["client_id"] = str(p.client_id)
+        self._defer(result)
+        seq = self.writer.submit(result.batch)
+        self.writer.wait_committed(seq)
+        self.stories = len(state)
+        log.info("daemon.startup", stories_loaded=len(doc_ids), crdt_updates=applied,
+                 files_stat_checked=stat_checked, files_reread=result.files_read,
+                 created=result.created, updated=result.updated, moved=result.moved,
+                 deleted=result.deleted, load_ms=loaded_ms,
+                 ms=int((time.monotonic() - started) * 1000))
+        self.persisted = Persisted(p.client_id, False)  # drop the loaded bytes
+        return reconciler
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._reconciler = self._startup()
+        except BaseException as exc:  # reported by the main thread
+            self.failed = exc
+            log.exception("apply.startup_failed")
+            return
+        self.ready.set()
+        last_rescan = time.monotonic()
+        while True:
+            timeout = DEFERRED_POLL_S if self._deferred else 1.0
+            settled = self.coalescer.take(timeout)
+            if settled.stopping and self.skip_flush.is_set():
+                return
+            try:
+                if time.monotonic() - last_rescan >= self.config.rescan_interval_s:
+                    settled.rescan = True
+                if settled.rescan:
+                    last_rescan = time.monotonic()
+                self._flush(settled.story_ids, settled.rescan)
+                self._confirm_deletes(final=settled.stopping)
+            except Exception:  # noqa: BLE001 - one bad flush must not stop the daemon
+                log.exception("apply.flush_failed")
+                time.sleep(1.0)
+                self.coalescer.request_rescan()
+            if settled.stopping:
+                return
+
+    def _flush(self, story_ids: set[str], rescan: bool) -> None:
+        reconciler = self._reconciler
+        assert reconciler is not None
+        if rescan:
+            changed, checked = reconciler.changed_ids()
+            log.info("sync.rescan", files_stat_checked=checked, changed=len(changed))
+            story_ids = story_ids | changed
+        if not story_ids:
+            return
+        started = time.monotonic()
+        result = reconciler.reconcile(story_ids, confirm_absent=False)
+        for story_id in story_ids - result.absent:
+            self._deferred.pop(story_id, None)
+        self._defer(result)
+        self._submit(result, started, len(story_ids))
+
+    def _confirm_deletes(self, *, final: bool) -> None:
+        """Delete vanished stories once they stayed absent through a quiet period."""
+        if not self._deferred or final:
+            return
+        now = time.monotonic()
+        grace = self.config.delete_grace_ms / 1000
+        if self.coalescer.quiet_for() < grace:
+            return
+        due = {sid for sid, since in self._deferred.items() if now - since >= grace}
+        if not due:
+            return
+        if self._git_busy():
+            oldest = min(self._deferred[sid] for sid in due)
+            if now - oldest < self.config.git_lock_cap_s:
+                return  # git is mid-operation: its creates may still come
+            log.warning("sync.git_lock_cap", waited_s=round(now - oldest, 1))
+        assert self._reconciler is not None
+        started = time.monotonic()
+        result = self._reconciler.reconcile(due, confirm_absent=True)
+        for story_id in due:
+            self._deferred.pop(story_id, None)
+        self._submit(result, started, len(due))
+
+    def _defer(self, result: SyncResult) -> None:
+        now = time.monotonic()
+        for story_id in result.absent:
+            self._deferred.setdefault(story_id, now)
+
+    def _submit(self, result: SyncResult, started: float, touched: int) -> None:
+        assert self._reconciler is not None
+        self.writer.submit(result.batch)
+        self.stories = len(self._reconciler.state)
+        self.last_flush_monotonic = time.monotonic()
+        if result.batch.upserts or result.batch.deletes:
+            log.debug("sync.flushed", touched=touched, read=result.files_read,
+                      rows=len(result.batch.upserts), deletes=len(result.batch.deletes),
+                      ms=int((time.monotonic() - started) * 1000))
+
+    def _git_busy(self) -> bool:
+        return self.git_dir is not None and (self.git_dir / "index.lock").exists()
+
+
+class Daemon:
+    """`pipelined run`: everything from the lock to exit 0."""
+
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self._stop = threading.Event()
+        self._signals = 0
+        self._watches_dirty = threading.Event()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        else:
+            log.warning("daemon.stopping_now", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        started = time.monotonic()
+        root = check_root(self.config)
+        db_path = self.config.db_path
+        lock = DaemonLock(db_path)
+        lock.acquire()
+        try:
+            return self._run_locked(root, db_path, started)
+        finally:
+            lock.release()
+
+    def _run_locked(self, root: Path, db_path: Path, started: float) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        conn = open_writer(db_path)
+        try:
+            applied = apply_migrations(conn, db_path)
+            persisted = load_persisted(conn)
+        finally:
+            conn.close()
+        if applied:
+            log.info("db.migrated", db=str(db_path), applied=applied)
+        writer = Writer(lambda: open_writer(db_path), self.config.writer_queue)
+        writer.start()
+        coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
+        handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
+        overflow = OverflowHook(coalescer)
+        logging.getLogger("watchdog").addHandler(overflow)
+        watcher = StageWatcher(root, self.config.stages, handler)
+        watcher.start()  # before the stat pass, so nothing during startup is missed
+        apply = ApplyLoop(self.config, root, persisted, coalescer, writer)
+        apply.start()
+        try:
+            if not self._wait_ready(apply):
+                if apply.failed is not None:
+                    raise apply.failed
+            else:
+                log.info("daemon.ready", root=str(root), db=str(db_path),
+                         stories=apply.stories, ms=int((time.monotonic() - started) * 1000))
+                self.notifier.send("READY=1", f"STATUS=in sync: {apply.stories} stories")
+                self._health_loop(apply, writer, watcher, coalescer)
+        finally:
+            self.notifier.send("STOPPING=1")
+            self._shutdown(apply, writer, watcher, coalescer)
+            logging.getLogger("watchdog").removeHandler(overflow)
+        if apply.failed is not None and not isinstance(apply.failed, PipelinedError):
+            return 1
+        log.info("daemon.stopped")
+        return 0
+
+    def _wait_ready(self, apply: ApplyLoop) -> bool:
+        while not self._stop.is_set():
+            if apply.ready.wait(HEALTH_EVERY_S):
+                return True
+            if not apply.is_alive():
+                return False
+        return False
+
+    def _health_loop(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
+                     coalescer: Coalescer) -> None:
+        last_watch_check = time.monotonic()
+        while not self._stop.wait(HEALTH_EVERY_S if not self._watches_dirty.is_set() else 0.01):
+            if not apply.is_alive() or not writer.is_alive():
+                log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
+                apply.failed = apply.failed or RuntimeError("a daemon thread died")
+                return
+            if not watcher.is_alive():
+                log.error("watch.observer_died")
+                watcher.restart()
+                coalescer.request_rescan()
+            now = time.monotonic()
+            if self._watches_dirty.is_set() or now - last_watch_check >= 2.0:
+                self._watches_dirty.clear()
+                last_watch_check = now
+                if watcher.ensure_watches():
+                    log.info("watch.stages_rewatched")
+                    coalescer.request_rescan()
+
+    def _shutdown(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
+                  coalescer: Coalescer) -> None:
+        try:
+            watcher.stop()
+        except Exception:  # noqa: BLE001 - keep shutting down
+            log.exception("watch.stop_failed")
+        if self._signals > 1:
+            apply.skip_flush.set()
+        coalescer.stop()
+        while apply.is_alive():
+            apply.join(HEALTH_EVERY_S)
+            if self._signals > 1:
+                apply.skip_flush.set()
+                break
+        if self._signals > 1:
+            writer.abandon()
+        writer.close(timeout=None if self._signals <= 1 else 5.0)

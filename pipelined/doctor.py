@@ -1,0 +1,80 @@
+"""`pipelined doctor`: database vs pipeline state vs folders.
+
+Reads the database read-only, rebuilds the pipeline state from the persisted
+pycrdt updates in a throw-away document, and stats the stage folders. Never
+writes anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from pipelined.layout import stat_pass
+from pipelined.store import queries
+
+__all__ = ["diagnose"]
+
+
+def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
+    from pipelined.state import PipelineState  # pycrdt only when doctor runs
+
+    state = PipelineState(client_id=1)
+    state.load(bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq"))
+    return state.to_dict()
+
+
+def diagnose(conn: apsw.Connection, root: Path | None, stages: tuple[str, ...]) -> dict[str, Any]:
+    """Every problem found, grouped; `ok` is False when any group is not empty."""
+    rows = queries.story_rows(conn)
+    state = _state_from_db(conn)
+    mismatch: list[dict[str, str]] = []
+    for story_id in sorted(set(rows) | set(state)):
+        row, doc = rows.get(story_id), state.get(story_id)
+        if row is None:
+            mismatch.append({"id": story_id, "problem": "in the pipeline state, no row"})
+            continue
+        if doc is None:
+            mismatch.append({"id": story_id, "problem": "row not in the pipeline state"})
+            continue
+        for key, value in doc.items():
+            row_value = row.get(key)
+            if key == "depends_on" and row_value is not None:
+                import json
+
+                row_value = json.dumps(row_value)
+                value = json.dumps(json.loads(value)) if value else value
+            if row_value != value:
+                mismatch.append({"id": story_id,
+                                 "problem": f"{key}: row has {row_value!r}, state {value!r}"})
+    drift: list[dict[str, str]] = []
+    if root is not None:
+        known = {path: (sid, mtime, size, inode) for path, sid, mtime, size, inode in
+                 conn.execute("SELECT path, story_id, mtime_ns, size, inode FROM file_signatures")}
+        seen: set[str] = set()
+        for story_file in stat_pass(root, stages):
+            path = story_file.rel_path
+            seen.add(path)
+            sig = story_file.signature
+            record = known.get(path)
+            if record is None:
+                drift.append({"path": path, "problem": "file not in the database"})
+            elif record[1:] != (sig.mtime_ns, sig.size, sig.inode):
+                drift.append({"path": path, "problem": "file changed since the last sync"})
+        drift.extend({"path": path, "problem": "in the database, no such file"}
+                     for path in sorted(set(known) - seen))
+        with_files = {known[p][0] for p in seen if p in known}
+        drift.extend({"path": story_id, "problem": "story has no file"}
+                     for story_id in sorted(set(rows) - with_files) if rows[story_id])
+    report = {
+        "conflicts": queries.conflicts(conn),
+        "parse_errors": queries.parse_errors(conn),
+        "drift": drift,
+        "state_mismatch": mismatch,
+        "stories": len(rows),
+    }
+    report["ok"] = not any(report[k] for k in ("conflicts", "parse_errors", "drift",
+                                                "state_mismatch"))
+    return report

@@ -1,0 +1,52 @@
+"""What one settled burst asks the database to do, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Batch", "RowUpsert", "SignatureRow"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpsert:
+    """A story's full row: metadata equal to the pipeline state, content equal to the file."""
+
+    story_id: str
+    stage: str
+    fields: dict[str, Any]  # name, agent, retry_count, blocked, depends_on
+    content: str | None
+    extra: dict[str, Any]
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureRow:
+    """One story file as last seen on disk."""
+
+    path: str  # '<stage>/<id>.md'
+    story_id: str
+    stage: str
+    mtime_ns: int
+    size: int
+    inode: int
+    winner: bool
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one flush changes; committed in one SQLite transaction."""
+
+    crdt_update: bytes | None = None
+    upserts: list[RowUpsert] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    signatures: list[SignatureRow] = field(default_factory=list)
+    signature_drops: list[str] = field(default_factory=list)
+    high_water: int | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.crdt_update or self.upserts or self.deletes or self.signatures
+            or self.signature_drops or self.high_water is not None or self.meta
+        )

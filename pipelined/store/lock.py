@@ -1,0 +1,73 @@
+"""The single-instance lock: one daemon per database.
+
+A POSIX record lock on `<db>.lock`, held for the daemon's life. The kernel
+drops it when the process dies (even by SIGKILL), so a stale lock file never
+blocks the next start. `holder()` asks the kernel who holds it (F_GETLK)
+without taking it, so `status` never races a starting daemon.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from pathlib import Path
+
+from pipelined.errors import DatabaseBusy, DatabaseError
+
+__all__ = ["DaemonLock", "holder", "lock_path"]
+
+# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len,
+# pid_t l_pid (native alignment, padded to 8 bytes).
+_FLOCK = "hhqqixxxx"
+
+
+def lock_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".lock")
+
+
+def holder(db_path: Path) -> int | None:
+    """The pid of the daemon holding the database's lock, or None."""
+    path = lock_path(db_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        l_type, _whence, _start, _len, pid = struct.unpack(_FLOCK, answer)
+        return int(pid) if l_type != fcntl.F_UNLCK else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class DaemonLock:
+    """Held while the daemon runs; `acquire()` raises DatabaseBusy if taken."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.path = lock_path(db_path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatabaseError(self.db_path, f"cannot create lock file ({exc})") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DatabaseBusy(self.db_path, holder(self.db_path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,83 @@
+"""Schema migrations: plain SQL files applied in order, each in a transaction.
+
+The files live in the top-level `migrations/` folder of the source tree and
+ship inside the wheel as `pipelined/migrations/`. Each applied file is recorded
+with a SHA-256 checksum; a database holding a migration this code does not
+know (a newer pipelined wrote it) or one whose text changed is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import apsw
+
+from pipelined.errors import MigrationError
+
+__all__ = ["Migration", "apply_migrations", "known_migrations", "migrations_folder"]
+
+_NAME = re.compile(r"^[0-9]{4}_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def migrations_folder() -> Path:
+    """The packaged folder in a wheel; the top-level folder in a source checkout."""
+    packaged = Path(str(resources.files("pipelined"))) / "migrations"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def known_migrations(folder: Path | None = None) -> list[Migration]:
+    folder = folder or migrations_folder()
+    files = sorted(p for p in folder.glob("*.sql") if _NAME.match(p.name))
+    return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
+
+
+def apply_migrations(
+    conn: apsw.Connection, db_path: Path, migrations: list[Migration] | None = None
+) -> list[str]:
+    """Apply pending migrations in order; return the names applied."""
+    migrations = known_migrations() if migrations is None else migrations
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations("
+        "name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    applied = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
+    by_name = {m.name: m for m in migrations}
+    unknown = sorted(set(applied) - set(by_name))
+    if unknown:
+        raise MigrationError(
+            db_path, f"it has migration {unknown[-1]} that this pipelined does not know "
+            "(written by a newer version); upgrade pipelined"
+        )
+    for name, checksum in applied.items():
+        if by_name[name].checksum != checksum:
+            raise MigrationError(db_path, f"migration {name} changed since it was applied")
+    done: list[str] = []
+    for migration in migrations:
+        if migration.name in applied:
+            continue
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        with conn:  # one transaction per migration
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations(name, checksum, applied_at) VALUES (?, ?, ?)",
+                (migration.name, migration.checksum, now),
+            )
+        done.append(migration.name)
+    return done

@@ -1,0 +1,121 @@
+"""Read queries over a read-only connection: what the commands show.
+
+Imports nothing heavy (no watchdog, no pycrdt) so short CLI calls stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import apsw
+
+__all__ = [
+    "conflicts",
+    "counts_by_stage",
+    "get_story",
+    "list_stories",
+    "meta",
+    "parse_errors",
+    "story_rows",
+]
+
+_ITEM_COLUMNS = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
+                 "created_at", "updated_at")
+
+
+def _item(row: tuple[Any, ...]) -> dict[str, Any]:
+    item = dict(zip(_ITEM_COLUMNS, row, strict=True))
+    item["blocked"] = None if item["blocked"] is None else bool(item["blocked"])
+    item["depends_on"] = json.loads(item["depends_on"]) if item["depends_on"] else None
+    return item
+
+
+def _number_key(story_id: str) -> tuple[int, str]:
+    number, _, _rest = story_id.partition("_")
+    return (int(number) if number.isdigit() else 0, story_id)
+
+
+def list_stories(
+    conn: apsw.Connection,
+    stage: str | None = None,
+    agent: str | None = None,
+    blocked: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Stories without content, ordered by stage then number."""
+    where, params = [], []
+    if stage is not None:
+        where.append("stage = ?")
+        params.append(stage)
+    if agent is not None:
+        where.append("agent = ?")
+        params.append(agent)
+    if blocked is not None:
+        where.append("coalesce(blocked, 0) = ?")
+        params.append(int(blocked))
+    sql = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM pipeline_items"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    items = [_item(row) for row in conn.execute(sql, params)]
+    items.sort(key=lambda i: (i["stage"], _number_key(i["id"])))
+    return items
+
+
+def get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
+    """One story: fields, content, extra keys, errors, files on disk."""
+    row = conn.execute(
+        f"SELECT {', '.join(_ITEM_COLUMNS)}, content FROM pipeline_items WHERE id = ?",
+        (story_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    item = _item(row[:-1])
+    item["content"] = row[-1]
+    extra = conn.execute("SELECT extra, errors FROM story_extras WHERE id = ?",
+                         (story_id,)).fetchone()
+    item["extra"] = json.loads(extra[0]) if extra else {}
+    item["errors"] = json.loads(extra[1]) if extra and extra[1] else []
+    item["files"] = [
+        {"path": path, "winner": bool(winner)} for path, winner in conn.execute(
+            "SELECT path, winner FROM file_signatures WHERE story_id = ? "
+            "ORDER BY winner DESC, path", (story_id,))
+    ]
+    return item
+
+
+def story_rows(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
+    """Every row's metadata, keyed by id (for doctor)."""
+    return {item["id"]: item for item in list_stories(conn)}
+
+
+def counts_by_stage(conn: apsw.Connection) -> dict[str, int]:
+    return dict(conn.execute(
+        "SELECT stage, count(*) FROM pipeline_items GROUP BY stage ORDER BY stage").fetchall())
+
+
+def meta(conn: apsw.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM daemon_meta").fetchall())
+
+
+def conflicts(conn: apsw.Connection) -> list[dict[str, Any]]:
+    """Ids present in more than one stage: the followed file and the others."""
+    found: dict[str, dict[str, Any]] = {}
+    for story_id, path, winner in conn.execute(
+        "SELECT story_id, path, winner FROM file_signatures WHERE story_id IN "
+        "(SELECT story_id FROM file_signatures GROUP BY story_id HAVING count(*) > 1) "
+        "ORDER BY story_id, path"
+    ):
+        entry = found.setdefault(story_id, {"id": story_id, "winner": None, "others": []})
+        if winner:
+            entry["winner"] = path
+        else:
+            entry["others"].append(path)
+    return list(found.values())
+
+
+def parse_errors(conn: apsw.Connection) -> list[dict[str, Any]]:
+    return [
+        {"id": story_id, "errors": json.loads(errors)}
+        for story_id, errors in conn.execute(
+            "SELECT id, errors FROM story_extras WHERE errors IS NOT NULL ORDER BY id")
+    ]

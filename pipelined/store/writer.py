@@ -1,0 +1,240 @@
+"""The writer thread: the only code that writes the database.
+
+Only the writer thread touches its connection. Batches arrive in order on a
+bounded queue (a full queue blocks the submitter: back-pressure); everything
+waiting is committed in one transaction, so a burst's pycrdt update, its rows
+and its file signatures land together or not at all. A failed commit is
+rolled back and retried with exponential back-off; no batch is ever dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import apsw
+import structlog
+
+from pipelined.store.batch import Batch
+
+__all__ = ["Writer", "utc_now"]
+
+log = structlog.get_logger("pipelined.writer")
+
+MAX_GROUP = 256  # batches folded into one transaction at most
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 5.0
+ERROR_LOG_EVERY_S = 30.0
+
+_STOP = object()
+
+UPSERT_ITEM = """
+INSERT INTO pipeline_items(id, name, stage, agent, retry_count, blocked, depends_on,
+                           content, created_at, updated_at)
+VALUES (:id, :name, :stage, :agent, :retry_count, :blocked, :depends_on,
+        :content, :now, :now)
+ON CONFLICT(id) DO UPDATE SET
+  name=excluded.name, stage=excluded.stage, agent=excluded.agent,
+  retry_count=excluded.retry_count, blocked=excluded.blocked,
+  depends_on=excluded.depends_on, content=excluded.content,
+  updated_at=excluded.updated_at
+"""
+
+UPSERT_EXTRA = """
+INSERT INTO story_extras(id, extra, errors) VALUES (?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET extra=excluded.extra, errors=excluded.errors
+"""
+
+UPSERT_SIGNATURE = """
+INSERT INTO file_signatures(path, story_id, stage, mtime_ns, size, inode, winner)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(path) DO UPDATE SET story_id=excluded.story_id, stage=excluded.stage,
+  mtime_ns=excluded.mtime_ns, size=excluded.size, inode=excluded.inode,
+  winner=excluded.winner
+"""
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-26T09:13:01.123Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
+    """Commit batches in order in one transaction (rolled back whole on error)."""
+    now = utc_now()
+    with conn:
+        for batch in batches:
+            if batch.crdt_update:
+                conn.execute(
+                    "INSERT INTO crdt_updates(data, committed_at) VALUES (?, ?)",
+                    (batch.crdt_update, now),
+                )
+            for row in batch.upserts:
+                params: dict[str, Any] = {"id": row.story_id, "stage": row.stage,
+                                          "content": row.content, "now": now}
+                params.update(row.fields)
+                blocked = params.get("blocked")
+                params["blocked"] = None if blocked is None else int(bool(blocked))
+                conn.execute(UPSERT_ITEM, params)
+                conn.execute(UPSERT_EXTRA, (
+                    row.story_id, json.dumps(row.extra, ensure_ascii=False),
+                    json.dumps(list(row.errors), ensure_ascii=False) if row.errors else None,
+                ))
+            for story_id in batch.deletes:
+                conn.execute("DELETE FROM story_extras WHERE id = ?", (story_id,))
+                conn.execute("DELETE FROM pipeline_items WHERE id = ?", (story_id,))
+            for path in batch.signature_drops:
+                conn.execute("DELETE FROM file_signatures WHERE path = ?", (path,))
+            for sig in batch.signatures:
+                conn.execute(UPSERT_SIGNATURE, (sig.path, sig.story_id, sig.stage,
+                                                sig.mtime_ns, sig.size, sig.inode,
+                                                int(sig.winner)))
+            if batch.high_water is not None:
+                conn.execute(
+                    "UPDATE story_numbers SET high_water = max(high_water, ?) WHERE singleton = 1",
+                    (batch.high_water,),
+                )
+            for key, value in batch.meta.items():
+                conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES (?, ?)",
+                             (key, value))
+        conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES ('last_sync', ?)",
+                     (now,))
+
+
+class Writer(threading.Thread):
+    """Owns the write connection; commits submitted batches in order."""
+
+    def __init__(
+        self,
+        connect: Callable[[], apsw.Connection],
+        queue_size: int,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(name="pipelined-writer", daemon=True)
+        self._connect = connect
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._sleep = sleep
+        self._conn: apsw.Connection | None = None
+        self._abandon = threading.Event()
+        self.commits = 0
+        self.last_commit_monotonic = time.monotonic()
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.first_error: BaseException | None = None
+        self._seq_cond = threading.Condition()
+        self._submitted = 0
+        self._committed = 0
+
+    # -- called from other threads -------------------------------------------------
+
+    def submit(self, batch: Batch) -> int:
+        """Queue a batch; blocks while the queue is full (back-pressure).
+
+        Returns a sequence number for `wait_committed`. Only one thread submits.
+        """
+        if batch.is_empty():
+            return self._submitted
+        with self._seq_cond:
+            self._submitted += 1
+            seq = self._submitted
+        self._queue.put((seq, batch))
+        return seq
+
+    def wait_committed(self, seq: int, timeout: float | None = None) -> bool:
+        """Block until batch `seq` (and all before it) is committed."""
+        with self._seq_cond:
+            return self._seq_cond.wait_for(lambda: self._committed >= seq, timeout)
+
+    @property
+    def submitted(self) -> int:
+        return self._submitted
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, checkpoint, close the connection, stop."""
+        self._queue.put(_STOP)
+        self.join(timeout)
+
+    def abandon(self) -> None:
+        """Stop retrying (a second SIGTERM): what is not committed stays uncommitted."""
+        self._abandon.set()
+        try:
+            self._queue.put_nowait(_STOP)
+        except queue.Full:
+            pass
+
+    # -- the writer thread ---------------------------------------------------------
+
+    def run(self) -> None:
+        self._conn = self._connect()
+        stopping = False
+        try:
+            while not stopping:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                group: list[tuple[int, Batch]] = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    group.append(item)
+                if not self._commit([batch for _, batch in group]):
+                    return
+                with self._seq_cond:
+                    self._committed = group[-1][0]
+                    self._seq_cond.notify_all()
+            self._checkpoint()
+        finally:
+            self._conn.close()
+
+    def _commit(self, group: list[Batch]) -> bool:
+        """Commit a group, retrying with back-off until it lands or we are abandoned."""
+        assert self._conn is not None
+        delay = BACKOFF_FIRST_S
+        last_logged = 0.0
+        while True:
+            try:
+                write_batches(self._conn, group)
+            except apsw.Error as exc:
+                now = time.monotonic()
+                if self.failing_since is None:
+                    self.failing_since = now
+                    self.first_error = self.first_error or exc
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if now - last_logged >= ERROR_LOG_EVERY_S:
+                    log.error("writer.commit_failed", error=self.last_error,
+                              batches=len(group), retry_in_s=round(delay, 3))
+                    last_logged = now
+                if self._abandon.is_set():
+                    log.warning("writer.abandoned", batches=len(group))
+                    return False
+                self._sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if self.failing_since is not None:
+                log.info("writer.recovered",
+                         failed_for_s=round(time.monotonic() - self.failing_since, 3))
+                self.failing_since = None
+                self.last_error = None
+            self.commits += 1
+            self.last_commit_monotonic = time.monotonic()
+            return True
+
+    def _checkpoint(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except apsw.Error as exc:
+            log.warning("writer.checkpoint_failed", error=str(exc))

@@ -1,0 +1,133 @@
+"""Bytes of one story file -> a parsed story: fields, extra keys, content, errors.
+
+Pure: no filesystem, no database, no clock. A file that cannot be parsed is
+still a story; its fields are null and its errors say why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import frontmatter
+import yaml
+
+__all__ = ["FIELDS", "ParsedStory", "parse_story", "story_number"]
+
+FIELDS = ("name", "agent", "retry_count", "blocked", "depends_on")
+_ID_NUMBER = re.compile(r"^([0-9]+)_")
+
+try:  # libyaml is several times faster than the pure-Python loader
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+
+class _Handler(frontmatter.YAMLHandler):  # type: ignore[misc]
+    def load(self, fm: str, **kwargs: object) -> Any:
+        loaded = yaml.load(fm, Loader=_Loader)  # noqa: S506 - a SafeLoader
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError("front matter is not a mapping")
+        return loaded
+
+
+_HANDLER = _Handler()
+
+
+@dataclass(frozen=True)
+class ParsedStory:
+    """What one file says: the typed fields, every other key, the text, the errors."""
+
+    fields: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    content: str | None = None  # None only for an oversized file
+    errors: tuple[str, ...] = ()
+
+
+def story_number(story_id: str) -> int | None:
+    """The number an id starts with (`10_story_login` -> 10), or None."""
+    match = _ID_NUMBER.match(story_id)
+    return int(match.group(1)) if match else None
+
+
+def _null_fields() -> dict[str, Any]:
+    return dict.fromkeys(FIELDS)
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML values as JSON can hold them (dates become ISO text)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _typed(key: str, value: Any) -> Any:
+    """Check one known field; raise ValueError with a short reason if it is wrong."""
+    if value is None:
+        return None
+    if key in ("name", "agent"):
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError("expected text")
+    if key == "retry_count":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError("expected an integer >= 0")
+        return value
+    if key == "blocked":
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if key == "depends_on":
+        items = value if isinstance(value, list) else [value]
+        deps: list[int | str] = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int | str):
+                raise ValueError("expected a list of story numbers or ids")
+            if isinstance(item, int) and item < 0:
+                raise ValueError("expected a list of story numbers or ids")
+            deps.append(item)
+        return json.dumps(deps)
+    raise AssertionError(key)  # pragma: no cover
+
+
+def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
+    """Parse one story file's bytes. Never raises: problems become `errors`."""
+    if len(raw) > max_bytes:
+        return ParsedStory(_null_fields(), content=None,
+                           errors=(f"file is {len(raw)} bytes, over the {max_bytes}-byte limit",))
+    errors: list[str] = []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = raw.decode("utf-8", errors="replace")
+        return ParsedStory(_null_fields(), content=text,
+                           errors=(f"not UTF-8 (byte {exc.start})",))
+    if not text.strip():
+        return ParsedStory(_null_fields(), content=text, errors=("file is empty",))
+    try:
+        metadata, _body = frontmatter.parse(text, handler=_HANDLER)
+    except Exception as exc:  # noqa: BLE001 - any YAML failure is one recorded error
+        reason = " ".join(str(exc).split())[:200]
+        return ParsedStory(_null_fields(), content=text,
+                           errors=(f"front matter does not parse: {reason}",))
+    fields = _null_fields()
+    extra: dict[str, Any] = {}
+    for key, value in metadata.items():
+        name = str(key)
+        if name in FIELDS:
+            try:
+                fields[name] = _typed(name, value)
+            except ValueError as exc:
+                errors.append(f"{name}: {exc}, got {value!r}")
+        else:
+            extra[name] = _jsonable(value)
+    return ParsedStory(fields, extra=extra, content=text, errors=tuple(errors))

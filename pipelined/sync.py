@@ -1,0 +1,301 @@
+"""Reconcile touched story ids (or everything) against the disk into one Batch.
+
+Owned by the apply thread: a `Reconciler` holds the pipeline state, the content
+map's writes and the known file signatures, and nothing else may touch them.
+Events are only hints: each touched id is looked up on disk now, in every
+stage folder, and the disk decides (DESIGN.md, rules 1-3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pipelined.content import ContentMap
+from pipelined.layout import FileSignature, StoryFile, stat_pass, stat_story
+from pipelined.state import PipelineState
+from pipelined.store.batch import Batch, RowUpsert, SignatureRow
+from pipelined.story import FIELDS, ParsedStory, parse_story, story_number
+
+__all__ = ["KnownFile", "Reconciler", "SyncResult"]
+
+log = structlog.get_logger("pipelined.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class KnownFile:
+    """A file signature as the database last recorded it."""
+
+    story_id: str
+    stage: str
+    signature: FileSignature
+    winner: bool
+
+
+@dataclass(slots=True)
+class SyncResult:
+    """One reconcile: the batch to persist and the ids found absent but not yet deleted."""
+
+    batch: Batch
+    absent: set[str] = field(default_factory=set)
+    files_read: int = 0
+    created: int = 0
+    updated: int = 0
+    moved: int = 0
+    deleted: int = 0
+
+
+def _stage_key(stage: str) -> tuple[int, str]:
+    number, _, rest = stage.partition("_")
+    return (int(number) if number.isdigit() else -1, rest)
+
+
+class Reconciler:
+    """Turns what is on disk into pipeline-state changes, content and rows."""
+
+    def __init__(
+        self,
+        root: Path,
+        stages: Iterable[str],
+        state: PipelineState,
+        content: ContentMap,
+        known: dict[str, KnownFile],
+        max_file_bytes: int,
+        high_water: int = 0,
+    ) -> None:
+        self.root = root
+        self.stages = sorted(stages, key=_stage_key)
+        self.state = state
+        self.content = content
+        self.known = known
+        self.max_file_bytes = max_file_bytes
+        self.high_water = high_water
+        self._paths_by_id: dict[str, set[str]] = {}
+        for path, kf in known.items():
+            self._paths_by_id.setdefault(kf.story_id, set()).add(path)
+
+    # -- public ------------------------------------------------------------------
+
+    def reconcile(
+        self,
+        story_ids: Iterable[str],
+        *,
+        confirm_absent: bool,
+        repair: Iterable[str] = (),
+    ) -> SyncResult:
+        """Look up each id on disk; build one pycrdt transaction and one Batch.
+
+        An id with no file is deleted only when `confirm_absent`; otherwise it
+        is returned in `absent` for the caller to confirm later. Ids in
+        `repair` get their row rewritten even if nothing seems to have changed.
+        """
+        repair_set = set(repair)
+        result = SyncResult(Batch())
+        puts: dict[str, dict[str, Any]] = {}
+        removes: list[str] = []
+        for story_id in sorted(set(story_ids) | repair_set):
+            self._reconcile_one(story_id, confirm_absent, story_id in repair_set,
+                                result, puts, removes)
+        result.batch.crdt_update = self.state.apply(puts, removes)
+        return result
+
+    def changed_ids(self) -> tuple[set[str], int]:
+        """The stat pass: ids whose files differ from the known signatures, and the
+        number of files stat-checked. Reads no file."""
+        seen: dict[str, StoryFile] = {}
+        touched: set[str] = set()
+        for story_file in stat_pass(self.root, self.stages):
+            path = story_file.rel_path
+            seen[path] = story_file
+            kf = self.known.get(path)
+            if kf is None or kf.signature != story_file.signature:
+                touched.add(story_file.story_id)
+        touched.update(kf.story_id for path, kf in self.known.items() if path not in seen)
+        with_files = {sf.story_id for sf in seen.values()}
+        touched.update(self.state.ids() - with_files)
+        return touched, len(seen)
+
+    # -- one id ------------------------------------------------------------------
+
+    def _read(self, story_file: StoryFile) -> ParsedStory | None:
+        """Parse the file; None if it vanished since the stat."""
+        try:
+            with open(story_file.path, "rb") as handle:
+                raw = handle.read(self.max_file_bytes + 1)
+                if len(raw) > self.max_file_bytes:
+                    size = story_file.signature.size
+                    return ParsedStory(
+                        dict.fromkeys(FIELDS), content=None,
+                        errors=(f"file is {max(size, len(raw))} bytes, over the "
+                                f"{self.max_file_bytes}-byte limit",))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return ParsedStory(dict.fromkeys(FIELDS), content=None,
+                               errors=(f"cannot read the file ({exc.strerror})",))
+        return parse_story(raw, self.max_file_bytes)
+
+    def _reconcile_one(
+        self,
+        story_id: str,
+        confirm_absent: bool,
+        repair: bool,
+        result: SyncResult,
+        puts: dict[str, dict[str, Any]],
+        removes: list[str],
+    ) -> None:
+        batch = result.batch
+        found = [f for f in (stat_story(self.root, s, story_id) for s in self.stages) if f]
+        parsed: ParsedStory | None = None
+        winner: StoryFile | None = None
+        while found:
+            order = {s: i for i, s in enumerate(self.stages)}
+            winner = max(found, key=lambda f: (f.signature.mtime_ns, order[f.stage]))
+            prev = self.state.get(story_id)
+            kf = self.known.get(winner.rel_path)
+            unchanged = (
+                not repair and prev is not None and prev["stage"] == winner.stage
+                and kf is not None and kf.signature == winner.signature
+                and self.content.has(story_id)
+            )
+            if unchanged:
+                break
+            parsed = self._read(winner)
+            result.files_read += 1
+            if parsed is not None:
+                break
+            found.remove(winner)  # vanished between stat and read
+            winner = None
+
+        known_paths = self._paths_by_id.get(story_id, set())
+        if winner is None:
+            if story_id not in self.state and not known_paths:
+                return
+            if not confirm_absent:
+                result.absent.add(story_id)
+                return
+            prev = self.state.get(story_id)
+            removes.append(story_id)
+            self.content.drop(story_id)
+            batch.deletes.append(story_id)
+            self._drop_paths(batch, story_id, known_paths)
+            result.deleted += 1
+            log.info("story.deleted", id=story_id, stage=prev["stage"] if prev else None)
+            return
+
+        self._record_files(batch, story_id, winner, found, known_paths)
+        number = story_number(story_id)
+        if number is not None and number > self.high_water:
+            self.high_water = number
+            batch.high_water = number
+        if parsed is None:
+            return  # same signature, same stage: nothing to read or change
+        self._apply_parsed(story_id, winner, parsed, repair, result, puts)
+
+    def _record_files(
+        self,
+        batch: Batch,
+        story_id: str,
+        winner: StoryFile,
+        found: list[StoryFile],
+        known_paths: set[str],
+    ) -> None:
+        present = {f.rel_path for f in found}
+        self._drop_paths(batch, story_id, known_paths - present)
+        losers = [f for f in found if f is not winner]
+        new_losers = [f.rel_path for f in losers
+                      if (kf := self.known.get(f.rel_path)) is None or kf.winner]
+        if new_losers:
+            log.warning("story.conflict", id=story_id, winner=winner.rel_path,
+                        losers=sorted(f.rel_path for f in losers))
+        for story_file in found:
+            is_winner = story_file is winner
+            kf = self.known.get(story_file.rel_path)
+            if kf is not None and kf.signature == story_file.signature and kf.winner == is_winner:
+                continue
+            sig = story_file.signature
+            self.known[story_file.rel_path] = KnownFile(story_id, story_file.stage, sig, is_winner)
+            self._paths_by_id.setdefault(story_id, set()).add(story_file.rel_path)
+            batch.signatures.append(SignatureRow(
+                story_file.rel_path, story_id, story_file.stage,
+                sig.mtime_ns, sig.size, sig.inode, is_winner))
+
+    def _drop_paths(self, batch: Batch, story_id: str, paths: set[str]) -> None:
+        for path in sorted(paths):
+            self.known.pop(path, None)
+            batch.signature_drops.append(path)
+        remaining = self._paths_by_id.get(story_id, set()) - paths
+        if remaining:
+            self._paths_by_id[story_id] = remaining
+        else:
+            self._paths_by_id.pop(story_id, None)
+
+    def _apply_parsed(
+        self,
+        story_id: str,
+        winner: StoryFile,
+        parsed: ParsedStory,
+        repair: bool,
+        result: SyncResult,
+        puts: dict[str, dict[str, Any]],
+    ) -> None:
+        prev = self.state.get(story_id)
+        old_text = self.content.read_content(story_id) if self.content.has(story_id) else None
+        new_fields = parsed.fields
+        if prev is None:
+            values: dict[str, Any] = {"stage": winner.stage, **new_fields}
+            after = values
+            result.created += 1
+            log.info("story.created", id=story_id, stage=winner.stage)
+        else:
+            if repair:
+                old_fields = {k: prev[k] for k in FIELDS}
+            else:
+                # An edit changes only what changed between the two versions of the file.
+                old_fields = (parse_story(old_text.encode("utf-8"), self.max_file_bytes).fields
+                              if old_text is not None else dict.fromkeys(FIELDS))
+            values = {k: v for k, v in new_fields.items() if old_fields.get(k) != v}
+            if prev["stage"] != winner.stage:
+                values["stage"] = winner.stage
+                if "retry_count" not in values:
+                    values["retry_count"] = 0
+                result.moved += 1
+                log.info("story.moved", id=story_id, from_stage=prev["stage"],
+                         to_stage=winner.stage)
+            reset_only = "retry_count" not in values
+            if prev["stage"] != winner.stage:
+                reset_only = "retry_count" not in {
+                    k for k, v in new_fields.items() if old_fields.get(k) != v}
+            values = {k: v for k, v in values.items() if prev.get(k) != v}
+            changed_fields = sorted(k for k in values if k != "stage"
+                                    and not (k == "retry_count" and reset_only
+                                             and prev["stage"] != winner.stage))
+            if changed_fields:
+                result.updated += 1
+                log.info("story.updated", id=story_id, fields=changed_fields)
+            after = {**prev, **values}
+        if values:
+            puts[story_id] = values
+        content_changed = old_text != parsed.content or not self.content.has(story_id)
+        if values or content_changed or repair or prev is None:
+            self.content.set_content(story_id, parsed.content)
+            result.batch.upserts.append(RowUpsert(
+                story_id=story_id,
+                stage=after["stage"],
+                fields={k: after.get(k) for k in FIELDS},
+                content=parsed.content,
+                extra=parsed.extra,
+                errors=parsed.errors,
+            ))
+            if parsed.errors:
+                log.warning("story.parse_error", id=story_id, path=winner.rel_path,
+                            error=parsed.errors[0])
+
+
+def monotonic_ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)

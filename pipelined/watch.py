@@ -1,0 +1,263 @@
+"""The watchdog handler, the stage-folder watches, and the settle/coalesce step.
+
+Threads: the watchdog observer thread calls `StoryEventHandler` under its own
+lock, so the handler only maps paths to story ids, hands them to the
+`Coalescer` and returns; it never parses, writes or raises (an exception would
+silently kill the observer). The apply thread takes settled ids from the
+coalescer. Only the daemon's main thread schedules or replaces watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+from pipelined.layout import story_ref
+
+__all__ = ["Coalescer", "OverflowHook", "Settled", "StageWatcher", "StoryEventHandler"]
+
+log = structlog.get_logger("pipelined.watch")
+
+EVENT_KINDS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent,
+    DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+]
+
+
+@dataclass(slots=True)
+class Settled:
+    """What the apply thread takes in one flush."""
+
+    story_ids: set[str] = field(default_factory=set)
+    rescan: bool = False
+    stopping: bool = False
+
+
+class Coalescer:
+    """Touched ids, flushed once the whole tree has been quiet for `settle_s`.
+
+    Thread-safe: the watcher adds, the apply thread takes. A burst that never
+    goes quiet is flushed `cap_s` after its first event anyway.
+    """
+
+    def __init__(self, settle_s: float, cap_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settle_s = settle_s
+        self.cap_s = cap_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._rescan = False
+        self._first: float | None = None
+        self._last = -1e9
+        self._stopping = False
+
+    def touch(self, story_ids: Iterable[str]) -> None:
+        with self._cond:
+            self._pending.update(story_ids)
+            self._mark()
+
+    def request_rescan(self) -> None:
+        with self._cond:
+            self._rescan = True
+            self._mark()
+
+    def note_activity(self) -> None:
+        """An event that marks nothing still means the tree is not quiet."""
+        with self._cond:
+            self._last = self._clock()
+
+    def _mark(self) -> None:
+        now = self._clock()
+        self._last = now
+        if self._first is None:
+            self._first = now
+        self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last event anywhere in the tree."""
+        with self._cond:
+            return self._clock() - self._last
+
+    def _due_in(self, now: float) -> float | None:
+        """0 if a flush is due now, seconds until it is, or None with nothing pending."""
+        if not self._pending and not self._rescan:
+            return None
+        assert self._first is not None
+        quiet_due = self._last + self.settle_s
+        cap_due = self._first + self.cap_s
+        return max(0.0, min(quiet_due, cap_due) - now)
+
+    def ready(self) -> bool:
+        with self._cond:
+            return self._due_in(self._clock()) == 0.0
+
+    def take(self, timeout: float) -> Settled:
+        """Wait up to `timeout` for a settled burst; may return an empty Settled."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while True:
+                now = self._clock()
+                due = self._due_in(now)
+                if self._stopping or due == 0.0:
+                    break
+                remaining = deadline - now
+                if remaining <= 0:
+                    return Settled()
+                self._cond.wait(remaining if due is None else min(due, remaining))
+            settled = Settled(self._pending, self._rescan, self._stopping)
+            self._pending = set()
+            self._rescan = False
+            self._first = None
+            return settled
+
+
+class StoryEventHandler(FileSystemEventHandler):
+    """Maps raw events to story ids; anything touching a stage folder asks for a rescan."""
+
+    def __init__(self, root: Path, stages: Iterable[str], coalescer: Coalescer,
+                 on_stage_folder_change: Callable[[], None]) -> None:
+        self.root = root
+        self.root_str = str(root)
+        self.stages = frozenset(stages)
+        self.coalescer = coalescer
+        self.on_stage_folder_change = on_stage_folder_change
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:  # noqa: BLE001 - raising here would kill the observer thread
+            log.exception("watch.handler_failed", event=repr(event))
+            self.coalescer.request_rescan()
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        paths = [os.fsdecode(event.src_path)]
+        if event.dest_path:
+            paths.append(os.fsdecode(event.dest_path))
+        if event.is_directory:
+            for path in paths:
+                parent, name = os.path.split(path)
+                if (parent == self.root_str and name in self.stages) or path == self.root_str:
+                    self.coalescer.request_rescan()
+                    self.on_stage_folder_change()
+                    return
+            return
+        ids = [ref[1] for path in paths if (ref := story_ref(self.root, path, self.stages))]
+        if ids:
+            self.coalescer.touch(ids)
+        else:
+            self.coalescer.note_activity()
+
+
+class OverflowHook(logging.Handler):
+    """watchdog only logs an inotify queue overflow; turn that log into a rescan."""
+
+    def __init__(self, coalescer: Coalescer) -> None:
+        super().__init__(level=logging.WARNING)
+        self.coalescer = coalescer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if "overflow" in record.getMessage().lower():
+                log.warning("watch.queue_overflow")
+                self.coalescer.request_rescan()
+        except Exception:  # noqa: BLE001, S110 - a log hook must never raise
+            pass
+
+
+class StageWatcher:
+    """Owns the watchdog observer: the root (not recursive) and each stage folder.
+
+    Only the daemon's main thread calls `start`, `ensure_watches` and `stop`.
+    """
+
+    def __init__(self, root: Path, stages: Iterable[str], handler: StoryEventHandler) -> None:
+        self.root = root
+        self.stages = tuple(stages)
+        self.handler = handler
+        self.observer: BaseObserver = Observer()
+        self._watches: dict[str, tuple[ObservedWatch, int]] = {}
+        self._root_watch: ObservedWatch | None = None
+
+    def start(self) -> None:
+        self._root_watch = self.observer.schedule(self.handler, str(self.root),
+                                                  recursive=False, event_filter=EVENT_KINDS)
+        self.ensure_watches()
+        self.observer.start()
+
+    def ensure_watches(self) -> bool:
+        """(Re)watch each stage folder that exists; True if any watch changed."""
+        changed = False
+        for stage in self.stages:
+            folder = self.root / stage
+            try:
+                inode = folder.stat().st_ino if folder.is_dir() else None
+            except OSError:
+                inode = None
+            current = self._watches.get(stage)
+            if current is not None and current[1] == inode:
+                continue
+            if current is not None:
+                self._unschedule(current[0])
+                del self._watches[stage]
+                changed = True
+            if inode is not None:
+                try:
+                    watch = self.observer.schedule(self.handler, str(folder), recursive=False,
+                                                   event_filter=EVENT_KINDS)
+                except OSError as exc:
+                    log.warning("watch.schedule_failed", stage=stage, error=str(exc))
+                    continue
+                self._watches[stage] = (watch, inode)
+                changed = True
+                log.debug("watch.stage_watched", stage=stage)
+        return changed
+
+    def _unschedule(self, watch: ObservedWatch) -> None:
+        try:
+            self.observer.unschedule(watch)
+        except (KeyError, OSError):
+            pass
+
+    def is_alive(self) -> bool:
+        return self.observer.is_alive()
+
+    def restart(self) -> None:
+        """Replace a dead observer with a fresh one watching the same folders."""
+        try:
+            self.observer.stop()
+        except Exception:  # noqa: BLE001, S110 - the old observer is already broken
+            pass
+        self.observer = Observer()
+        self._watches.clear()
+        self.start()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
