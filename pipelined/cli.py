@@ -202,9 +202,8 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     conn = _read_conn(config)
     story = queries.get_story(conn, story_id)
     if story is None and story_id.isdigit():
-        match = conn.execute("SELECT id FROM pipeline_items WHERE id LIKE ? ORDER BY id",
-                             (f"{int(story_id)}\\_%",)).fetchall()
-        match = [m for m in match if m[0].split("_", 1)[0].lstrip("0") == str(int(story_id))]
+        match = conn.execute("SELECT id FROM pipeline_items WHERE id GLOB ? ORDER BY id",
+                             (f"{int(story_id)}_*",)).fetchall()
         if len(match) == 1:
             story = queries.get_story(conn, match[0][0])
     if story is None:

@@ -259,22 +259,17 @@ class Reconciler:
                 # An edit changes only what changed between the two versions of the file.
                 old_fields = (parse_story(old_text.encode("utf-8"), self.max_file_bytes).fields
                               if old_text is not None else dict.fromkeys(FIELDS))
-            values = {k: v for k, v in new_fields.items() if old_fields.get(k) != v}
+            file_changes = {k: v for k, v in new_fields.items() if old_fields.get(k) != v}
+            values = dict(file_changes)
             if prev["stage"] != winner.stage:
                 values["stage"] = winner.stage
-                if "retry_count" not in values:
-                    values["retry_count"] = 0
+                # A stage change resets retry_count, unless the same burst set it in the file.
+                values.setdefault("retry_count", 0)
                 result.moved += 1
                 log.info("story.moved", id=story_id, from_stage=prev["stage"],
                          to_stage=winner.stage)
-            reset_only = "retry_count" not in values
-            if prev["stage"] != winner.stage:
-                reset_only = "retry_count" not in {
-                    k for k, v in new_fields.items() if old_fields.get(k) != v}
             values = {k: v for k, v in values.items() if prev.get(k) != v}
-            changed_fields = sorted(k for k in values if k != "stage"
-                                    and not (k == "retry_count" and reset_only
-                                             and prev["stage"] != winner.stage))
+            changed_fields = sorted(k for k in values if k in file_changes)
             if changed_fields:
                 result.updated += 1
                 log.info("story.updated", id=story_id, fields=changed_fields)

@@ -1,0 +1,232 @@
+"""Fixtures: a temporary stories root, and the real daemon as a subprocess.
+
+`daemon.start()` runs `python -m pipelined run` with `NOTIFY_SOCKET` pointing
+at a datagram socket the test binds, and waits for `READY=1`: READY comes
+after the startup stat pass, so the database is in sync from then on. Every
+wait polls a condition with a deadline; nothing sleeps blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+STAGES = ("1_backlog", "2_current", "4_merge")
+DEADLINE_S = 30.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = DEADLINE_S,
+               what: str = "condition", interval: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def story_text(name: str | None = "A story", agent: str | None = None, retry_count: int = 0,
+               blocked: bool = False, depends_on: list[int] | None = None,
+               body: str = "Body text.\n", **extra: Any) -> str:
+    lines = ["---", f"name: {json.dumps(name)}", f"agent: {json.dumps(agent)}",
+             f"retry_count: {retry_count}", f"blocked: {json.dumps(blocked)}",
+             f"depends_on: {json.dumps(depends_on)}"]
+    lines += [f"{k}: {json.dumps(v)}" for k, v in extra.items()]
+    return "\n".join([*lines, "---", body])
+
+
+class Stories:
+    """A stories root with the three stage folders."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for stage in STAGES:
+            (root / stage).mkdir(parents=True, exist_ok=True)
+
+    def path(self, stage: str, story_id: str) -> Path:
+        return self.root / stage / f"{story_id}.md"
+
+    def write(self, stage: str, story_id: str, text: str | None = None, **fields: Any) -> Path:
+        path = self.path(stage, story_id)
+        path.write_text(text if text is not None else story_text(**fields), encoding="utf-8")
+        return path
+
+    def move(self, story_id: str, from_stage: str, to_stage: str) -> None:
+        os.rename(self.path(from_stage, story_id), self.path(to_stage, story_id))
+
+
+class DaemonProcess:
+    """The real daemon, started and stopped by a test."""
+
+    def __init__(self, root: Path, db: Path, workdir: Path) -> None:
+        self.root = root
+        self.db = db
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.messages: list[str] = []
+        self._sock: socket.socket | None = None
+        self._log_path = workdir / "daemon.log"
+        self._starts = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def spawn(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self._starts += 1
+        sock_path = self.workdir / f"notify-{self._starts}.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(sock_path))
+        self.messages = []
+        full_env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PIPELINED_LOG_LEVEL": "debug"}
+        full_env.pop("PIPELINED_CONFIG", None)
+        full_env.update(env or {})
+        self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log.write(f"\n--- start {self._starts} ---\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelined", "run", "--root", str(self.root),
+             "--db", str(self.db), "--log-format", "json", *extra_args],
+            stdout=self._log, stderr=self._log, env=full_env,
+        )
+        return self.proc
+
+    def start(self, *extra_args: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        self.spawn(*extra_args, env=env)
+        self.wait_message("READY=1")
+        return self
+
+    def wait_message(self, text: str, timeout: float = DEADLINE_S) -> None:
+        assert self._sock is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while not any(text in m for m in self.messages):
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited ({self.proc.returncode}) before {text}:\n"
+                            f"{self.log_tail()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no {text} within {timeout}s:\n{self.log_tail()}")
+            self._sock.settimeout(min(remaining, 0.2))
+            try:
+                self.messages.append(self._sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEADLINE_S) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"daemon did not stop within {timeout}s:\n{self.log_tail()}")
+        self._close()
+        return code
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self._log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self._log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return events
+
+    # -- looking at the database --------------------------------------------------
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = apsw.Connection(str(self.db), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            conn.set_busy_timeout(5000)
+            return list(conn.execute(sql, params))
+        finally:
+            conn.close()
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        cols = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
+                "content", "created_at", "updated_at")
+        return {r[0]: dict(zip(cols, r, strict=True))
+                for r in self.query(f"SELECT {', '.join(cols)} FROM pipeline_items")}
+
+    def row(self, story_id: str) -> dict[str, Any] | None:
+        return self.rows().get(story_id)
+
+    def wait_row(self, story_id: str, predicate: Callable[[dict[str, Any]], bool] = bool,
+                 timeout: float = DEADLINE_S) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            row = self.row(story_id)
+            return row if row is not None and predicate(row) else None
+        return wait_until(check, timeout, f"row {story_id} to match")  # type: ignore[no-any-return]
+
+    def wait_gone(self, story_id: str, timeout: float = DEADLINE_S) -> None:
+        wait_until(lambda: self.row(story_id) is None, timeout, f"row {story_id} to go")
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipelined", *args, "--root", str(self.root),
+             "--db", str(self.db)],
+            capture_output=True, text=True, timeout=DEADLINE_S, check=False,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"pipelined {' '.join(args)} exited {result.returncode}:\n"
+                        f"{result.stdout}\n{result.stderr}")
+        return result
+
+
+def folder_matches_db(stories: Stories, daemon: DaemonProcess) -> bool:
+    """True when every story file's text and stage equal its row, and no row is extra."""
+    on_disk: dict[str, tuple[str, str]] = {}
+    for stage in STAGES:
+        for path in (stories.root / stage).glob("*.md"):
+            on_disk[path.stem] = (stage, path.read_text(encoding="utf-8"))
+    rows = daemon.rows()
+    return set(rows) == set(on_disk) and all(
+        rows[i]["stage"] == stage and rows[i]["content"] == text
+        for i, (stage, text) in on_disk.items())
+
+
+@pytest.fixture
+def stories(tmp_path: Path) -> Stories:
+    return Stories(tmp_path / "root")
+
+
+@pytest.fixture
+def daemon(stories: Stories, tmp_path: Path) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(stories.root, tmp_path / "state" / "pipeline.db", tmp_path)
+    yield proc
+    proc.kill()
