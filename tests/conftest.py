@@ -81,6 +81,7 @@ class DaemonProcess:
         self._sock: socket.socket | None = None
         self._log_path = workdir / "daemon.log"
         self._starts = 0
+        self.python = sys.executable
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -97,9 +98,9 @@ class DaemonProcess:
         self._log.write(f"\n--- start {self._starts} ---\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelined", "run", "--root", str(self.root),
+            [self.python, "-m", "pipelined", "run", "--root", str(self.root),
              "--db", str(self.db), "--log-format", "json", *extra_args],
-            stdout=self._log, stderr=self._log, env=full_env,
+            stdout=self._log, stderr=self._log, env=full_env, cwd=self.workdir,
         )
         return self.proc
 
