@@ -65,8 +65,10 @@ class Config:
             raise ConfigError("delete_grace_ms", self.delete_grace_ms, "must not be negative")
         if self.settle_cap_ms < self.settle_ms:
             raise ConfigError("settle_cap_ms", self.settle_cap_ms, "must be >= settle_ms")
-        if self.rescan_interval_s <= 0 or self.git_lock_cap_s < 0:
+        if self.rescan_interval_s <= 0:
             raise ConfigError("rescan_interval_s", self.rescan_interval_s, "must be positive")
+        if self.git_lock_cap_s < 0:
+            raise ConfigError("git_lock_cap_s", self.git_lock_cap_s, "must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError("log_format", self.log_format, f"one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -120,7 +122,7 @@ def _coerce(name: str, value: object) -> object:
             raise ValueError("a list of folder names")
         if name in ("settle_ms", "settle_cap_ms", "delete_grace_ms", "max_file_bytes",
                     "writer_queue"):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("an integer")
             return int(str(value)) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
         if name in ("rescan_interval_s", "git_lock_cap_s"):

@@ -7,6 +7,7 @@ still a story; its fields are null and its errors say why.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -19,6 +20,7 @@ __all__ = ["FIELDS", "ParsedStory", "parse_story", "story_number"]
 
 FIELDS = ("name", "agent", "retry_count", "blocked", "depends_on")
 _ID_NUMBER = re.compile(r"^([0-9]+)_")
+_FRONT_MATTER_START = re.compile(r"^-{3,}[ \t]*\r?\n")
 
 try:  # libyaml is several times faster than the pure-Python loader
     _Loader: Any = yaml.CSafeLoader
@@ -65,6 +67,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
@@ -113,8 +117,12 @@ def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
                            errors=(f"not UTF-8 (byte {exc.start})",))
     if not text.strip():
         return ParsedStory(_null_fields(), content=text, errors=("file is empty",))
+    # Front matter only counts at the very top (after an optional byte order mark).
+    head = text.removeprefix("\ufeff")
+    if not _FRONT_MATTER_START.match(head):
+        return ParsedStory(_null_fields(), content=text)
     try:
-        metadata, _body = frontmatter.parse(text, handler=_HANDLER)
+        metadata, _body = frontmatter.parse(head, handler=_HANDLER)
     except Exception as exc:  # noqa: BLE001 - any YAML failure is one recorded error
         reason = " ".join(str(exc).split())[:200]
         return ParsedStory(_null_fields(), content=text,

@@ -74,8 +74,12 @@ class Coalescer:
         self._stopping = False
 
     def touch(self, story_ids: Iterable[str]) -> None:
+        ids = set(story_ids)
         with self._cond:
-            self._pending.update(story_ids)
+            if not ids:
+                self._last = self._clock()
+                return
+            self._pending.update(ids)
             self._mark()
 
     def request_rescan(self) -> None:
@@ -153,7 +157,7 @@ class StoryEventHandler(FileSystemEventHandler):
         try:
             self._handle(event)
         except Exception:  # noqa: BLE001 - raising here would kill the observer thread
-            log.exception("watch.handler_failed", event=repr(event))
+            log.exception("watch.handler_failed", fs_event=repr(event))
             self.coalescer.request_rescan()
 
     def _handle(self, event: FileSystemEvent) -> None:

@@ -14,8 +14,10 @@ from pipelined.errors import ConfigError, PipelinedError
 @pytest.fixture
 def clean_env(tmp_path: Path) -> dict[str, str]:
     """An environment with no PIPELINED_* variables and no user config file in reach."""
-    return {"XDG_CONFIG_HOME": str(tmp_path / "no-config"),
-            "XDG_STATE_HOME": str(tmp_path / "state")}
+    return {
+        "XDG_CONFIG_HOME": str(tmp_path / "no-config"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
 
 
 class TestParse:
@@ -128,11 +130,6 @@ class TestParse:
 
         assert caught.value.exit_code == 2
 
-    @pytest.mark.xfail(
-        reason="bug: a float for an integer setting is silently truncated (1.5 -> 1) instead "
-        "of being refused; PIPELINED_SETTLE_MS=1.5 is refused, so the layers disagree",
-        strict=True,
-    )
     def test_float_for_integer_setting_is_refused(self) -> None:
         """`settle_ms = 1.5` is a ConfigError, like the same value from the environment."""
         with pytest.raises(ConfigError):
@@ -178,8 +175,9 @@ class TestResolve:
         config_file.write_text("settle_ms = 200\nsettle_cap_ms = 4000\nwriter_queue = 5\n")
         env = {**clean_env, "PIPELINED_SETTLE_MS": "300", "PIPELINED_SETTLE_CAP_MS": "6000"}
 
-        config = resolve({"settle_ms": 400, "settle_cap_ms": None}, env=env,
-                         config_file=config_file)
+        config = resolve(
+            {"settle_ms": 400, "settle_cap_ms": None}, env=env, config_file=config_file
+        )
 
         assert config.settle_ms == 400
         assert config.settle_cap_ms == 6000
@@ -190,15 +188,17 @@ class TestResolve:
         config_file = tmp_path / "c.toml"
         config_file.write_text("settle_ms = 200\n")
 
-        config = resolve({}, env={**clean_env, "PIPELINED_SETTLE_MS": ""},
-                         config_file=config_file)
+        config = resolve({}, env={**clean_env, "PIPELINED_SETTLE_MS": ""}, config_file=config_file)
 
         assert config.settle_ms == 200
 
     def test_root_and_db_from_env(self, clean_env: dict[str, str], tmp_path: Path) -> None:
         """PIPELINED_ROOT and PIPELINED_DB set the root and the database."""
-        env = {**clean_env, "PIPELINED_ROOT": str(tmp_path / "r"),
-               "PIPELINED_DB": str(tmp_path / "x.db")}
+        env = {
+            **clean_env,
+            "PIPELINED_ROOT": str(tmp_path / "r"),
+            "PIPELINED_DB": str(tmp_path / "x.db"),
+        }
 
         config = resolve({}, env=env)
 
@@ -306,10 +306,6 @@ class TestConfigValidate:
         """delete_grace_ms may be 0 (delete as soon as a burst settles)."""
         assert Config(delete_grace_ms=0).validate().delete_grace_ms == 0
 
-    @pytest.mark.xfail(
-        reason="bug: a negative git_lock_cap_s is reported as rescan_interval_s=300.0",
-        strict=True,
-    )
     def test_negative_git_lock_cap_names_its_field(self) -> None:
         """A negative git_lock_cap_s is refused naming git_lock_cap_s and its value."""
         with pytest.raises(ConfigError) as caught:

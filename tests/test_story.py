@@ -124,11 +124,6 @@ class TestParseStory:
         """A key YAML reads as a number is kept under its text."""
         assert parse("---\n7: seven\n---\n").extra == {"7": "seven"}
 
-    @pytest.mark.xfail(
-        reason="bug: `.nan`/`.inf` extras are kept as float nan/inf, which json.dumps writes "
-        "as NaN/Infinity (not JSON) into story_extras.extra",
-        strict=True,
-    )
     def test_extra_nan_is_json_able(self) -> None:
         """Every extra value can be written as strict JSON, even YAML's .nan and .inf."""
         parsed = parse("---\nscore: .nan\nlimit: .inf\n---\n")
@@ -236,22 +231,12 @@ class TestParseStory:
         assert parsed.fields["retry_count"] == 2
         assert parsed.content == raw
 
-    @pytest.mark.xfail(
-        reason="bug: a UTF-8 byte order mark hides the front matter; fields are silently "
-        "null and no error is recorded",
-        strict=True,
-    )
     def test_utf8_bom_front_matter(self) -> None:
         """A file saved with a UTF-8 BOM still has its front matter read (or an error says why)."""
         parsed = parse_story(b"\xef\xbb\xbf---\nname: x\n---\nBody\n", LIMIT)
 
         assert parsed.fields["name"] == "x" or parsed.errors != ()
 
-    @pytest.mark.xfail(
-        reason="bug: front matter is looked for anywhere, not only at the top; text between "
-        "two `---` horizontal rules in the body is parsed as front matter",
-        strict=True,
-    )
     def test_horizontal_rules_in_body_are_not_front_matter(self) -> None:
         """A file with no front matter but two `---` rules in its body has no fields, no error."""
         parsed = parse("# Title\n\nIntro.\n\n---\n\nname: hijack\n\n---\n\nEnd.\n")

@@ -74,7 +74,8 @@ def apply_migrations(
             continue
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         with conn:  # one transaction per migration
-            conn.execute(migration.sql)
+            # apsw runs a multi-statement script as its rows are consumed.
+            conn.execute(migration.sql).fetchall()
             conn.execute(
                 "INSERT INTO schema_migrations(name, checksum, applied_at) VALUES (?, ?, ?)",
                 (migration.name, migration.checksum, now),
