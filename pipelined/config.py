@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -140,6 +139,8 @@ def _coerce(name: str, value: object) -> object:
 
 def parse(text: str, source: str = "config") -> dict[str, object]:
     """Parse TOML config text into typed settings; unknown keys are errors."""
+    import tomllib  # only when there is a config file
+
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -15,32 +15,34 @@ skips the final flush.
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-
-import structlog
+from typing import Any
 
 from pipelined.config import Config
 from pipelined.content import ContentMap
 from pipelined.errors import PipelinedError, RootError
-from pipelined.layout import FileSignature, find_git_dir
+from pipelined.layout import FileSignature, find_git_dir, stat_signatures
+from pipelined.logs import get_logger
 from pipelined.notify import Notifier
-from pipelined.state import PipelineState
-from pipelined.store.connection import open_writer
-from pipelined.store.load import Persisted, load_persisted
+from pipelined.store.connection import open_read_only, open_writer
+from pipelined.store.load import Signatures, read_signatures, read_state
 from pipelined.store.lock import DaemonLock
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.writer import Writer
-from pipelined.sync import KnownFile, Reconciler, SyncResult
+from pipelined.sync import KnownFile, Reconciler, SyncResult, changed_story_ids
 from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
 
 __all__ = ["ApplyLoop", "Daemon", "check_root"]
 
-log = structlog.get_logger("pipelined.daemon")
+log = get_logger("pipelined.daemon")
 
 HEALTH_EVERY_S = 0.5
 DEFERRED_POLL_S = 0.05
@@ -59,19 +61,26 @@ def check_root(config: Config) -> Path:
     return root
 
 
+def _new_client_id() -> int:
+    """A random pycrdt client id (32 bits, as Yjs uses), persisted for reuse."""
+    return int.from_bytes(os.urandom(4), "big")
+
+
 class ApplyLoop(threading.Thread):
     """Owns the pipeline state: loads it, reconciles settled bursts, hands batches on."""
 
-    def __init__(self, config: Config, root: Path, persisted: Persisted,
-                 coalescer: Coalescer, writer: Writer) -> None:
+    def __init__(self, config: Config, root: Path, db_path: Path,
+                 coalescer: Coalescer, writer: Writer,
+                 on_ready: Callable[[int], None] = lambda _stories: None) -> None:
         super().__init__(name="pipelined-apply", daemon=True)
         self.config = config
         self.root = root
-        self.persisted = persisted
+        self.db_path = db_path
         self.coalescer = coalescer
         self.writer = writer
         self.git_dir = find_git_dir(root)
         self.ready = threading.Event()
+        self._on_ready = on_ready
         self.skip_flush = threading.Event()
         self.failed: BaseException | None = None
         self.stories = 0
@@ -82,38 +91,68 @@ class ApplyLoop(threading.Thread):
     # -- startup -------------------------------------------------------------------
 
     def _startup(self) -> Reconciler:
+        """Rule 5: stat pass against the stored signatures, then load the state.
+
+        The watcher is already running. When the stat pass finds nothing to
+        re-read, the database already equals the folders, so READY is sent at
+        once and the pipeline state and content map load right after, before
+        the first flush. Otherwise the state loads first and the changes are
+        committed before READY.
+        """
         started = time.monotonic()
-        p = self.persisted
-        state = PipelineState(p.client_id)
-        applied = state.load(p.updates)
-        content = ContentMap(p.contents)
-        known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), winner)
-                 for path, sid, stage, mtime, size, inode, winner in p.signatures}
-        reconciler = Reconciler(self.root, self.config.stages, state, content, known,
-                                self.config.max_file_bytes, p.high_water)
-        doc_ids = state.ids()
-        row_ids = set(content.all_content_ids())
-        mismatch = doc_ids ^ row_ids
-        if mismatch:
-            log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
-                        count=len(mismatch))
-        loaded_ms = int((time.monotonic() - started) * 1000)
-        touched, stat_checked = reconciler.changed_ids()
+        conn = open_read_only(self.db_path)
+        try:
+            stored = read_signatures(conn)
+            seen = stat_signatures(self.root, self.config.stages)
+            touched = changed_story_ids(seen, stored.by_path, stored.row_ids)
+            stat_ms = int((time.monotonic() - started) * 1000)
+            in_sync_early = not touched and stored.client_id is not None
+            if in_sync_early:
+                self.stories = len(stored.row_ids)
+                self._set_ready()
+            reconciler, mismatch, applied = self._load_state(conn, stored)
+        finally:
+            conn.close()
         result = reconciler.reconcile(touched, confirm_absent=not self._git_busy(),
                                       repair=mismatch)
-        if p.client_id_is_new:
-            result.batch.meta["client_id"] = str(p.client_id)
+        if stored.client_id is None:
+            result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
         self._defer(result)
         seq = self.writer.submit(result.batch)
         self.writer.wait_committed(seq)
-        self.stories = len(state)
-        log.info("daemon.startup", stories_loaded=len(doc_ids), crdt_updates=applied,
-                 files_stat_checked=stat_checked, files_reread=result.files_read,
+        self.stories = len(reconciler.state)
+        log.info("daemon.startup", stories_loaded=len(stored.row_ids), crdt_updates=applied,
+                 files_stat_checked=len(seen), files_reread=result.files_read,
                  created=result.created, updated=result.updated, moved=result.moved,
-                 deleted=result.deleted, load_ms=loaded_ms,
+                 deleted=result.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
                  ms=int((time.monotonic() - started) * 1000))
-        self.persisted = Persisted(p.client_id, False)  # drop the loaded bytes
         return reconciler
+
+    def _set_ready(self) -> None:
+        # Sent from this thread: the state load that follows holds the GIL for
+        # long stretches (pycrdt), which would delay a hand-off to the main thread.
+        if not self.ready.is_set():
+            self._on_ready(self.stories)
+            self.ready.set()
+
+    def _load_state(self, conn: Any, stored: Signatures) -> tuple[Reconciler, set[str], int]:
+        """The pycrdt document, the content map and the known files, from the database."""
+        from pipelined.state import PipelineState  # pycrdt: a third of the import time
+
+        full = read_state(conn)
+        client_id = stored.client_id if stored.client_id is not None else _new_client_id()
+        state = PipelineState(client_id)
+        applied = state.load(full.updates)
+        content = ContentMap(full.contents)
+        known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
+                 for path, sid, stage, mtime, size, inode, winner in full.signatures}
+        mismatch = state.ids() ^ stored.row_ids
+        if mismatch:
+            log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
+                        count=len(mismatch))
+        reconciler = Reconciler(self.root, self.config.stages, state, content, known,
+                                self.config.max_file_bytes, stored.high_water)
+        return reconciler, mismatch, applied
 
     # -- the loop ------------------------------------------------------------------
 
@@ -124,7 +163,7 @@ class ApplyLoop(threading.Thread):
             self.failed = exc
             log.exception("apply.startup_failed")
             return
-        self.ready.set()
+        self._set_ready()
         last_rescan = time.monotonic()
         while True:
             timeout = DEFERRED_POLL_S if self._deferred else 1.0
@@ -212,17 +251,22 @@ class Daemon:
         self._stop = threading.Event()
         self._signals = 0
         self._watches_dirty = threading.Event()
+        self._started = time.monotonic()
+        self._ready_ms = 0
+        self._signal_name = ""
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flags here: a handler that logs could re-enter the logging setup
+        # the main thread was in the middle of when the signal arrived.
         self._signals += 1
-        if self._signals == 1:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-        else:
-            log.warning("daemon.stopping_now", signal=signal.Signals(signum).name)
+        self._signal_name = signal.Signals(signum).name
         self._stop.set()
 
     def run(self) -> int:
-        started = time.monotonic()
+        started = self._started = time.monotonic()
+        # Startup builds tens of thousands of long-lived objects at once; the
+        # cyclic GC would scan them again and again. Collect once after READY.
+        gc.disable()
         root = check_root(self.config)
         db_path = self.config.db_path
         lock = DaemonLock(db_path)
@@ -238,7 +282,6 @@ class Daemon:
         conn = open_writer(db_path)
         try:
             applied = apply_migrations(conn, db_path)
-            persisted = load_persisted(conn)
         finally:
             conn.close()
         if applied:
@@ -251,18 +294,20 @@ class Daemon:
         logging.getLogger("watchdog").addHandler(overflow)
         watcher = StageWatcher(root, self.config.stages, handler)
         watcher.start()  # before the stat pass, so nothing during startup is missed
-        apply = ApplyLoop(self.config, root, persisted, coalescer, writer)
+        apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready)
         apply.start()
         try:
             if not self._wait_ready(apply):
                 if apply.failed is not None:
                     raise apply.failed
             else:
+                gc.enable()
+                gc.freeze()  # what startup built lives as long as the daemon
                 log.info("daemon.ready", root=str(root), db=str(db_path),
-                         stories=apply.stories, ms=int((time.monotonic() - started) * 1000))
-                self.notifier.send("READY=1", f"STATUS=in sync: {apply.stories} stories")
+                         stories=apply.stories, ms=self._ready_ms)
                 self._health_loop(apply, writer, watcher, coalescer)
         finally:
+            gc.enable()
             self.notifier.send("STOPPING=1")
             self._shutdown(apply, writer, watcher, coalescer)
             logging.getLogger("watchdog").removeHandler(overflow)
@@ -270,6 +315,11 @@ class Daemon:
             return 1
         log.info("daemon.stopped")
         return 0
+
+    def _send_ready(self, stories: int) -> None:
+        """READY=1: the database equals the folders (called on the apply thread)."""
+        self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
+        self._ready_ms = int((time.monotonic() - self._started) * 1000)
 
     def _wait_ready(self, apply: ApplyLoop) -> bool:
         while not self._stop.is_set():
@@ -301,18 +351,26 @@ class Daemon:
 
     def _shutdown(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
                   coalescer: Coalescer) -> None:
+        """Stop the watcher, settle what is pending, drain the writer (it checkpoints).
+
+        A second SIGTERM or SIGINT skips the final flush: the apply thread stops
+        at once and the writer stops retrying.
+        """
+        if self._signals:
+            log.info("daemon.stopping", signal=self._signal_name)
         try:
             watcher.stop()
         except Exception:  # noqa: BLE001 - keep shutting down
             log.exception("watch.stop_failed")
-        if self._signals > 1:
-            apply.skip_flush.set()
         coalescer.stop()
-        while apply.is_alive():
-            apply.join(HEALTH_EVERY_S)
-            if self._signals > 1:
-                apply.skip_flush.set()
-                break
-        if self._signals > 1:
-            writer.abandon()
-        writer.close(timeout=None if self._signals <= 1 else 5.0)
+        hurried = False
+        for thread in (apply, writer):
+            if thread is writer:
+                writer.close(timeout=0)
+            while thread.is_alive():
+                if self._signals > 1 and not hurried:
+                    hurried = True
+                    log.warning("daemon.stopping_now", signal=self._signal_name)
+                    apply.skip_flush.set()
+                    writer.abandon()
+                thread.join(HEALTH_EVERY_S)

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -34,10 +33,11 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from pipelined.layout import story_ref
+from pipelined.logs import get_logger
 
 __all__ = ["Coalescer", "OverflowHook", "Settled", "StageWatcher", "StoryEventHandler"]
 
-log = structlog.get_logger("pipelined.watch")
+log = get_logger("pipelined.watch")
 
 EVENT_KINDS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent,
@@ -240,7 +240,6 @@ class StageWatcher:
                     continue
                 self._watches[stage] = (watch, inode)
                 changed = True
-                log.debug("watch.stage_watched", stage=stage)
         return changed
 
     def _unschedule(self, watch: ObservedWatch) -> None:

@@ -135,8 +135,20 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
             pytest.fail(f"daemon did not stop within {timeout}s:\n{self.log_tail()}")
+        self._drain()
         self._close()
         return code
+
+    def _drain(self) -> None:
+        """Keep the messages sent after READY (STOPPING=1, …)."""
+        if self._sock is None:
+            return
+        self._sock.setblocking(False)
+        while True:
+            try:
+                self.messages.append(self._sock.recv(4096).decode())
+            except (BlockingIOError, OSError):
+                return
 
     def _close(self) -> None:
         if self._sock is not None:
@@ -167,6 +179,13 @@ class DaemonProcess:
                 except json.JSONDecodeError:
                     continue
         return events
+
+    def wait_log(self, event: str, count: int = 1) -> dict[str, Any]:
+        """The `count`-th log line with this event name, once it is written."""
+        def find() -> dict[str, Any] | None:
+            found = [e for e in self.log_events() if e.get("event") == event]
+            return found[count - 1] if len(found) >= count else None
+        return wait_until(find, what=f"log event {event} #{count}")  # type: ignore[no-any-return]
 
     # -- looking at the database --------------------------------------------------
 

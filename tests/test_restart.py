@@ -79,7 +79,7 @@ class TestRestart:
             with recorder.lock:
                 recorder.opened.clear()
             daemon.start()
-            startup = [e for e in daemon.log_events() if e.get("event") == "daemon.startup"][-1]
+            startup = daemon.wait_log("daemon.startup", count=2)
             assert daemon.stop() == 0
             # A probe open after the daemon stopped: once it is seen, any earlier open is too.
             stories.path("2_current", "2_story_s").read_text()
@@ -93,6 +93,7 @@ class TestRestart:
         assert [p for p in recorder.opened if "2_story_s" not in p] == []
         assert startup["files_reread"] == 0
         assert startup["files_stat_checked"] == 30
+        assert startup["ready_before_load"] is True
 
     def test_signature_collision_is_not_reread(self, stories: Stories,
                                                daemon: DaemonProcess) -> None:

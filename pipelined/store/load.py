@@ -1,42 +1,54 @@
-"""What the daemon reads back at startup (rule 5), from a read connection."""
+"""What the daemon reads back at startup (rule 5), from a read-only connection.
+
+Two steps, so that a restart with nothing changed is in sync as early as
+possible: `read_signatures` is all the stat pass needs; `read_state` is what
+applying changes needs (pycrdt updates, full signature rows, contents).
+"""
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 
 import apsw
 
-__all__ = ["Persisted", "load_persisted"]
+__all__ = ["Signatures", "StoredState", "read_signatures", "read_state"]
 
 
 @dataclass(slots=True)
-class Persisted:
-    client_id: int
-    client_id_is_new: bool
-    updates: list[bytes] = field(default_factory=list)
-    contents: list[tuple[str, str | None]] = field(default_factory=list)
-    signatures: list[tuple[str, str, str, int, int, int, bool]] = field(default_factory=list)
+class Signatures:
+    """The file signatures and ids the database holds: enough for the stat pass."""
+
+    client_id: int | None
+    by_path: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    row_ids: set[str] = field(default_factory=set)
     high_water: int = 0
 
 
-def load_persisted(conn: apsw.Connection) -> Persisted:
-    """Client id, pycrdt updates in order, row contents, file signatures, high-water mark."""
+@dataclass(slots=True)
+class StoredState:
+    updates: list[bytes]
+    signatures: list[tuple[str, str, str, int, int, int, int]]
+    contents: list[tuple[str, str | None]]
+
+
+def read_signatures(conn: apsw.Connection) -> Signatures:
+    """Client id, path -> (mtime_ns, size, inode), row ids, the high-water mark."""
     row = conn.execute("SELECT value FROM daemon_meta WHERE key = 'client_id'").fetchone()
-    if row is not None:
-        persisted = Persisted(int(row[0]), False)
-    else:
-        # One process writes a database, so one client id per database keeps the
-        # pycrdt state vector from growing on every restart.
-        persisted = Persisted(secrets.randbits(32), True)
-    persisted.updates = [bytes(r[0]) for r in
-                         conn.execute("SELECT data FROM crdt_updates ORDER BY seq")]
-    persisted.contents = [(r[0], r[1]) for r in
-                          conn.execute("SELECT id, content FROM pipeline_items")]
-    persisted.signatures = [
-        (r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in conn.execute(
-            "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures")
-    ]
+    found = Signatures(int(row[0]) if row is not None else None)
+    found.by_path = {path: (mtime, size, inode) for path, mtime, size, inode in conn.execute(
+        "SELECT path, mtime_ns, size, inode FROM file_signatures")}
+    found.row_ids = {r[0] for r in conn.execute("SELECT id FROM pipeline_items")}
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
-    persisted.high_water = int(hw[0]) if hw else 0
-    return persisted
+    found.high_water = int(hw[0]) if hw else 0
+    return found
+
+
+def read_state(conn: apsw.Connection) -> StoredState:
+    """pycrdt updates in commit order, full signature rows, every row's content."""
+    return StoredState(
+        updates=[bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")],
+        signatures=conn.execute(
+            "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures"
+        ).fetchall(),
+        contents=conn.execute("SELECT id, content FROM pipeline_items").fetchall(),
+    )

@@ -12,7 +12,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 import apsw
@@ -36,7 +35,7 @@ class Migration:
 
 def migrations_folder() -> Path:
     """The packaged folder in a wheel; the top-level folder in a source checkout."""
-    packaged = Path(str(resources.files("pipelined"))) / "migrations"
+    packaged = Path(__file__).resolve().parents[1] / "migrations"  # inside the wheel
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parents[2] / "migrations"

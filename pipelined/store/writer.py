@@ -18,20 +18,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apsw
-import structlog
 
+from pipelined.logs import get_logger
 from pipelined.store.batch import Batch
 
 __all__ = ["Writer", "utc_now"]
 
-log = structlog.get_logger("pipelined.writer")
+log = get_logger("pipelined.writer")
 
 MAX_GROUP = 256  # batches folded into one transaction at most
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 30.0
-
-_STOP = object()
 
 UPSERT_ITEM = """
 INSERT INTO pipeline_items(id, name, stage, agent, retry_count, blocked, depends_on,
@@ -121,6 +119,7 @@ class Writer(threading.Thread):
         self._sleep = sleep
         self._conn: apsw.Connection | None = None
         self._abandon = threading.Event()
+        self._closing = threading.Event()
         self.commits = 0
         self.last_commit_monotonic = time.monotonic()
         self.failing_since: float | None = None
@@ -158,44 +157,49 @@ class Writer(threading.Thread):
         return self._queue.qsize()
 
     def close(self, timeout: float | None = None) -> None:
-        """Commit everything queued, checkpoint, close the connection, stop."""
-        self._queue.put(_STOP)
-        self.join(timeout)
+        """Commit everything queued, checkpoint, close the connection, stop.
+
+        Never blocks on a full queue; `timeout=0` only asks the thread to stop.
+        """
+        self._closing.set()
+        if timeout != 0:
+            self.join(timeout)
 
     def abandon(self) -> None:
         """Stop retrying (a second SIGTERM): what is not committed stays uncommitted."""
         self._abandon.set()
-        try:
-            self._queue.put_nowait(_STOP)
-        except queue.Full:
-            pass
+        self._closing.set()
 
     # -- the writer thread ---------------------------------------------------------
 
     def run(self) -> None:
-        self._conn = self._connect()
-        stopping = False
         try:
-            while not stopping:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
+            self._conn = self._connect()
+        except Exception as exc:  # reported through first_error and is_alive()
+            self.first_error = exc
+            log.error("writer.open_failed", error=str(exc))
+            return
+        try:
+            while not self._abandon.is_set():
+                try:
+                    first = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    if self._closing.is_set():
+                        break  # closing, and everything queued is committed
+                    continue
                 group: list[tuple[int, Batch]] = [first]
                 while len(group) < MAX_GROUP:
                     try:
-                        item = self._queue.get_nowait()
+                        group.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    group.append(item)
                 if not self._commit([batch for _, batch in group]):
                     return
                 with self._seq_cond:
                     self._committed = group[-1][0]
                     self._seq_cond.notify_all()
-            self._checkpoint()
+            if not self._abandon.is_set():
+                self._checkpoint()
         finally:
             self._conn.close()
 

@@ -80,7 +80,8 @@ def make_stories(root: Path, n: int, rng: random.Random) -> dict[str, Path]:
                 f"depends_on: {deps if deps else 'null'}\npriority: {rng.choice(['low', 'high'])}\n"
                 f"labels: [{', '.join(rng.sample(WORDS, 2))}]\n---\n"
                 f"# Story {num}\n\n## Acceptance\n- it works\n- it is tested\n\n")
-        body = (filler * (2048 // len(filler) + 1))[: max(0, 2048 - len(head) - 1)]
+        size = rng.randint(1536, 2560)  # about 2 KB on average
+        body = (filler * (size // len(filler) + 1))[: max(0, size - len(head) - 1)]
         path = root / stage / f"{story_id}.md"
         path.write_text(head + body + "\n", encoding="utf-8")
         paths[story_id] = path
@@ -224,6 +225,10 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
 
 
+def db_mib(db: Path) -> float:
+    return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 2**20
+
+
 def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> tuple[list[float], list[str]]:
     """Three unchanged restarts to READY while watchdog collects *.md opens."""
     restarts, counter = [], OpenCounter()
@@ -284,10 +289,11 @@ def run(args: argparse.Namespace) -> None:
         print("first import ...", file=sys.stderr)
         r["first"] = daemon.start()
         r["rss"], r["hwm"] = daemon.rss_mib()
-        r["db_mib"] = sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 2**20
+        r["db_mib"] = db_mib(db)
         print(f"{args.rounds_edit} edits ...", file=sys.stderr)
         r["lat"], r["timeouts"] = measure_edits(daemon, paths, args.rounds_edit, rng)
         daemon.stop()
+        r["db_stopped_mib"] = db_mib(db)
         print("unchanged restarts ...", file=sys.stderr)
         restarts, opened = measure_restarts(daemon, paths)
         r["restart"], r["opened"] = statistics.median(restarts), len(opened)
@@ -329,7 +335,8 @@ def report(n: int, r: dict[str, Any], events: list[dict[str, Any]]) -> None:
         ("daemon RSS after ready (MiB)", f"{r['rss']:.0f}", "<= 250 at 10,000",
          ok(r["rss"] <= 250)),
         ("daemon peak RSS, VmHWM (MiB)", f"{r['hwm']:.0f}", "", ""),
-        ("database size, db + wal (MiB)", f"{r['db_mib']:.1f}", "", ""),
+        ("database size after ready, db + wal (MiB)", f"{r['db_mib']:.1f}", "", ""),
+        ("database size after SIGTERM, db + wal (MiB)", f"{r['db_stopped_mib']:.1f}", "", ""),
     ]
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nproc = len(os.sched_getaffinity(0))
