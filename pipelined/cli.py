@@ -181,7 +181,8 @@ def ls_command(root: Path | None, db: Path | None, stages: str | None,
         _print_json(items)
         return
     rows = [[i["id"], i["stage"], i["name"] or "", i["agent"] or "",
-             "yes" if i["blocked"] else "", "" if i["retry_count"] is None else str(i["retry_count"])]
+             "yes" if i["blocked"] else "",
+             "" if i["retry_count"] is None else str(i["retry_count"])]
             for i in items]
     click.echo(_table(rows, ["ID", "STAGE", "NAME", "AGENT", "BLOCKED", "RETRIES"]))
 

@@ -177,7 +177,7 @@ class ApplyLoop(threading.Thread):
                     last_rescan = time.monotonic()
                 self._flush(settled.story_ids, settled.rescan)
                 self._confirm_deletes(final=settled.stopping)
-            except Exception:  # noqa: BLE001 - one bad flush must not stop the daemon
+            except Exception:
                 log.exception("apply.flush_failed")
                 time.sleep(1.0)
                 self.coalescer.request_rescan()
@@ -360,7 +360,7 @@ class Daemon:
             log.info("daemon.stopping", signal=self._signal_name)
         try:
             watcher.stop()
-        except Exception:  # noqa: BLE001 - keep shutting down
+        except Exception:
             log.exception("watch.stop_failed")
         coalescer.stop()
         hurried = False

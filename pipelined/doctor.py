@@ -7,6 +7,7 @@ writes anything.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,10 @@ def diagnose(conn: apsw.Connection, root: Path | None, stages: tuple[str, ...]) 
         if doc is None:
             mismatch.append({"id": story_id, "problem": "row not in the pipeline state"})
             continue
-        for key, value in doc.items():
-            row_value = row.get(key)
-            if key == "depends_on" and row_value is not None:
-                import json
-
-                row_value = json.dumps(row_value)
-                value = json.dumps(json.loads(value)) if value else value
+        for key, doc_value in doc.items():
+            row_value, value = row.get(key), doc_value
+            if key == "depends_on":  # the row holds a list, the state its JSON text
+                value = json.loads(doc_value) if doc_value else None
             if row_value != value:
                 mismatch.append({"id": story_id,
                                  "problem": f"{key}: row has {row_value!r}, state {value!r}"})

@@ -19,10 +19,10 @@ __all__ = [
     "StoryFile",
     "find_git_dir",
     "is_story_name",
-    "stat_story",
-    "stat_pass",
     "split_rel_path",
+    "stat_pass",
     "stat_signatures",
+    "stat_story",
     "story_ref",
 ]
 

@@ -29,7 +29,7 @@ class PipelineState:
     """The document and the few operations the sync needs."""
 
     def __init__(self, client_id: int) -> None:
-        self.doc: Doc = Doc(client_id=client_id)
+        self.doc: Doc[Any] = Doc(client_id=client_id)
         self._items: Map[Any] = self.doc.get("items", type=Map)
         self._last_update: bytes | None = None
         self.doc.observe(self._on_commit)
@@ -55,7 +55,7 @@ class PipelineState:
         return len(self._items)
 
     def __contains__(self, story_id: object) -> bool:
-        return story_id in self._items
+        return isinstance(story_id, str) and story_id in self._items
 
     def get(self, story_id: str) -> dict[str, Any] | None:
         """One story's state with Python types, or None."""

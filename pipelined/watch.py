@@ -9,6 +9,7 @@ coalescer. Only the daemon's main thread schedules or replaces watches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -156,7 +157,7 @@ class StoryEventHandler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
             self._handle(event)
-        except Exception:  # noqa: BLE001 - raising here would kill the observer thread
+        except Exception:
             log.exception("watch.handler_failed", fs_event=repr(event))
             self.coalescer.request_rescan()
 
@@ -191,7 +192,7 @@ class OverflowHook(logging.Handler):
             if "overflow" in record.getMessage().lower():
                 log.warning("watch.queue_overflow")
                 self.coalescer.request_rescan()
-        except Exception:  # noqa: BLE001, S110 - a log hook must never raise
+        except Exception:
             pass
 
 
@@ -243,20 +244,16 @@ class StageWatcher:
         return changed
 
     def _unschedule(self, watch: ObservedWatch) -> None:
-        try:
+        with contextlib.suppress(KeyError, OSError):
             self.observer.unschedule(watch)
-        except (KeyError, OSError):
-            pass
 
     def is_alive(self) -> bool:
         return self.observer.is_alive()
 
     def restart(self) -> None:
         """Replace a dead observer with a fresh one watching the same folders."""
-        try:
+        with contextlib.suppress(Exception):
             self.observer.stop()
-        except Exception:  # noqa: BLE001, S110 - the old observer is already broken
-            pass
         self.observer = Observer()
         self._watches.clear()
         self.start()

@@ -146,7 +146,8 @@ class TestConflicts:
         doctor = daemon.cli("doctor", "--json")
         assert doctor.returncode == 1
         report = json.loads(doctor.stdout)
-        assert report["conflicts"] == [{"id": "30_story_twice", "winner": "2_current/30_story_twice.md",
+        assert report["conflicts"] == [{"id": "30_story_twice",
+                                        "winner": "2_current/30_story_twice.md",
                                         "others": ["1_backlog/30_story_twice.md"]}]
         stories.path("2_current", "30_story_twice").unlink()
         daemon.wait_row("30_story_twice", lambda r: r["stage"] == "1_backlog")

@@ -8,6 +8,7 @@ applying changes needs (pycrdt updates, full signature rows, contents).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import apsw
 
@@ -47,8 +48,9 @@ def read_state(conn: apsw.Connection) -> StoredState:
     """pycrdt updates in commit order, full signature rows, every row's content."""
     return StoredState(
         updates=[bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")],
-        signatures=conn.execute(
+        signatures=cast(list[tuple[str, str, str, int, int, int, int]], conn.execute(
             "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures"
-        ).fetchall(),
-        contents=conn.execute("SELECT id, content FROM pipeline_items").fetchall(),
+        ).fetchall()),
+        contents=cast(list[tuple[str, str | None]],
+                      conn.execute("SELECT id, content FROM pipeline_items").fetchall()),
     )

@@ -56,7 +56,8 @@ def apply_migrations(
         "CREATE TABLE IF NOT EXISTS schema_migrations("
         "name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    applied = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
+    applied = {str(name): str(checksum) for name, checksum in
+               conn.execute("SELECT name, checksum FROM schema_migrations")}
     by_name = {m.name: m for m in migrations}
     unknown = sorted(set(applied) - set(by_name))
     if unknown:

@@ -43,7 +43,8 @@ def list_stories(
     blocked: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Stories without content, ordered by stage then number."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[str | int] = []
     if stage is not None:
         where.append("stage = ?")
         params.append(stage)
@@ -89,12 +90,12 @@ def story_rows(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
 
 
 def counts_by_stage(conn: apsw.Connection) -> dict[str, int]:
-    return dict(conn.execute(
-        "SELECT stage, count(*) FROM pipeline_items GROUP BY stage ORDER BY stage").fetchall())
+    return {str(stage): int(count) for stage, count in conn.execute(
+        "SELECT stage, count(*) FROM pipeline_items GROUP BY stage ORDER BY stage")}
 
 
 def meta(conn: apsw.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT key, value FROM daemon_meta").fetchall())
+    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM daemon_meta")}
 
 
 def conflicts(conn: apsw.Connection) -> list[dict[str, Any]]:
