@@ -11,6 +11,7 @@ from pipelined.errors import DatabaseError
 __all__ = ["open_read_only", "open_writer"]
 
 BUSY_TIMEOUT_MS = 5000
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
 def open_writer(path: Path) -> apsw.Connection:
@@ -23,6 +24,9 @@ def open_writer(path: Path) -> apsw.Connection:
         if str(mode).lower() != "wal":
             raise DatabaseError(path, f"cannot switch to WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # After a big first import the WAL would keep its size until shutdown;
+        # cap what a checkpoint leaves behind.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         conn.execute("PRAGMA foreign_keys=ON")
     except apsw.Error as exc:
         raise DatabaseError(path, f"cannot open it ({exc})") from None

@@ -27,6 +27,7 @@ __all__ = ["Writer", "utc_now"]
 log = get_logger("pipelined.writer")
 
 MAX_GROUP = 256  # batches folded into one transaction at most
+BIG_GROUP_ROWS = 1000  # a commit this large is checkpointed at once
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 30.0
@@ -198,6 +199,8 @@ class Writer(threading.Thread):
                 with self._seq_cond:
                     self._committed = group[-1][0]
                     self._seq_cond.notify_all()
+                if sum(len(batch.upserts) for _, batch in group) >= BIG_GROUP_ROWS:
+                    self._checkpoint()  # fold a big import into the database file now
             if not self._abandon.is_set():
                 self._checkpoint()
         finally:

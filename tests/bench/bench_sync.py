@@ -114,7 +114,7 @@ class Daemon:
         cmd = [sys.executable, "-m", "pipelined", "run", "--root", str(self.root),
                "--db", str(self.db), "--log-format", "json"]
         with open(self.log_path, "wb") as log:
-            started = time.perf_counter()
+            started = self.started = time.perf_counter()
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = started + READY_TIMEOUT_S
         self.sock.settimeout(0.1)
@@ -129,6 +129,16 @@ class Daemon:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode} before READY=1\n"
                                    + self.tail())
         raise RuntimeError(f"daemon not ready after {READY_TIMEOUT_S:.0f} s\n" + self.tail())
+
+    def wait_state_loaded(self) -> float:
+        """Seconds from Popen to the `daemon.startup` log line (pipeline state loaded)."""
+        assert self.log_path is not None
+        deadline = time.perf_counter() + READY_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            if '"event": "daemon.startup"' in self.log_path.read_text(errors="replace"):
+                return time.perf_counter() - self.started
+            time.sleep(POLL_S)
+        raise RuntimeError("no daemon.startup log line\n" + self.tail())
 
     def stop(self) -> None:
         """SIGTERM and wait for exit 0."""
@@ -229,9 +239,12 @@ def db_mib(db: Path) -> float:
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 2**20
 
 
-def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> tuple[list[float], list[str]]:
-    """Three unchanged restarts to READY while watchdog collects *.md opens."""
-    restarts, counter = [], OpenCounter()
+def measure_restarts(
+    daemon: Daemon, paths: dict[str, Path]
+) -> tuple[list[float], list[float], list[str]]:
+    """Three unchanged restarts to READY (and to the state loaded) while watchdog
+    collects *.md opens."""
+    restarts, loaded, counter = [], [], OpenCounter()
     for k in range(3):
         observer = Observer()
         for stage in STAGES:
@@ -248,12 +261,13 @@ def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> tuple[list[float
                 time.sleep(0.2)
                 counter.opened.clear()
             restarts.append(daemon.start())
+            loaded.append(daemon.wait_state_loaded())
             time.sleep(0.3)  # let late inotify events arrive
         finally:
             observer.stop()
             observer.join(10)
         daemon.stop()
-    return restarts, counter.opened
+    return restarts, loaded, counter.opened
 
 
 def measure_baseline(root: Path, n: int) -> list[float]:
@@ -295,8 +309,9 @@ def run(args: argparse.Namespace) -> None:
         daemon.stop()
         r["db_stopped_mib"] = db_mib(db)
         print("unchanged restarts ...", file=sys.stderr)
-        restarts, opened = measure_restarts(daemon, paths)
+        restarts, loaded, opened = measure_restarts(daemon, paths)
         r["restart"], r["opened"] = statistics.median(restarts), len(opened)
+        r["loaded"] = statistics.median(loaded)
         print("baseline re-parse ...", file=sys.stderr)
         r["baseline"] = statistics.median(measure_baseline(daemon.root, args.n))
     finally:
@@ -325,8 +340,11 @@ def report(n: int, r: dict[str, Any], events: list[dict[str, Any]]) -> None:
         ("metric", "value", "target", "met"),
         ("first import (s)", f"{r['first']:.2f}", "", ""),
         ("restart to READY, unchanged (s, median of 3)", f"{r['restart']:.2f}", "", ""),
+        ("restart until the pipeline state is loaded (s, median of 3)", f"{r['loaded']:.2f}",
+         "", ""),
         ("re-parse baseline, python-frontmatter (s, median of 3)", f"{r['baseline']:.2f}", "", ""),
-        ("ratio baseline/restart (x)", f"{ratio:.1f}", ">= 4x", ok(ratio >= 4)),
+        ("ratio baseline/restart (x)", f"{ratio:.1f}", ">= 4x at 10,000",
+         ok(ratio >= 4) if n >= 10_000 else "n/a"),
         ("story files opened during unchanged restarts", str(r["opened"]), "0",
          ok(r["opened"] == 0)),
         (f"edit->row p50 (ms, {len(r['lat'])} edits)", f"{p50:.0f}", "<= 200", ok(p50 <= 200)),
@@ -348,7 +366,8 @@ def report(n: int, r: dict[str, Any], events: list[dict[str, Any]]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for e in (e for e in events if e.get("event") == "daemon.startup"):
         print(f"{e['run']}: daemon.startup files_stat_checked={e.get('files_stat_checked')} "
-              f"files_reread={e.get('files_reread')} load_ms={e.get('load_ms')} ms={e.get('ms')}")
+              f"files_reread={e.get('files_reread')} stat_ms={e.get('stat_ms')} "
+              f"ready_before_load={e.get('ready_before_load')} ms={e.get('ms')}")
     for e in [e for e in events if e.get("level") not in ("info", "debug")][:20]:
         print(f"daemon {e['run']} {e.get('level')}: {json.dumps(e, default=str)[:300]}")
 
