@@ -360,3 +360,18 @@ class TestDefaultDbPath:
         """Config.db_path is the configured db when set, else derived from the root."""
         assert Config(root=tmp_path, db=tmp_path / "x.db").db_path == tmp_path / "x.db"
         assert Config(root=tmp_path).db_path == default_db_path(tmp_path)
+
+
+class TestSampleConfig:
+    def test_sample_config_parses_to_the_defaults(self) -> None:
+        """The commented sample shipped in the package is valid and states the defaults."""
+        from pathlib import Path
+
+        from pipelined.config import Config, parse
+
+        sample = Path(__file__).resolve().parents[1] / "pipelined" / "config.sample.toml"
+        settings = parse(sample.read_text(encoding="utf-8"))
+        defaults = Config()
+        assert settings
+        for name, value in settings.items():
+            assert getattr(defaults, name) == value, name

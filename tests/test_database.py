@@ -21,30 +21,30 @@ class TestSchema:
             ("updated_at", "TEXT", 0, 0)]
         assert daemon.query("PRAGMA journal_mode") == [("wal",)]
 
-    def test_unknown_migration_is_refused(self, stories: Stories, daemon: DaemonProcess) -> None:
-        """A database with a migration this code does not know: one line, exit 1."""
+    @staticmethod
+    def start_after(daemon: DaemonProcess, tamper_sql: str) -> str:
+        """Run once, change the migration record, start again: the one line it printed."""
         daemon.start()
         assert daemon.stop() == 0
         conn = apsw.Connection(str(daemon.db))
-        conn.execute("INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x', 'now')")
+        conn.execute(tamper_sql)
         conn.close()
-        proc = daemon.spawn()
-        assert proc.wait(30) == 1
-        tail = daemon.log_tail(1)
-        assert tail == (f"Error: database {daemon.db}: it has migration 9999_future.sql that "
+        assert daemon.spawn().wait(30) == 1
+        return daemon.log_tail(1)
+
+    def test_unknown_migration_is_refused(self, stories: Stories, daemon: DaemonProcess) -> None:
+        """A database with a migration this code does not know: one line, exit 1."""
+        line = self.start_after(
+            daemon, "INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x', 'now')")
+        assert line == (f"Error: database {daemon.db}: it has migration 9999_future.sql that "
                         "this pipelined does not know (written by a newer version); "
                         "upgrade pipelined")
 
     def test_changed_migration_is_refused(self, stories: Stories, daemon: DaemonProcess) -> None:
         """A recorded checksum that differs from the shipped file is refused."""
-        daemon.start()
-        assert daemon.stop() == 0
-        conn = apsw.Connection(str(daemon.db))
-        conn.execute("UPDATE schema_migrations SET checksum = 'tampered'")
-        conn.close()
-        proc = daemon.spawn()
-        assert proc.wait(30) == 1
-        assert "migration 0001_initial.sql changed since it was applied" in daemon.log_tail(1)
+        line = self.start_after(daemon, "UPDATE schema_migrations SET checksum = 'tampered'")
+        assert line == (f"Error: database {daemon.db}: migration 0001_initial.sql changed "
+                        "since it was applied")
 
 
 class TestStateAndRows:
