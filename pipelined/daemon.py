@@ -46,6 +46,7 @@ log = get_logger("pipelined.daemon")
 
 HEALTH_EVERY_S = 0.5
 DEFERRED_POLL_S = 0.05
+BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
 
 
 def check_root(config: Config) -> Path:
@@ -234,9 +235,11 @@ class ApplyLoop(threading.Thread):
         self.stories = len(self._reconciler.state)
         self.last_flush_monotonic = time.monotonic()
         if result.batch.upserts or result.batch.deletes:
-            log.debug("sync.flushed", touched=touched, read=result.files_read,
-                      rows=len(result.batch.upserts), deletes=len(result.batch.deletes),
-                      ms=int((time.monotonic() - started) * 1000))
+            # One line per burst; single edits already log their story.* line.
+            emit = log.info if touched >= BURST_LOG_MIN else log.debug
+            emit("sync.flushed", touched=touched, read=result.files_read,
+                 rows=len(result.batch.upserts), deletes=len(result.batch.deletes),
+                 ms=int((time.monotonic() - started) * 1000))
 
     def _git_busy(self) -> bool:
         return self.git_dir is not None and (self.git_dir / "index.lock").exists()
@@ -337,9 +340,7 @@ class Daemon:
                 log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
                 apply.failed = apply.failed or RuntimeError("a daemon thread died")
                 return
-            if not watcher.is_alive():
-                log.error("watch.observer_died")
-                watcher.restart()
+            if watcher.ensure_alive():
                 coalescer.request_rescan()
             now = time.monotonic()
             if self._watches_dirty.is_set() or now - last_watch_check >= 2.0:

@@ -248,7 +248,16 @@ class StageWatcher:
             self.observer.unschedule(watch)
 
     def is_alive(self) -> bool:
-        return self.observer.is_alive()
+        """The observer thread and every emitter thread are running."""
+        return self.observer.is_alive() and all(e.is_alive() for e in self.observer.emitters)
+
+    def ensure_alive(self) -> bool:
+        """Re-create a dead observer; True if it had died (a stat pass is then owed)."""
+        if self.is_alive():
+            return False
+        log.error("watch.observer_died", action="re-created; a stat pass follows")
+        self.restart()
+        return True
 
     def restart(self) -> None:
         """Replace a dead observer with a fresh one watching the same folders."""

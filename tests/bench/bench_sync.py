@@ -2,7 +2,8 @@
 
 Run from the project root (stdlib + apsw + watchdog only; pytest does not collect it):
 
-    python tests/bench/bench_sync.py [--n 10000] [--rounds-edit 50] [--keep DIR]
+    python tests/bench/bench_sync.py [--n 10000] [--rounds-edit 50] [--git-changes 2000]
+                                     [--burst 20000] [--keep DIR]
 
 It writes N synthetic ~2 KB stories into 1_backlog/, 2_current/ and 4_merge/ of
 a temporary folder, then measures, against the real daemon as a subprocess
@@ -15,7 +16,12 @@ datagram socket this script binds as NOTIFY_SOCKET):
 3. restart to READY with nothing changed (median of 3, interpreter start
    included), while a watchdog observer here counts *.md files opened;
 4. baseline: a full re-parse with python-frontmatter in a fresh interpreter
-   (median of 3, interpreter start included).
+   (median of 3, interpreter start included);
+5. a `git checkout` of a branch where --git-changes stories moved or changed:
+   seconds from the checkout returning until the database shows them all, and
+   the number of pycrdt transactions it took;
+6. a burst of --burst new files written as fast as possible: seconds until
+   every row is there.
 
 It prints a markdown table with the issue's targets beside the numbers.
 --keep DIR does the work in DIR and leaves it there (daemon logs in DIR/logs).
@@ -284,6 +290,113 @@ def measure_baseline(root: Path, n: int) -> list[float]:
     return times
 
 
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com",
+                    "-c", "gc.auto=0", *args], cwd=root, check=True, capture_output=True)
+
+
+def disk_view(root: Path, ids: list[str]) -> dict[str, tuple[str, str] | None]:
+    """id -> (stage, text) on disk now, None if in no stage."""
+    view: dict[str, tuple[str, str] | None] = dict.fromkeys(ids)
+    for story_id in ids:
+        for stage in STAGES:
+            path = root / stage / f"{story_id}.md"
+            if path.exists():
+                view[story_id] = (stage, path.read_text(encoding="utf-8"))
+    return view
+
+
+def db_view(db: Path, ids: list[str]) -> dict[str, tuple[str, str] | None]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        view: dict[str, tuple[str, str] | None] = dict.fromkeys(ids)
+        for story_id, stage, content in conn.execute(
+            "SELECT id, stage, content FROM pipeline_items"
+        ):
+            if story_id in view:
+                view[story_id] = (stage, content)
+        return view
+    finally:
+        conn.close()
+
+
+def count_crdt_updates(db: Path) -> int:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.execute("SELECT count(*) FROM crdt_updates").fetchall()[0][0])
+    finally:
+        conn.close()
+
+
+def measure_git_checkout(daemon: Daemon, paths: dict[str, Path], changes: int,
+                         rng: random.Random) -> tuple[float, int]:
+    """`git checkout` of a branch with `changes` stories moved or edited (half each):
+    seconds from the checkout returning until the database shows all of them, and
+    how many pycrdt transactions that took. The daemon must be stopped."""
+    root = daemon.root
+    for stage in STAGES:
+        (root / stage / ".gitkeep").touch()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "stories")
+    git(root, "checkout", "-q", "-b", "changed")
+    changed = rng.sample(sorted(paths), changes)
+    for k, story_id in enumerate(changed):
+        path = next(root / s / f"{story_id}.md" for s in STAGES
+                    if (root / s / f"{story_id}.md").exists())
+        if k % 2:
+            path.write_text(path.read_text(encoding="utf-8") + "\nEdited on the branch.\n",
+                            encoding="utf-8")
+        else:
+            target = STAGES[(STAGES.index(path.parent.name) + 1) % len(STAGES)]
+            path.rename(root / target / path.name)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "move and edit")
+    git(root, "checkout", "-q", "main")
+    daemon.start()
+    wait_settled(daemon, root, changed)
+    before = count_crdt_updates(daemon.db)
+    git(root, "checkout", "-q", "changed")
+    returned = time.perf_counter()
+    elapsed = wait_settled(daemon, root, changed) - returned
+    return elapsed, count_crdt_updates(daemon.db) - before
+
+
+def wait_settled(daemon: Daemon, root: Path, ids: list[str]) -> float:
+    """Poll until the database shows every listed story as the disk does; the time then."""
+    expected = disk_view(root, ids)
+    deadline = time.perf_counter() + READY_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        if db_view(daemon.db, ids) == expected:
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise RuntimeError("the database never matched the folders\n" + daemon.tail())
+
+
+def measure_burst(daemon: Daemon, count: int, first_number: int) -> tuple[float, float]:
+    """`count` new files as fast as they can be written, daemon running: seconds from the
+    first write until every row is there, and from the last write."""
+    text = ("---\nname: burst\nagent: null\nretry_count: 0\nblocked: false\n"
+            "depends_on: null\n---\n" + "x" * 1500 + "\n")
+    started = time.perf_counter()
+    for k in range(count):
+        (daemon.root / STAGES[k % 3] / f"{first_number + k}_story_burst.md").write_text(text)
+    written = time.perf_counter()
+    conn = apsw.Connection(str(daemon.db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        deadline = written + READY_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            got = conn.execute("SELECT count(*) FROM pipeline_items WHERE name = 'burst'"
+                               ).fetchall()[0][0]
+            if got == count:
+                done = time.perf_counter()
+                return done - started, done - written
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    raise RuntimeError(f"burst: only {got} of {count} rows\n" + daemon.tail())
+
+
 def run(args: argparse.Namespace) -> None:
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="pl-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -314,6 +427,15 @@ def run(args: argparse.Namespace) -> None:
         r["loaded"] = statistics.median(loaded)
         print("baseline re-parse ...", file=sys.stderr)
         r["baseline"] = statistics.median(measure_baseline(daemon.root, args.n))
+        r["git_changes"], r["burst"] = args.git_changes, args.burst
+        if args.git_changes:
+            print(f"git checkout of {args.git_changes} changes ...", file=sys.stderr)
+            r["git_s"], r["git_tx"] = measure_git_checkout(daemon, paths, args.git_changes, rng)
+        if args.burst:
+            print(f"burst of {args.burst} creates ...", file=sys.stderr)
+            if daemon.proc is None or daemon.proc.poll() is not None:
+                daemon.start()
+            r["burst_total"], r["burst_after"] = measure_burst(daemon, args.burst, args.n + 1)
     finally:
         daemon.kill()
         sock.close()
@@ -331,6 +453,19 @@ def run(args: argparse.Namespace) -> None:
 
 def ok(good: bool) -> str:
     return "yes" if good else "NO"
+
+
+def git_and_burst_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    if "git_s" in r:
+        rows.append((f"git checkout of {r.get('git_changes', 2000)} changes -> no drift (s)",
+                     f"{r['git_s']:.2f}", "<= 3", ok(r["git_s"] <= 3)))
+        rows.append(("  pycrdt transactions for that checkout", str(r["git_tx"]), "few", ""))
+    if "burst_total" in r:
+        rows.append((f"burst of {r.get('burst', 20000)} creates -> all rows (s, from 1st write)",
+                     f"{r['burst_total']:.1f}", "<= 30", ok(r["burst_total"] <= 30)))
+        rows.append(("  of which after the last write (s)", f"{r['burst_after']:.1f}", "", ""))
+    return rows
 
 
 def report(n: int, r: dict[str, Any], events: list[dict[str, Any]]) -> None:
@@ -353,6 +488,7 @@ def report(n: int, r: dict[str, Any], events: list[dict[str, Any]]) -> None:
         ("daemon RSS after ready (MiB)", f"{r['rss']:.0f}", "<= 250 at 10,000",
          ok(r["rss"] <= 250)),
         ("daemon peak RSS, VmHWM (MiB)", f"{r['hwm']:.0f}", "", ""),
+        *git_and_burst_rows(r),
         ("database size after ready, db + wal (MiB)", f"{r['db_mib']:.1f}", "", ""),
         ("database size after SIGTERM, db + wal (MiB)", f"{r['db_stopped_mib']:.1f}", "", ""),
     ]
@@ -376,6 +512,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="number of stories (10000)")
     parser.add_argument("--rounds-edit", type=int, default=50, help="number of edits (50)")
+    parser.add_argument("--git-changes", type=int, default=2000,
+                        help="stories a git checkout moves or edits (2000; 0 skips)")
+    parser.add_argument("--burst", type=int, default=20_000,
+                        help="files created in one burst (20000; 0 skips)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it afterwards")
     args = parser.parse_args()
     if args.n < args.rounds_edit or args.rounds_edit < 1:
