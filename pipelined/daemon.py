@@ -208,7 +208,11 @@ class ApplyLoop(threading.Thread):
         now = time.monotonic()
         grace = self.config.delete_grace_ms / 1000
         if self.coalescer.quiet_for() < grace:
-            return
+            # A tree that never goes quiet (a log file written every 50 ms) must
+            # not hold a delete forever: past the burst cap it goes ahead.
+            oldest = min(self._deferred.values())
+            if now - oldest < self.config.settle_cap_ms / 1000 + grace:
+                return
         due = {sid for sid, since in self._deferred.items() if now - since >= grace}
         if not due:
             return

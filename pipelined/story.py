@@ -18,6 +18,7 @@ __all__ = ["FIELDS", "ParsedStory", "parse_story", "story_number"]
 FIELDS = ("name", "agent", "retry_count", "blocked", "depends_on")
 _ID_NUMBER = re.compile(r"^([0-9]+)_")
 _FRONT_MATTER_START = re.compile(r"^-{3,}[ \t]*\r?\n")
+_FRONT_MATTER_END = re.compile(r"^-{3,}\s*$", re.MULTILINE)
 
 _handler: Any = None
 
@@ -54,6 +55,9 @@ class ParsedStory:
     extra: dict[str, Any] = field(default_factory=dict)
     content: str | None = None  # None only for an oversized file
     errors: tuple[str, ...] = ()
+    # True when the file as a whole gave no fields (no or unparsable front
+    # matter, empty, not UTF-8, too large): a half-written file looks like this.
+    broken: bool = False
 
 
 def story_number(story_id: str) -> int | None:
@@ -113,28 +117,32 @@ def _typed(key: str, value: Any) -> Any:
 def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
     """Parse one story file's bytes. Never raises: problems become `errors`."""
     if len(raw) > max_bytes:
-        return ParsedStory(_null_fields(), content=None,
+        return ParsedStory(_null_fields(), broken=True, content=None,
                            errors=(f"file is {len(raw)} bytes, over the {max_bytes}-byte limit",))
     errors: list[str] = []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         text = raw.decode("utf-8", errors="replace")
-        return ParsedStory(_null_fields(), content=text,
+        return ParsedStory(_null_fields(), broken=True, content=text,
                            errors=(f"not UTF-8 (byte {exc.start})",))
     if not text.strip():
-        return ParsedStory(_null_fields(), content=text, errors=("file is empty",))
+        return ParsedStory(_null_fields(), broken=True, content=text, errors=("file is empty",))
     # Front matter only counts at the very top (after an optional byte order mark).
     head = text.removeprefix("\ufeff")
-    if not _FRONT_MATTER_START.match(head):
-        return ParsedStory(_null_fields(), content=text)
+    opening = _FRONT_MATTER_START.match(head)
+    if not opening:
+        return ParsedStory(_null_fields(), broken=True, content=text)
+    if not _FRONT_MATTER_END.search(head, opening.end()):
+        return ParsedStory(_null_fields(), broken=True, content=text,
+                           errors=("front matter is not closed by a --- line",))
     try:
         import frontmatter
 
         metadata, _body = frontmatter.parse(head, handler=_front_matter_handler())
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
-        return ParsedStory(_null_fields(), content=text,
+        return ParsedStory(_null_fields(), broken=True, content=text,
                            errors=(f"front matter does not parse: {reason}",))
     fields = _null_fields()
     extra: dict[str, Any] = {}

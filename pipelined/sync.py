@@ -8,7 +8,6 @@ stage folder, and the disk decides (DESIGN.md, rules 1-3).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +95,8 @@ class Reconciler:
         self.max_file_bytes = max_file_bytes
         self.high_water = high_water
         self._paths_by_id: dict[str, set[str]] = {}
+        # id -> (last good file fields, state fields then), while its file is broken
+        self._before_broken: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for path, kf in known.items():
             self._paths_by_id.setdefault(kf.story_id, set()).add(path)
 
@@ -141,13 +142,13 @@ class Reconciler:
                 if len(raw) > self.max_file_bytes:
                     size = story_file.signature.size
                     return ParsedStory(
-                        dict.fromkeys(FIELDS), content=None,
+                        dict.fromkeys(FIELDS), content=None, broken=True,
                         errors=(f"file is {max(size, len(raw))} bytes, over the "
                                 f"{self.max_file_bytes}-byte limit",))
         except FileNotFoundError:
             return None
         except OSError as exc:
-            return ParsedStory(dict.fromkeys(FIELDS), content=None,
+            return ParsedStory(dict.fromkeys(FIELDS), content=None, broken=True,
                                errors=(f"cannot read the file ({exc.strerror})",))
         return parse_story(raw, self.max_file_bytes)
 
@@ -246,6 +247,35 @@ class Reconciler:
         else:
             self._paths_by_id.pop(story_id, None)
 
+    def _previous_version(
+        self,
+        story_id: str,
+        prev: dict[str, Any],
+        old_text: str | None,
+        parsed: ParsedStory,
+        repair: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(fields of the previous version of the file, state fields to apply changes to).
+
+        A broken version (half written, unparsable) nulls the fields; the next
+        good version is compared with the last good one and applied to the state
+        as it was then, so a value reset by a move is not brought back.
+        """
+        if repair:
+            return {k: prev[k] for k in FIELDS}, prev
+        old = (parse_story(old_text.encode("utf-8"), self.max_file_bytes)
+               if old_text is not None else None)
+        if old is not None and not old.broken:
+            if parsed.broken:
+                self._before_broken[story_id] = (old.fields, {k: prev[k] for k in FIELDS})
+            return old.fields, prev
+        memo = self._before_broken.get(story_id)
+        if not parsed.broken:
+            self._before_broken.pop(story_id, None)
+        if memo is not None:
+            return memo
+        return dict.fromkeys(FIELDS), prev
+
     def _apply_parsed(
         self,
         story_id: str,
@@ -264,23 +294,24 @@ class Reconciler:
             result.created += 1
             log.info("story.created", id=story_id, stage=winner.stage)
         else:
-            if repair:
-                old_fields = {k: prev[k] for k in FIELDS}
-            else:
-                # An edit changes only what changed between the two versions of the file.
-                old_fields = (parse_story(old_text.encode("utf-8"), self.max_file_bytes).fields
-                              if old_text is not None else dict.fromkeys(FIELDS))
+            old_fields, base = self._previous_version(story_id, prev, old_text, parsed, repair)
+            # An edit changes only what changed between the two versions of the file.
             file_changes = {k: v for k, v in new_fields.items() if old_fields.get(k) != v}
-            values = dict(file_changes)
+            target: dict[str, Any] = {**{k: base.get(k) for k in FIELDS}, **file_changes}
+            reset = False
             if prev["stage"] != winner.stage:
-                values["stage"] = winner.stage
+                target["stage"] = winner.stage
                 # A stage change resets retry_count, unless the same burst set it in the file.
-                values.setdefault("retry_count", 0)
+                if "retry_count" not in file_changes:
+                    target["retry_count"], reset = 0, True
+                    if story_id in self._before_broken:  # moved while its file is broken
+                        self._before_broken[story_id][1]["retry_count"] = 0
                 result.moved += 1
                 log.info("story.moved", id=story_id, from_stage=prev["stage"],
                          to_stage=winner.stage)
-            values = {k: v for k, v in values.items() if prev.get(k) != v}
-            changed_fields = sorted(k for k in values if k in file_changes)
+            values = {k: v for k, v in target.items() if prev.get(k) != v}
+            changed_fields = sorted(k for k in values if k != "stage"
+                                    and not (k == "retry_count" and reset))
             if changed_fields:
                 result.updated += 1
                 log.info("story.updated", id=story_id, fields=changed_fields)
@@ -302,6 +333,3 @@ class Reconciler:
                 log.warning("story.parse_error", id=story_id, path=winner.rel_path,
                             error=parsed.errors[0])
 
-
-def monotonic_ms(start: float) -> int:
-    return int((time.monotonic() - start) * 1000)

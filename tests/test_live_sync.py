@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 
 import pytest
 from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, story_text, wait_until
@@ -152,3 +153,30 @@ class TestConflicts:
         stories.path("2_current", "30_story_twice").unlink()
         daemon.wait_row("30_story_twice", lambda r: r["stage"] == "1_backlog")
         wait_until(lambda: daemon.cli("doctor").returncode == 0, what="doctor to be clean")
+
+
+class TestBusyTree:
+    def test_delete_goes_through_while_another_file_keeps_changing(
+        self, stories: Stories, daemon: DaemonProcess
+    ) -> None:
+        """A log file written every 50 ms in a stage folder does not hold a delete forever."""
+        stories.write("1_backlog", "50_story_a")
+        stories.write("1_backlog", "51_story_b")
+        daemon.start()
+        stop = threading.Event()
+
+        def keep_writing() -> None:
+            with open(stories.root / "2_current" / "agent.log", "a") as log:
+                while not stop.wait(0.05):
+                    log.write("tick\n")
+                    log.flush()
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            stories.path("1_backlog", "50_story_a").unlink()
+            daemon.wait_gone("50_story_a", timeout=20)
+        finally:
+            stop.set()
+            writer.join()
+        assert daemon.row("51_story_b") is not None

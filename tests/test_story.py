@@ -310,3 +310,24 @@ class TestStoryNumber:
     def test_id_without_number(self, story_id: str) -> None:
         """An id that does not start with `<digits>_` has no number."""
         assert story_number(story_id) is None
+
+
+class TestBrokenFlag:
+    def test_unclosed_front_matter_is_an_error(self) -> None:
+        """An opening --- with no closing one (a half-written file) is a recorded error."""
+        parsed = parse_story(b"---\nname: x\nretry_c", 1 << 20)
+        assert parsed.errors == ("front matter is not closed by a --- line",)
+        assert parsed.broken is True
+        assert parsed.fields["name"] is None
+
+    def test_field_error_is_not_broken(self) -> None:
+        """A single bad field leaves the file readable: not broken, other fields kept."""
+        parsed = parse_story(b"---\nname: x\nretry_count: lots\n---\n", 1 << 20)
+        assert parsed.broken is False
+        assert parsed.fields["name"] == "x"
+
+    def test_no_front_matter_is_broken_without_error(self) -> None:
+        """A plain markdown file gives no fields and no error, but counts as broken."""
+        parsed = parse_story(b"# Just a title\n", 1 << 20)
+        assert parsed.broken is True
+        assert parsed.errors == ()
