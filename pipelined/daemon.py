@@ -29,7 +29,12 @@ from typing import Any
 from pipelined.config import Config
 from pipelined.content import ContentMap
 from pipelined.errors import PipelinedError, RootError
-from pipelined.layout import FileSignature, find_git_dir, stat_signatures
+from pipelined.layout import (
+    FileSignature,
+    find_git_dir,
+    stat_signatures,
+    symlinked_story_ids,
+)
 from pipelined.logs import get_logger
 from pipelined.notify import Notifier
 from pipelined.store.connection import open_read_only, open_writer
@@ -56,9 +61,13 @@ def check_root(config: Config) -> Path:
         raise RootError(root, "no such folder (set --root or PIPELINED_ROOT)")
     root = root.resolve()
     for stage in config.stages:
-        if not (root / stage).is_dir():
-            raise RootError(root / stage, "stage folder is missing "
+        folder = root / stage
+        if not folder.is_dir():
+            raise RootError(folder, "stage folder is missing "
                             f"(create it, or set --stages; watched: {','.join(config.stages)})")
+        if not folder.resolve().is_relative_to(root):
+            raise RootError(folder, f"stage folder is a symlink out of the root "
+                            f"(to {folder.resolve()}); symlinks are not followed out of it")
     return root
 
 
@@ -79,7 +88,6 @@ class ApplyLoop(threading.Thread):
         self.db_path = db_path
         self.coalescer = coalescer
         self.writer = writer
-        self.git_dir = find_git_dir(root)
         self.ready = threading.Event()
         self._on_ready = on_ready
         self.skip_flush = threading.Event()
@@ -114,8 +122,9 @@ class ApplyLoop(threading.Thread):
             reconciler, mismatch, applied = self._load_state(conn, stored)
         finally:
             conn.close()
-        result = reconciler.reconcile(touched, confirm_absent=not self._git_busy(),
-                                      repair=mismatch)
+        # Unreadable and symlinked files are looked at again whatever their signature.
+        result = reconciler.reconcile(touched | reconciler.unreadable,
+                                      confirm_absent=not self._git_busy(), repair=mismatch)
         if stored.client_id is None:
             result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
         self._defer(result)
@@ -153,6 +162,8 @@ class ApplyLoop(threading.Thread):
                         count=len(mismatch))
         reconciler = Reconciler(self.root, self.config.stages, state, content, known,
                                 self.config.max_file_bytes, stored.high_water)
+        reconciler.unreadable = full.unreadable  # a chmod since then changed no signature
+        reconciler.symlinked = symlinked_story_ids(self.root, self.config.stages)
         return reconciler, mismatch, applied
 
     # -- the loop ------------------------------------------------------------------
@@ -171,27 +182,41 @@ class ApplyLoop(threading.Thread):
             settled = self.coalescer.take(timeout)
             if settled.stopping and self.skip_flush.is_set():
                 return
+            if time.monotonic() - last_rescan >= self.config.rescan_interval_s:
+                settled.rescan = True
+            if settled.rescan:
+                last_rescan = time.monotonic()
+            story_ids = settled.story_ids
             try:
-                if time.monotonic() - last_rescan >= self.config.rescan_interval_s:
-                    settled.rescan = True
-                if settled.rescan:
-                    last_rescan = time.monotonic()
-                self._flush(settled.story_ids, settled.rescan)
+                story_ids = self._with_rescan(story_ids, settled.rescan)
+                self._flush(story_ids)
                 self._confirm_deletes(final=settled.stopping)
             except Exception:
-                log.exception("apply.flush_failed")
-                time.sleep(1.0)
-                self.coalescer.request_rescan()
+                # One bad story must not stop the others: retry them one by one.
+                log.exception("apply.flush_failed", stories=len(story_ids))
+                self._flush_each(story_ids)
             if settled.stopping:
                 return
 
-    def _flush(self, story_ids: set[str], rescan: bool) -> None:
+    def _with_rescan(self, story_ids: set[str], rescan: bool) -> set[str]:
+        if not rescan:
+            return story_ids
+        assert self._reconciler is not None
+        changed, checked = self._reconciler.changed_ids()
+        log.info("sync.rescan", files_stat_checked=checked, changed=len(changed))
+        return story_ids | changed
+
+    def _flush_each(self, story_ids: set[str]) -> None:
+        """Reconcile ids one at a time; an id that still fails is logged and skipped."""
+        for story_id in sorted(story_ids):
+            try:
+                self._flush({story_id})
+            except Exception:
+                log.exception("sync.story_failed", id=story_id)
+
+    def _flush(self, story_ids: set[str]) -> None:
         reconciler = self._reconciler
         assert reconciler is not None
-        if rescan:
-            changed, checked = reconciler.changed_ids()
-            log.info("sync.rescan", files_stat_checked=checked, changed=len(changed))
-            story_ids = story_ids | changed
         if not story_ids:
             return
         started = time.monotonic()
@@ -246,7 +271,10 @@ class ApplyLoop(threading.Thread):
                  ms=int((time.monotonic() - started) * 1000))
 
     def _git_busy(self) -> bool:
-        return self.git_dir is not None and (self.git_dir / "index.lock").exists()
+        # Looked up each time (a few stats, only when a delete is pending): the
+        # root may become a git checkout while the daemon runs.
+        git_dir = find_git_dir(self.root)
+        return git_dir is not None and (git_dir / "index.lock").exists()
 
 
 class Daemon:
@@ -367,6 +395,9 @@ class Daemon:
             watcher.stop()
         except Exception:
             log.exception("watch.stop_failed")
+        # Events still in the kernel queue died with the watcher: a last stat pass
+        # (tens of milliseconds) catches files written just before the signal.
+        coalescer.request_rescan()
         coalescer.stop()
         hurried = False
         for thread in (apply, writer):

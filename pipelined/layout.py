@@ -24,6 +24,7 @@ __all__ = [
     "stat_signatures",
     "stat_story",
     "story_ref",
+    "symlinked_story_ids",
 ]
 
 # `<number>_<anything>.md`. Hidden files, `#…#`, `.#…`, `4913`, `~`, `.swp`,
@@ -58,8 +59,20 @@ class StoryFile:
 
 
 def is_story_name(name: str) -> bool:
-    """True for `<number>_<anything>.md` that is no hidden file or editor leftover."""
-    return _STORY_FILE.fullmatch(name) is not None
+    """True for `<number>_<anything>.md` that is no hidden file or editor leftover.
+
+    A name that is not valid UTF-8 (Python hands it over with surrogate escapes)
+    is no story: it could be stored neither in SQLite text nor in pycrdt.
+    """
+    return _STORY_FILE.fullmatch(name) is not None and _is_utf8(name)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def story_ref(root: Path, path: str, stages: Iterable[str]) -> tuple[str, str] | None:
@@ -123,7 +136,7 @@ def stat_signatures(root: Path, stages: Iterable[str]) -> dict[str, tuple[int, i
         try:
             prefix = stage + "/"
             for name in os.listdir(folder):
-                if fullmatch(name) is None:
+                if fullmatch(name) is None or not _is_utf8(name):
                     continue
                 try:
                     st = lstat(name, dir_fd=folder)
@@ -140,6 +153,19 @@ def stat_signatures(root: Path, stages: Iterable[str]) -> dict[str, tuple[int, i
             continue  # the folder went away while being listed
         finally:
             os.close(folder)
+    return found
+
+
+def symlinked_story_ids(root: Path, stages: Iterable[str]) -> set[str]:
+    """Ids of story files that are symlinks (a listing, no stat: d_type tells)."""
+    found: set[str] = set()
+    for stage in stages:
+        try:
+            with os.scandir(os.path.join(root, stage)) as entries:
+                found.update(e.name[:-3] for e in entries
+                             if e.is_symlink() and is_story_name(e.name))
+        except OSError:
+            continue
     return found
 
 

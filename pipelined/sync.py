@@ -95,6 +95,11 @@ class Reconciler:
         self.max_file_bytes = max_file_bytes
         self.high_water = high_water
         self._paths_by_id: dict[str, set[str]] = {}
+        # Ids read through a symlink: an edit of the target marks only the target's
+        # id, so these are looked at in every flush (a stat each; they are rare).
+        self.symlinked: set[str] = set()
+        # Ids whose file could not be read: a chmod changes no signature.
+        self.unreadable: set[str] = set()
         # id -> (last good file fields, state fields then), while its file is broken
         self._before_broken: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for path, kf in known.items():
@@ -119,7 +124,7 @@ class Reconciler:
         result = SyncResult(Batch())
         puts: dict[str, dict[str, Any]] = {}
         removes: list[str] = []
-        for story_id in sorted(set(story_ids) | repair_set):
+        for story_id in sorted(set(story_ids) | repair_set | self.symlinked):
             self._reconcile_one(story_id, confirm_absent, story_id in repair_set,
                                 result, puts, removes)
         result.batch.crdt_update = self.state.apply(puts, removes)
@@ -136,6 +141,7 @@ class Reconciler:
 
     def _read(self, story_file: StoryFile) -> ParsedStory | None:
         """Parse the file; None if it vanished since the stat."""
+        self.unreadable.discard(story_file.story_id)
         try:
             with open(story_file.path, "rb") as handle:
                 raw = handle.read(self.max_file_bytes + 1)
@@ -148,6 +154,7 @@ class Reconciler:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            self.unreadable.add(story_file.story_id)
             return ParsedStory(dict.fromkeys(FIELDS), content=None, broken=True,
                                errors=(f"cannot read the file ({exc.strerror})",))
         return parse_story(raw, self.max_file_bytes)
@@ -173,12 +180,17 @@ class Reconciler:
             unchanged = (
                 not repair and prev is not None and prev["stage"] == winner.stage
                 and kf is not None and kf.signature == winner.signature
-                and self.content.has(story_id)
+                and self.content.has(story_id) and story_id not in self.unreadable
+                and story_id not in self.symlinked
             )
             if unchanged:
                 break
             parsed = self._read(winner)
             result.files_read += 1
+            if winner.path.is_symlink():
+                self.symlinked.add(story_id)
+            else:
+                self.symlinked.discard(story_id)
             if parsed is not None:
                 break
             found.remove(winner)  # vanished between stat and read
@@ -194,6 +206,9 @@ class Reconciler:
             prev = self.state.get(story_id)
             removes.append(story_id)
             self.content.drop(story_id)
+            self.symlinked.discard(story_id)
+            self.unreadable.discard(story_id)
+            self._before_broken.pop(story_id, None)
             batch.deletes.append(story_id)
             self._drop_paths(batch, story_id, known_paths)
             result.deleted += 1

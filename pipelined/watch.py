@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -42,6 +44,7 @@ log = get_logger("pipelined.watch")
 
 EVENT_KINDS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent,
+    FileAttribEvent,  # a chmod can make an unreadable story readable
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
 ]
 
@@ -196,6 +199,15 @@ class OverflowHook(logging.Handler):
             pass
 
 
+def _inode(folder: Path) -> int | None:
+    """The folder's inode, or None if it is not a folder now."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_ino if stat_mod.S_ISDIR(st.st_mode) else None
+
+
 class StageWatcher:
     """Owns the watchdog observer: the root (not recursive) and each stage folder.
 
@@ -221,10 +233,7 @@ class StageWatcher:
         changed = False
         for stage in self.stages:
             folder = self.root / stage
-            try:
-                inode = folder.stat().st_ino if folder.is_dir() else None
-            except OSError:
-                inode = None
+            inode = _inode(folder)
             current = self._watches.get(stage)
             if current is not None and current[1] == inode:
                 continue
@@ -248,8 +257,16 @@ class StageWatcher:
             self.observer.unschedule(watch)
 
     def is_alive(self) -> bool:
-        """The observer thread and every emitter thread are running."""
-        return self.observer.is_alive() and all(e.is_alive() for e in self.observer.emitters)
+        """The observer thread and every emitter that should run are running.
+
+        A stage folder's emitter stops by itself when the folder is deleted or
+        moved away; that is `ensure_watches`' business, not a dead observer.
+        """
+        if not self.observer.is_alive():
+            return False
+        gone = {watch for stage, (watch, inode) in self._watches.items()
+                if _inode(self.root / stage) != inode}
+        return all(e.is_alive() for e in self.observer.emitters if e.watch not in gone)
 
     def ensure_alive(self) -> bool:
         """Re-create a dead observer; True if it had died (a stat pass is then owed)."""

@@ -30,6 +30,7 @@ class StoredState:
     updates: list[bytes]
     signatures: list[tuple[str, str, str, int, int, int, int]]
     contents: list[tuple[str, str | None]]
+    unreadable: set[str]  # ids whose file could not be read last time
 
 
 def read_signatures(conn: apsw.Connection) -> Signatures:
@@ -53,4 +54,6 @@ def read_state(conn: apsw.Connection) -> StoredState:
         ).fetchall()),
         contents=cast(list[tuple[str, str | None]],
                       conn.execute("SELECT id, content FROM pipeline_items").fetchall()),
+        unreadable={str(r[0]) for r in conn.execute(
+            "SELECT id FROM story_extras WHERE errors LIKE '%cannot read the file%'")},
     )
