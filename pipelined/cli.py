@@ -249,7 +249,7 @@ def doctor(root: Path | None, db: Path | None, stages: str | None, config_file: 
             click.echo(f"conflict     {c['id']}: following {c['winner']}, "
                        f"also in {', '.join(c['others'])}")
         for e in report["parse_errors"]:
-            click.echo(f"parse error  {e['id']}: {'; '.join(e['errors'])}")
+            click.echo(f"parse error  {e['path'] or e['id']}: {'; '.join(e['errors'])}")
         for d in report["drift"]:
             click.echo(f"drift        {d['path']}: {d['problem']}")
         for m in report["state_mismatch"]:

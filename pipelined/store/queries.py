@@ -115,8 +115,11 @@ def conflicts(conn: apsw.Connection) -> list[dict[str, Any]]:
 
 
 def parse_errors(conn: apsw.Connection) -> list[dict[str, Any]]:
+    """Stories whose file has an error, with the file followed ('<stage>/<id>.md')."""
     return [
-        {"id": story_id, "errors": json.loads(errors)}
-        for story_id, errors in conn.execute(
-            "SELECT id, errors FROM story_extras WHERE errors IS NOT NULL ORDER BY id")
+        {"id": story_id, "path": path, "errors": json.loads(errors)}
+        for story_id, path, errors in conn.execute(
+            "SELECT e.id, s.path, e.errors FROM story_extras e "
+            "LEFT JOIN file_signatures s ON s.story_id = e.id AND s.winner = 1 "
+            "WHERE e.errors IS NOT NULL ORDER BY e.id")
     ]
