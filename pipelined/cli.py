@@ -8,8 +8,11 @@ here, in `PipelinedGroup.invoke`, and nowhere else.
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +36,11 @@ class PipelinedGroup(click.Group):
             return super().invoke(ctx)
         except PipelinedError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # a bad flag or value: one line, not a usage block
+            sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
+            command = f"pipelined {sub}" if sub else "pipelined"
+            click.echo(f"Error: {exc.format_message()} (see `{command} --help`)", err=True)
             sys.exit(exc.exit_code)
         except BrokenPipeError:  # `pipelined ls | head`
             sys.exit(0)
@@ -114,13 +122,19 @@ def run(root: Path | None, db: Path | None, stages: str | None, config_file: Pat
 
     Example: pipelined run --root ~/work/stories
     """
-    config = _config(root, db, stages, config_file, settle_ms=settle_ms,
-                     max_file_bytes=max_file_bytes, log_format=log_format, log_level=log_level)
+    def load() -> Config:  # again on SIGHUP: the same flags over a fresh config file
+        return _config(root, db, stages, config_file, settle_ms=settle_ms,
+                       max_file_bytes=max_file_bytes, log_format=log_format, log_level=log_level)
+
+    config = load()
     from pipelined.daemon import Daemon
     from pipelined.logs import configure_logging
 
     configure_logging(config.log_format, config.log_level)
-    sys.exit(Daemon(config).run())
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for a daemon that
+    # seems stuck, the one question an operator (or a test) needs answered.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    sys.exit(Daemon(config, reload_config=load).run())
 
 
 @main.command()
@@ -133,6 +147,7 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
     Example: pipelined status --json
     """
     from pipelined.store import queries
+    from pipelined.store.heartbeat import STALE_AFTER_S, read_heartbeat
     from pipelined.store.lock import holder
 
     config = _config(root, db, stages, config_file)
@@ -140,10 +155,18 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
     pid = holder(config.db_path)
     counts = queries.counts_by_stage(conn)
     info = queries.meta(conn)
+    beat = read_heartbeat(config.db_path) if pid is not None else None
+    if beat is not None and beat.get("pid") != pid:
+        beat = None  # left by an earlier daemon
     result = {
         "db": str(config.db_path),
         "running": pid is not None,
         "pid": pid,
+        "state": _daemon_state(pid, beat, STALE_AFTER_S),
+        "uptime_s": (round(time.time() - beat["started_unix"]) if beat else None),
+        "writer_error": beat.get("writer_error") if beat else None,
+        "pending_batches": beat.get("pending_batches") if beat else None,
+        "stat_pass_owed": beat.get("stat_pass_owed") if beat else None,
         "stories": sum(counts.values()),
         "stages": counts,
         "last_sync": info.get("last_sync"),
@@ -151,13 +174,31 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
     if as_json:
         _print_json(result)
         return
-    state = f"running (pid {pid})" if pid else "not running"
-    click.echo(f"daemon:    {state}")
+    daemon_line = f"{result['state']} (pid {pid})" if pid else "not running"
+    if result["uptime_s"] is not None:
+        daemon_line += f", up {result['uptime_s']} s"
+    click.echo(f"daemon:    {daemon_line}")
+    if result["writer_error"]:
+        click.echo(f"degraded:  {result['writer_error']} "
+                   f"({result['pending_batches']} batches waiting in memory)")
     click.echo(f"database:  {config.db_path}")
     click.echo(f"last sync: {result['last_sync'] or 'never'}")
     click.echo(f"stories:   {result['stories']}")
     for stage, count in counts.items():
         click.echo(f"  {stage:<12} {count}")
+
+
+def _daemon_state(pid: int | None, beat: dict[str, Any] | None, stale_after_s: float) -> str:
+    """stopped, starting, ready, degraded or not responding (from the heartbeat)."""
+    if pid is None:
+        return "stopped"
+    if beat is None:
+        return "starting"
+    if beat["age_s"] > stale_after_s:
+        return "not responding"
+    if beat.get("degraded"):
+        return "degraded"
+    return "ready" if beat.get("ready") else "starting"
 
 
 @main.command(name="ls")
@@ -258,3 +299,56 @@ def doctor(root: Path | None, db: Path | None, stages: str | None, config_file: 
             click.echo(f"ok: {report['stories']} stories, no problem found")
     if not report["ok"]:
         sys.exit(1)
+
+
+@main.command()
+@settings_options
+@json_option
+def rebuild(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+            as_json: bool) -> None:
+    """Build a fresh database from the folders (the daemon must be stopped).
+
+    The old database is kept beside the new one as `<db>.old-<time>`; story
+    numbers already handed out stay used. Use it when the database is corrupt.
+
+    Example: pipelined rebuild --root ~/work/stories
+    """
+    from dataclasses import asdict
+
+    from pipelined.logs import configure_logging
+    from pipelined.maintenance import rebuild as run_rebuild
+
+    config = _config(root, db, stages, config_file)
+    configure_logging("auto", "warning")  # one line per story would drown the summary
+    result = run_rebuild(config)
+    if as_json:
+        _print_json(asdict(result))
+        return
+    kept = f"; the old one is kept as {result.old_db}" if result.old_db else ""
+    click.echo(f"rebuilt {result.db}: {result.stories} stories, {result.errors} with errors, "
+               f"high-water mark {result.high_water}{kept}")
+
+
+@main.command()
+@settings_options
+@click.argument("target", type=click.Path(path_type=Path))
+@json_option
+def backup(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+           target: Path, as_json: bool) -> None:
+    """Copy the database to TARGET, consistently, even while the daemon runs.
+
+    To restore: stop the daemon and start it with `--db TARGET` (or copy TARGET
+    over the database file).
+
+    Example: pipelined backup /var/backups/pipeline-$(date +%F).db
+    """
+    from dataclasses import asdict
+
+    from pipelined.maintenance import backup as run_backup
+
+    config = _config(root, db, stages, config_file)
+    result = run_backup(config.db_path, target)
+    if as_json:
+        _print_json(asdict(result))
+        return
+    click.echo(f"backed up {result.source} to {result.target} ({result.bytes} bytes)")

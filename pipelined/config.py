@@ -45,6 +45,7 @@ class Config:
     max_file_bytes: int = 1024 * 1024
     rescan_interval_s: float = 300.0  # safety-net stat pass
     writer_queue: int = 64  # batches waiting for the writer before back-pressure
+    compact_updates: int = 1000  # persisted pycrdt updates squashed into one snapshot
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -57,9 +58,7 @@ class Config:
                 raise ConfigError("stages", stage, "a stage is named <digits>_<name>")
         if len(set(self.stages)) != len(self.stages):
             raise ConfigError("stages", list(self.stages), "a stage is listed twice")
-        for name in ("settle_ms", "settle_cap_ms", "max_file_bytes", "writer_queue"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, getattr(self, name), "must be positive")
+        self._check_ranges()
         if self.delete_grace_ms < 0:
             raise ConfigError("delete_grace_ms", self.delete_grace_ms, "must not be negative")
         if self.settle_cap_ms < self.settle_ms:
@@ -73,6 +72,15 @@ class Config:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", self.log_level, "one of debug, info, warning, error")
         return self
+
+    def _check_ranges(self) -> None:
+        for name, least, most in (("settle_ms", 1, 60_000), ("settle_cap_ms", 1, 600_000),
+                                  ("delete_grace_ms", 0, 600_000),
+                                  ("max_file_bytes", 1, 1 << 30), ("writer_queue", 1, 100_000),
+                                  ("compact_updates", 2, 10_000_000)):
+            value = getattr(self, name)
+            if not least <= value <= most:
+                raise ConfigError(name, value, f"must be from {least} to {most}")
 
     @property
     def db_path(self) -> Path:
@@ -120,7 +128,7 @@ def _coerce(name: str, value: object) -> object:
                 return tuple(value)
             raise ValueError("a list of folder names")
         if name in ("settle_ms", "settle_cap_ms", "delete_grace_ms", "max_file_bytes",
-                    "writer_queue"):
+                    "writer_queue", "compact_updates"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("an integer")
             return int(str(value)) if isinstance(value, str) else int(value)  # type: ignore[call-overload]

@@ -22,25 +22,35 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pipelined.config import Config
+from pipelined.config import Config, resolve
 from pipelined.content import ContentMap
 from pipelined.errors import PipelinedError, RootError
+from pipelined.health import DEFAULT_STALL_S, Liveness, ProgressProbe, WatchdogPinger, status_line
 from pipelined.layout import (
     FileSignature,
     find_git_dir,
     stat_signatures,
     symlinked_story_ids,
 )
-from pipelined.logs import get_logger
-from pipelined.notify import Notifier
-from pipelined.store.connection import open_read_only, open_writer
+from pipelined.logs import configure_logging, get_logger
+from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
+from pipelined.store.connection import (
+    as_corrupt,
+    check_integrity,
+    open_read_only,
+    open_writer,
+)
+from pipelined.store.heartbeat import Heartbeat
 from pipelined.store.load import Signatures, read_signatures, read_state
 from pipelined.store.lock import DaemonLock
 from pipelined.store.migrations import apply_migrations
+from pipelined.store.queries import counts_by_stage, meta
+from pipelined.store.batch import Batch, Compaction
 from pipelined.store.writer import Writer
 from pipelined.sync import KnownFile, Reconciler, SyncResult, changed_story_ids
 from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
@@ -50,6 +60,9 @@ __all__ = ["ApplyLoop", "Daemon", "check_root"]
 log = get_logger("pipelined.daemon")
 
 HEALTH_EVERY_S = 0.5
+EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and again each second
+EXTEND_BY_USEC = 30_000_000
+RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
 DEFERRED_POLL_S = 0.05
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
 
@@ -96,6 +109,8 @@ class ApplyLoop(threading.Thread):
         self.last_flush_monotonic = time.monotonic()
         self._deferred: dict[str, float] = {}
         self._reconciler: Reconciler | None = None
+        self._updates_since_compaction = 0
+        self._fresh_bytes_per_story: float | None = None
 
     # -- startup -------------------------------------------------------------------
 
@@ -112,8 +127,9 @@ class ApplyLoop(threading.Thread):
         conn = open_read_only(self.db_path)
         try:
             stored = read_signatures(conn)
-            seen = stat_signatures(self.root, self.config.stages)
-            touched = changed_story_ids(seen, stored.by_path, stored.row_ids)
+            unlistable: set[str] = set()
+            seen = stat_signatures(self.root, self.config.stages, unlistable)
+            touched = changed_story_ids(seen, stored.by_path, stored.row_ids, unlistable)
             stat_ms = int((time.monotonic() - started) * 1000)
             in_sync_early = not touched and stored.client_id is not None
             if in_sync_early:
@@ -129,7 +145,8 @@ class ApplyLoop(threading.Thread):
             result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
         self._defer(result)
         seq = self.writer.submit(result.batch)
-        self.writer.wait_committed(seq)
+        if not self.writer.wait_committed(seq):
+            raise RuntimeError("the writer stopped before the startup changes were committed")
         self.stories = len(reconciler.state)
         log.info("daemon.startup", stories_loaded=len(stored.row_ids), crdt_updates=applied,
                  files_stat_checked=len(seen), files_reread=result.files_read,
@@ -153,6 +170,7 @@ class ApplyLoop(threading.Thread):
         client_id = stored.client_id if stored.client_id is not None else _new_client_id()
         state = PipelineState(client_id)
         applied = state.load(full.updates)
+        self._updates_since_compaction = applied
         content = ContentMap(full.contents)
         known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
                  for path, sid, stage, mtime, size, inode, winner in full.signatures}
@@ -171,11 +189,12 @@ class ApplyLoop(threading.Thread):
     def run(self) -> None:
         try:
             self._reconciler = self._startup()
+            self._set_ready()
         except BaseException as exc:  # reported by the main thread
-            self.failed = exc
-            log.exception("apply.startup_failed")
+            self.failed = exc = as_corrupt(self.db_path, exc)
+            if not isinstance(exc, PipelinedError):
+                log.exception("apply.startup_failed")
             return
-        self._set_ready()
         last_rescan = time.monotonic()
         while True:
             timeout = DEFERRED_POLL_S if self._deferred else 1.0
@@ -191,7 +210,9 @@ class ApplyLoop(threading.Thread):
                 story_ids = self._with_rescan(story_ids, settled.rescan)
                 self._flush(story_ids)
                 self._confirm_deletes(final=settled.stopping)
-            except Exception:
+            except BaseException as exc:  # pycrdt panics are BaseExceptions
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
                 # One bad story must not stop the others: retry them one by one.
                 log.exception("apply.flush_failed", stories=len(story_ids))
                 self._flush_each(story_ids)
@@ -211,7 +232,9 @@ class ApplyLoop(threading.Thread):
         for story_id in sorted(story_ids):
             try:
                 self._flush({story_id})
-            except Exception:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
                 log.exception("sync.story_failed", id=story_id)
 
     def _flush(self, story_ids: set[str]) -> None:
@@ -261,6 +284,10 @@ class ApplyLoop(threading.Thread):
     def _submit(self, result: SyncResult, started: float, touched: int) -> None:
         assert self._reconciler is not None
         self.writer.submit(result.batch)
+        if result.batch.crdt_update:
+            self._updates_since_compaction += 1
+            if self._updates_since_compaction >= self.config.compact_updates:
+                self._compact()
         self.stories = len(self._reconciler.state)
         self.last_flush_monotonic = time.monotonic()
         if result.batch.upserts or result.batch.deletes:
@@ -269,6 +296,33 @@ class ApplyLoop(threading.Thread):
             emit("sync.flushed", touched=touched, read=result.files_read,
                  rows=len(result.batch.upserts), deletes=len(result.batch.deletes),
                  ms=int((time.monotonic() - started) * 1000))
+
+    def _compact(self) -> None:
+        """Squash the persisted history into one snapshot, queued behind the updates
+        it covers; the writer deletes them in the same transaction. When even the
+        snapshot has grown past twice a fresh encoding, rebase: a new document
+        (a new epoch) holding only the current state."""
+        assert self._reconciler is not None
+        state = self._reconciler.state
+        started = time.monotonic()
+        snapshot = state.snapshot()
+        stories = max(1, len(state))
+        if self._fresh_bytes_per_story is None:
+            self._fresh_bytes_per_story = len(state.fresh_snapshot(_new_client_id())) / stories
+        fresh_estimate = self._fresh_bytes_per_story * stories
+        compaction = Compaction(snapshot)
+        if len(snapshot) > 2 * fresh_estimate:
+            client_id = _new_client_id()
+            snapshot = state.rebase(client_id)
+            self._fresh_bytes_per_story = len(snapshot) / stories
+            compaction = Compaction(snapshot, new_epoch=True, client_id=client_id,
+                                    reason=f"snapshot {len(compaction.snapshot)} bytes > "
+                                           f"2 x fresh {int(fresh_estimate)}")
+        self.writer.submit(Batch(compaction=compaction))
+        log.info("crdt.compacted", updates=self._updates_since_compaction,
+                 snapshot_bytes=len(snapshot), rebased=compaction.new_epoch,
+                 ms=int((time.monotonic() - started) * 1000))
+        self._updates_since_compaction = 0
 
     def _git_busy(self) -> bool:
         # Looked up each time (a few stats, only when a delete is pending): the
@@ -280,13 +334,28 @@ class ApplyLoop(threading.Thread):
 class Daemon:
     """`pipelined run`: everything from the lock to exit 0."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
+        # SIGHUP reads the settings again through this (flags, environment, file).
+        self._reload_config = reload_config or (lambda: resolve({}))
+        self._reload_requested = False
+        self._liveness = Liveness([])
+        self._pinger = WatchdogPinger(Notifier(""), None)  # the real one: _watch_health()
+        self._tick_in = HEALTH_EVERY_S
+        self._status = ""
+        self._status_commits = -1
+        self._stage_counts: dict[str, int] = {}
+        self._last_sync: str | None = None
+        self._last_extend = 0.0
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._signals = 0
         self._watches_dirty = threading.Event()
         self._started = time.monotonic()
+        self._started_unix = time.time()
+        self._writer: Writer | None = None
+        self._heartbeat = Heartbeat(config.db_path)
         self._ready_ms = 0
         self._signal_name = ""
 
@@ -296,6 +365,9 @@ class Daemon:
         self._signals += 1
         self._signal_name = signal.Signals(signum).name
         self._stop.set()
+
+    def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload_requested = True  # only a flag, as above; the health loop reloads
 
     def run(self) -> int:
         started = self._started = time.monotonic()
@@ -314,6 +386,7 @@ class Daemon:
     def _run_locked(self, root: Path, db_path: Path, started: float) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
         conn = open_writer(db_path)
         try:
             applied = apply_migrations(conn, db_path)
@@ -321,8 +394,9 @@ class Daemon:
             conn.close()
         if applied:
             log.info("db.migrated", db=str(db_path), applied=applied)
-        writer = Writer(lambda: open_writer(db_path), self.config.writer_queue)
-        writer.start()
+        writer = self._writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
+                                       check=lambda conn: check_integrity(conn, db_path))
+        writer.start()  # checks integrity (PRAGMA quick_check) while startup goes on
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
         overflow = OverflowHook(coalescer)
@@ -331,10 +405,13 @@ class Daemon:
         watcher.start()  # before the stat pass, so nothing during startup is missed
         apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready)
         apply.start()
+        self._watch_health(apply, writer, watcher, coalescer)
         try:
-            if not self._wait_ready(apply):
-                if apply.failed is not None:
-                    raise apply.failed
+            if not self._wait_ready(apply, writer):
+                if apply.failed is None and not writer.is_alive():
+                    apply.failed = writer.first_error or RuntimeError("the writer stopped")
+                if isinstance(apply.failed, PipelinedError):
+                    raise apply.failed  # one line from the CLI
             else:
                 gc.enable()
                 gc.freeze()  # what startup built lives as long as the daemon
@@ -346,34 +423,149 @@ class Daemon:
             self.notifier.send("STOPPING=1")
             self._shutdown(apply, writer, watcher, coalescer)
             logging.getLogger("watchdog").removeHandler(overflow)
-        if apply.failed is not None and not isinstance(apply.failed, PipelinedError):
+            self._heartbeat.close()
+        if apply.failed is not None:
+            log.error("daemon.failed", error=f"{type(apply.failed).__name__}: {apply.failed}")
             return 1
         log.info("daemon.stopped")
         return 0
 
     def _send_ready(self, stories: int) -> None:
-        """READY=1: the database equals the folders (called on the apply thread)."""
+        """READY=1: the database equals the folders (called on the apply thread).
+
+        Not before the writer's integrity check passed: a corrupt database is
+        refused with one line instead.
+        """
+        assert self._writer is not None
+        self._writer.wait_checked()
+        if self._writer.first_error is not None:
+            raise self._writer.first_error
         self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
         self._ready_ms = int((time.monotonic() - self._started) * 1000)
 
-    def _wait_ready(self, apply: ApplyLoop) -> bool:
+    def _watch_health(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
+                      coalescer: Coalescer) -> None:
+        """The probes behind WATCHDOG=1 and STATUS= (see pipelined.health).
+
+        A part is stalled once it has sat on waiting work without progress for
+        as long as systemd's watchdog timeout (at least a second), or for
+        DEFAULT_STALL_S without a watchdog.
+        """
+        usec = watchdog_usec()
+        stall_s = max(usec / 1e6, 1.0) if usec else DEFAULT_STALL_S
+        self._liveness = Liveness([
+            ProgressProbe("watcher", watcher.is_alive),
+            # Its work: a settled burst not taken yet. Its progress: a flush.
+            ProgressProbe("apply thread", apply.is_alive,
+                          done=lambda: apply.last_flush_monotonic,
+                          waiting=lambda: apply.ready.is_set() and coalescer.ready(),
+                          stall_s=stall_s),
+            # Its work: a submitted batch not committed yet (queued, or in a retry).
+            ProgressProbe("writer", writer.is_alive, done=lambda: writer.commits,
+                          waiting=lambda: not writer.wait_committed(writer.submitted, 0),
+                          stall_s=stall_s),
+        ])
+        self._pinger = WatchdogPinger.from_usec(self.notifier, usec)
+
+    def _tick(self, apply: ApplyLoop, writer: Writer) -> float:
+        """WATCHDOG=1 while healthy, STATUS=, EXTEND_TIMEOUT_USEC= during startup.
+
+        Called by the main thread only; returns the seconds until the next tick.
+        """
+        problems = self._liveness()
+        self._pinger.tick(healthy=not problems)
+        if apply.ready.is_set():
+            self._update_status(problems, writer)
+        else:
+            self._extend_startup(problems)
+        return min(HEALTH_EVERY_S, self._pinger.due_in())
+
+    def _extend_startup(self, problems: list[str]) -> None:
+        """A long first import asks for more time each second while it makes progress."""
+        now = time.monotonic()
+        if problems:
+            self._send_status("starting, stalled: " + "; ".join(problems))
+            return
+        if now - self._started < EXTEND_EVERY_S or now - self._last_extend < EXTEND_EVERY_S:
+            return
+        self._last_extend = now
+        self._status = f"starting: reading the stories ({now - self._started:.0f} s)"
+        self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_BY_USEC}", f"STATUS={self._status}")
+
+    def _update_status(self, problems: list[str], writer: Writer) -> None:
+        """STATUS= with the stories per stage and the last sync, sent when it changes."""
+        if writer.commits != self._status_commits:
+            try:
+                conn = open_read_only(self.config.db_path)
+                try:
+                    self._stage_counts = counts_by_stage(conn)
+                    self._last_sync = meta(conn).get("last_sync")
+                finally:
+                    conn.close()
+                self._status_commits = writer.commits
+            except Exception as exc:  # STATUS is advisory: try again next tick
+                log.debug("daemon.status_failed", error=str(exc))
+        self._send_status(status_line(self._stage_counts, self._last_sync, problems,
+                                      writer.last_error, writer.pending()))
+
+    def _send_status(self, text: str) -> None:
+        if text != self._status:
+            self._status = text
+            self.notifier.send(f"STATUS={text}")
+
+    def _reload(self) -> None:
+        """SIGHUP: RELOADING=1, the settings read again, what can change applied, READY=1.
+
+        Log format and level change at once; any other changed setting is
+        logged as needing a restart and keeps its running value.
+        """
+        self._reload_requested = False
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
+                           "STATUS=reloading the configuration")
+        try:
+            fresh = self._reload_config()
+        except PipelinedError as exc:
+            log.error("daemon.reload_failed", error=str(exc),
+                      action="kept the running configuration")
+        else:
+            changed = [f.name for f in fields(Config)
+                       if getattr(fresh, f.name) != getattr(self.config, f.name)]
+            live = [name for name in changed if name in RELOADABLE]
+            restart = [name for name in changed if name not in RELOADABLE]
+            if live:
+                self.config = replace(self.config, **{name: getattr(fresh, name) for name in live})
+                configure_logging(self.config.log_format, self.config.log_level)
+            if restart:
+                log.warning("daemon.reloaded", applied=live, needs_restart=restart,
+                            action="restart pipelined to apply needs_restart")
+            else:
+                log.info("daemon.reloaded", applied=live, needs_restart=restart)
+        self._status = ""  # the next tick sends STATUS= again
+        self.notifier.send("READY=1")
+
+    def _wait_ready(self, apply: ApplyLoop, writer: Writer) -> bool:
         while not self._stop.is_set():
-            if apply.ready.wait(HEALTH_EVERY_S):
+            if apply.ready.wait(self._tick(apply, writer)):
                 return True
-            if not apply.is_alive():
+            if not apply.is_alive() or not writer.is_alive():
                 return False
         return False
 
     def _health_loop(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
                      coalescer: Coalescer) -> None:
         last_watch_check = time.monotonic()
-        while not self._stop.wait(HEALTH_EVERY_S if not self._watches_dirty.is_set() else 0.01):
+        self._beat(apply, writer, coalescer)
+        while not self._stop.wait(self._tick_in if not self._watches_dirty.is_set() else 0.01):
+            self._beat(apply, writer, coalescer)
             if not apply.is_alive() or not writer.is_alive():
                 log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
                 apply.failed = apply.failed or RuntimeError("a daemon thread died")
                 return
             if watcher.ensure_alive():
                 coalescer.request_rescan()
+            if self._reload_requested:
+                self._reload()
+            self._tick_in = self._tick(apply, writer)
             now = time.monotonic()
             if self._watches_dirty.is_set() or now - last_watch_check >= 2.0:
                 self._watches_dirty.clear()
@@ -381,6 +573,21 @@ class Daemon:
                 if watcher.ensure_watches():
                     log.info("watch.stages_rewatched")
                     coalescer.request_rescan()
+
+    def _beat(self, apply: ApplyLoop, writer: Writer, coalescer: Coalescer) -> None:
+        """Write the heartbeat `pipelined status` reads (outside the database)."""
+        failing = writer.failing_since
+        self._heartbeat.beat({
+            "pid": os.getpid(),
+            "started_unix": self._started_unix,
+            "ready": apply.ready.is_set(),
+            "degraded": failing is not None,
+            "writer_error": writer.last_error,
+            "failing_for_s": None if failing is None else round(time.monotonic() - failing, 1),
+            "pending_batches": writer.pending(),
+            "stat_pass_owed": coalescer.rescan_owed(),
+            "stories": apply.stories,
+        })
 
     def _shutdown(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
                   coalescer: Coalescer) -> None:

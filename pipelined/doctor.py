@@ -28,7 +28,17 @@ def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
 
 
 def diagnose(conn: apsw.Connection, root: Path | None, stages: tuple[str, ...]) -> dict[str, Any]:
-    """Every problem found, grouped; `ok` is False when any group is not empty."""
+    """Every problem found, grouped; `ok` is False when any group is not empty.
+
+    All reads happen in one read transaction: while the daemon commits, the
+    rows and the pycrdt updates must come from the same snapshot.
+    """
+    with queries.snapshot(conn):
+        return _diagnose(conn, root, stages)
+
+
+def _diagnose(conn: apsw.Connection, root: Path | None,
+              stages: tuple[str, ...]) -> dict[str, Any]:
     rows = queries.story_rows(conn)
     state = _state_from_db(conn)
     mismatch: list[dict[str, str]] = []

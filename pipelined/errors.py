@@ -11,7 +11,9 @@ from pathlib import Path
 __all__ = [
     "ConfigError",
     "DatabaseBusy",
+    "DatabaseCorrupt",
     "DatabaseError",
+    "InotifyLimitError",
     "MigrationError",
     "PipelinedError",
     "RootError",
@@ -60,6 +62,25 @@ class DatabaseError(PipelinedError):
     def __init__(self, path: Path, why: str) -> None:
         self.path = path
         super().__init__(f"database {path}: {why}")
+
+
+class DatabaseCorrupt(DatabaseError):
+    """The database file is damaged; `pipelined rebuild` makes a fresh one."""
+
+
+class InotifyLimitError(PipelinedError):
+    """The kernel refused an inotify watch or instance: a per-user limit is reached.
+
+    Under systemd's ProcSubset=pid the daemon cannot read the limit, so the
+    message names the sysctl to raise instead of its value.
+    """
+
+    def __init__(self, path: Path, sysctl: str, why: str, suggested: int) -> None:
+        self.path = path
+        self.sysctl = sysctl
+        super().__init__(f"cannot watch {path}: {why}; raise the sysctl {sysctl} "
+                         f"(e.g. `sysctl -w {sysctl}={suggested}`, and a file in "
+                         "/etc/sysctl.d/ to keep it)")
 
 
 class MigrationError(PipelinedError):

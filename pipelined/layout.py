@@ -6,6 +6,7 @@ and stats entries, so a restart with nothing changed opens no story file.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat as stat_mod
@@ -96,17 +97,26 @@ def _inside(root_real: str, path: Path) -> bool:
     return real == root_real or real.startswith(root_real + os.sep)
 
 
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
 def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:
-    """Stat one candidate path; None if absent, not a regular file, or a symlink out of root."""
+    """Stat one candidate path; None if absent, not a regular file, or a symlink out of root.
+
+    Raises OSError when absence cannot be told (a stage folder that cannot be
+    searched, an I/O error): the story must then not be taken for deleted.
+    """
     path = root / stage / f"{story_id}.md"
     try:
         st = path.lstat()
-        if os.path.islink(path):
+        if stat_mod.S_ISLNK(st.st_mode):
             if not _inside(os.path.realpath(root), path):
                 return None
             st = path.stat()
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
     if not _is_regular(st):
         return None
     return StoryFile(story_id, stage, path, _signature(st))
@@ -116,44 +126,51 @@ def _is_regular(st: os.stat_result) -> bool:
     return stat_mod.S_ISREG(st.st_mode)
 
 
-def stat_signatures(root: Path, stages: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+def stat_signatures(
+    root: Path, stages: Iterable[str], unlistable: set[str] | None = None
+) -> dict[str, tuple[int, int, int]]:
     """Every story file in the stage folders: '<stage>/<id>.md' -> (mtime_ns, size, inode).
 
     A listing and a stat each, no reads. This is the startup hot path (10,000
     files in about 35 ms here): names are stat-ed relative to the open stage
     folder, values are plain tuples (equal to a FileSignature), no Path objects.
+    A stage folder that exists but cannot be listed is added to `unlistable`:
+    unreadable is not empty, and its stories must not be taken for deleted.
     """
     found: dict[str, tuple[int, int, int]] = {}
+    for stage in stages:
+        try:
+            _stat_stage(root, stage, found)
+        except OSError as exc:
+            if exc.errno not in _ABSENT and unlistable is not None:
+                unlistable.add(stage)
+    return found
+
+
+def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) -> None:
     fullmatch = _STORY_FILE.fullmatch
     lstat = os.lstat
     is_regular, is_link = stat_mod.S_ISREG, stat_mod.S_ISLNK
-    root_real: str | None = None
-    for stage in stages:
-        try:
-            folder = os.open(os.path.join(root, stage), os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue  # a missing stage folder holds no stories
-        try:
-            prefix = stage + "/"
-            for name in os.listdir(folder):
-                if fullmatch(name) is None or not _is_utf8(name):
-                    continue
-                try:
-                    st = lstat(name, dir_fd=folder)
-                    if is_link(st.st_mode):
-                        root_real = root_real or os.path.realpath(root)
-                        if not _inside(root_real, root / stage / name):
-                            continue
-                        st = os.stat(name, dir_fd=folder)
-                except OSError:
-                    continue  # vanished between the listing and the stat
-                if is_regular(st.st_mode):
-                    found[prefix + name] = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            continue  # the folder went away while being listed
-        finally:
-            os.close(folder)
-    return found
+    folder = os.open(os.path.join(root, stage), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        prefix = stage + "/"
+        for name in os.listdir(folder):
+            if fullmatch(name) is None or not _is_utf8(name):
+                continue
+            try:
+                st = lstat(name, dir_fd=folder)
+                if is_link(st.st_mode):
+                    if not _inside(os.path.realpath(root), root / stage / name):
+                        continue
+                    st = os.stat(name, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno in _ABSENT:
+                    continue  # vanished between the listing and the stat, or a loop
+                raise
+            if is_regular(st.st_mode):
+                found[prefix + name] = (st.st_mtime_ns, st.st_size, st.st_ino)
+    finally:
+        os.close(folder)
 
 
 def symlinked_story_ids(root: Path, stages: Iterable[str]) -> set[str]:

@@ -8,7 +8,9 @@ bytes, which the caller persists together with the rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import gc
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from pycrdt import Doc, Map
@@ -25,6 +27,25 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+@contextmanager
+def _freed_on_this_thread() -> Iterator[None]:
+    """Free the pycrdt objects dropped inside the block on this thread, at once.
+
+    A document and its root map refer to each other, so a dropped document is
+    freed only by the cyclic garbage collector, which runs on whichever thread
+    happens to allocate: a pycrdt Doc freed on another thread hangs the daemon.
+    The collector is paused for the block, then run here.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        if was_enabled:
+            gc.enable()
+
+
 class PipelineState:
     """The document and the few operations the sync needs."""
 
@@ -32,7 +53,7 @@ class PipelineState:
         self.doc: Doc[Any] = Doc(client_id=client_id)
         self._items: Map[Any] = self.doc.get("items", type=Map)
         self._last_update: bytes | None = None
-        self.doc.observe(self._on_commit)
+        self._subscription = self.doc.observe(self._on_commit)
 
     def _on_commit(self, event: Any) -> None:
         self._last_update = bytes(event.update)
@@ -96,6 +117,35 @@ class PipelineState:
     def snapshot(self) -> bytes:
         """The whole document as one update."""
         return bytes(self.doc.get_update())
+
+    def fresh_snapshot(self, client_id: int) -> bytes:
+        """The current state encoded in a brand-new document (no history at all)."""
+        with _freed_on_this_thread():
+            return bytes(self._fresh_doc(client_id).get_update())
+
+    def rebase(self, client_id: int) -> bytes:
+        """Replace the document with a new one holding only the current state.
+
+        The new document has a new client id and no history: it starts a new
+        epoch. Returns its snapshot.
+        """
+        fresh = self._fresh_doc(client_id)
+        with _freed_on_this_thread():
+            self.doc.unobserve(self._subscription)
+            self.doc = fresh
+            self._items = fresh.get("items", type=Map)
+            self._last_update = None
+            self._subscription = fresh.observe(self._on_commit)
+        return bytes(fresh.get_update())
+
+    def _fresh_doc(self, client_id: int) -> Doc[Any]:
+        current = self.to_dict()
+        fresh: Doc[Any] = Doc(client_id=client_id)
+        items = fresh.get("items", type=Map)
+        with fresh.transaction():
+            for story_id, values in current.items():
+                items[story_id] = Map(values)
+        return fresh
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Every story's state (slow for large documents: not for hot paths)."""

@@ -17,6 +17,9 @@ __all__ = ["FIELDS", "ParsedStory", "parse_story", "story_number"]
 
 FIELDS = ("name", "agent", "retry_count", "blocked", "depends_on")
 _ID_NUMBER = re.compile(r"^([0-9]+)_")
+MAX_NODES = 50_000  # values in one front matter, aliases expanded
+MAX_DEPTH = 64
+MAX_INT = 2**53 - 1  # integers above this do not survive pycrdt (floats) or SQLite
 _FRONT_MATTER_START = re.compile(r"^-{3,}[ \t]*\r?\n")
 _FRONT_MATTER_END = re.compile(r"^-{3,}\s*$", re.MULTILINE)
 
@@ -70,12 +73,24 @@ def _null_fields() -> dict[str, Any]:
     return dict.fromkeys(FIELDS)
 
 
-def _jsonable(value: Any) -> Any:
-    """YAML values as JSON can hold them (dates become ISO text)."""
+class _TooBig(ValueError):
+    """Front matter that expands past the node budget (deep nesting, an alias bomb)."""
+
+
+def _jsonable(value: Any, budget: list[int], depth: int = 0) -> Any:
+    """YAML values as JSON can hold them (dates become ISO text).
+
+    YAML aliases share one object among many places; copying them out can turn
+    a few hundred bytes into gigabytes. `budget` (one counter shared by the
+    whole walk) and the depth limit keep a hostile file cheap.
+    """
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        raise _TooBig
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, budget, depth + 1) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
@@ -94,8 +109,8 @@ def _typed(key: str, value: Any) -> Any:
             return str(value)
         raise ValueError("expected text")
     if key == "retry_count":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError("expected an integer >= 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+            raise ValueError(f"expected an integer from 0 to {MAX_INT}")
         return value
     if key == "blocked":
         if not isinstance(value, bool):
@@ -116,6 +131,15 @@ def _typed(key: str, value: Any) -> Any:
 
 def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
     """Parse one story file's bytes. Never raises: problems become `errors`."""
+    try:
+        return _parse(raw, max_bytes)
+    except Exception as exc:  # a bug or a hostile file must not stop the sync
+        text = raw.decode("utf-8", errors="replace") if len(raw) <= max_bytes else None
+        return ParsedStory(_null_fields(), broken=True, content=text,
+                           errors=(f"cannot parse the file ({type(exc).__name__})",))
+
+
+def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
     if len(raw) > max_bytes:
         return ParsedStory(_null_fields(), broken=True, content=None,
                            errors=(f"file is {len(raw)} bytes, over the {max_bytes}-byte limit",))
@@ -146,13 +170,24 @@ def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
                            errors=(f"front matter does not parse: {reason}",))
     fields = _null_fields()
     extra: dict[str, Any] = {}
-    for key, value in metadata.items():
-        name = str(key)
-        if name in FIELDS:
-            try:
-                fields[name] = _typed(name, value)
-            except ValueError as exc:
-                errors.append(f"{name}: {exc}, got {value!r}")
-        else:
-            extra[name] = _jsonable(value)
+    budget = [MAX_NODES]
+    try:
+        for key, value in metadata.items():
+            name = str(key)
+            if name in FIELDS:
+                try:
+                    fields[name] = _typed(name, value)
+                except ValueError as exc:
+                    errors.append(f"{name}: {exc}, got {_short(value)}")
+            else:
+                extra[name] = _jsonable(value, budget)
+    except _TooBig:
+        return ParsedStory(_null_fields(), broken=True, content=text, errors=(
+            f"front matter is too large or too deep (over {MAX_NODES} values or "
+            f"{MAX_DEPTH} levels once YAML aliases are expanded)",))
     return ParsedStory(fields, extra=extra, content=text, errors=tuple(errors))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

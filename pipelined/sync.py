@@ -33,6 +33,9 @@ __all__ = ["KnownFile", "Reconciler", "SyncResult", "changed_story_ids"]
 log = get_logger("pipelined.sync")
 
 
+MAX_STORY_NUMBER = 2**63 - 1  # what SQLite's INTEGER holds; larger numbers stay stories
+
+
 class KnownFile(NamedTuple):
     """A file signature as the database last recorded it (a tuple: 10,000 load at start)."""
 
@@ -55,6 +58,19 @@ class SyncResult:
     deleted: int = 0
 
 
+class _Saved(NamedTuple):
+    """What one id's reconcile may change in memory, to put back if it fails."""
+
+    story_id: str
+    had_content: bool
+    content: str | None
+    known: dict[str, KnownFile | None]
+    paths: set[str]
+    symlinked: bool
+    unreadable: bool
+    before_broken: tuple[dict[str, Any], dict[str, Any]] | None
+
+
 def _stage_key(stage: str) -> tuple[int, str]:
     number, _, rest = stage.partition("_")
     return (int(number) if number.isdigit() else -1, rest)
@@ -64,13 +80,19 @@ def changed_story_ids(
     seen: Mapping[str, tuple[int, int, int]],
     known: Mapping[str, tuple[int, int, int]],
     story_ids: set[str],
+    unlistable: set[str] | frozenset[str] = frozenset(),
 ) -> set[str]:
     """Ids to reconcile after a stat pass: a file new, gone or with another signature,
-    and every known story that has no file at all."""
+    and every known story that has no file at all. Known files in an `unlistable`
+    stage (unreadable, not absent) are left out, so nothing there looks deleted."""
+    hidden: set[str] = set()
+    if unlistable:
+        hidden = {split_rel_path(p)[1] for p in known if split_rel_path(p)[0] in unlistable}
+        known = {p: s for p, s in known.items() if split_rel_path(p)[0] not in unlistable}
     changed = seen.items() ^ known.items()  # set operations in C: 10,000 paths in ~2 ms
     touched = {split_rel_path(path)[1] for path, _signature in changed}
     with_files = {path[path.index("/") + 1:-3] for path in seen}
-    touched.update(story_ids - with_files)
+    touched.update(story_ids - with_files - hidden)
     return touched
 
 
@@ -124,18 +146,73 @@ class Reconciler:
         result = SyncResult(Batch())
         puts: dict[str, dict[str, Any]] = {}
         removes: list[str] = []
-        for story_id in sorted(set(story_ids) | repair_set | self.symlinked):
-            self._reconcile_one(story_id, confirm_absent, story_id in repair_set,
-                                result, puts, removes)
-        result.batch.crdt_update = self.state.apply(puts, removes)
+        saved: list[_Saved] = []
+        high_water = self.high_water
+        try:
+            for story_id in sorted(set(story_ids) | repair_set | self.symlinked):
+                saved.append(self._save(story_id))
+                self._reconcile_one(story_id, confirm_absent, story_id in repair_set,
+                                    result, puts, removes)
+            result.batch.crdt_update = self.state.apply(puts, removes)
+        except BaseException:
+            # Nothing of a failed reconcile may stick, or the next one would take
+            # the new files for already applied (rows and state left behind).
+            for entry in reversed(saved):
+                self._restore(entry)
+            self.high_water = high_water
+            raise
         return result
+
+    def _save(self, story_id: str) -> _Saved:
+        paths = self._paths_by_id.get(story_id, set()) | {
+            f"{stage}/{story_id}.md" for stage in self.stages}
+        return _Saved(
+            story_id,
+            self.content.has(story_id),
+            self.content.read_content(story_id),
+            {path: self.known.get(path) for path in paths},
+            set(self._paths_by_id.get(story_id, set())),
+            story_id in self.symlinked,
+            story_id in self.unreadable,
+            self._before_broken.get(story_id),
+        )
+
+    def _restore(self, saved: _Saved) -> None:
+        story_id = saved.story_id
+        if saved.had_content:
+            self.content.set_content(story_id, saved.content)
+        else:
+            self.content.drop(story_id)
+        for path, known in saved.known.items():
+            if known is None:
+                self.known.pop(path, None)
+            else:
+                self.known[path] = known
+        if saved.paths:
+            self._paths_by_id[story_id] = saved.paths
+        else:
+            self._paths_by_id.pop(story_id, None)
+        for flag, members in ((saved.symlinked, self.symlinked),
+                              (saved.unreadable, self.unreadable)):
+            if flag:
+                members.add(story_id)
+            else:
+                members.discard(story_id)
+        if saved.before_broken is None:
+            self._before_broken.pop(story_id, None)
+        else:
+            self._before_broken[story_id] = saved.before_broken
 
     def changed_ids(self) -> tuple[set[str], int]:
         """The stat pass: ids whose files differ from the known signatures, and the
         number of files stat-checked. Reads no file."""
-        seen = stat_signatures(self.root, self.stages)
+        unlistable: set[str] = set()
+        seen = stat_signatures(self.root, self.stages, unlistable)
         known = {path: kf.signature for path, kf in self.known.items()}
-        return changed_story_ids(seen, known, self.state.ids()), len(seen)
+        if unlistable:
+            log.warning("sync.stage_unreadable", stages=sorted(unlistable),
+                        action="its stories are kept as they are")
+        return changed_story_ids(seen, known, self.state.ids(), unlistable), len(seen)
 
     # -- one id ------------------------------------------------------------------
 
@@ -169,7 +246,12 @@ class Reconciler:
         removes: list[str],
     ) -> None:
         batch = result.batch
-        found = [f for f in (stat_story(self.root, s, story_id) for s in self.stages) if f]
+        try:
+            found = [f for f in (stat_story(self.root, s, story_id) for s in self.stages) if f]
+        except OSError as exc:
+            # Absence cannot be told (an unreadable stage folder): change nothing.
+            log.warning("sync.stat_failed", id=story_id, error=str(exc))
+            return
         parsed: ParsedStory | None = None
         winner: StoryFile | None = None
         while found:
@@ -217,7 +299,7 @@ class Reconciler:
 
         self._record_files(batch, story_id, winner, found, known_paths)
         number = story_number(story_id)
-        if number is not None and number > self.high_water:
+        if number is not None and self.high_water < number <= MAX_STORY_NUMBER:
             self.high_water = number
             batch.high_water = number
         if parsed is None:

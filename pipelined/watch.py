@@ -10,6 +10,7 @@ coalescer. Only the daemon's main thread schedules or replaces watches.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat as stat_mod
@@ -35,6 +36,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from pipelined.errors import InotifyLimitError
 from pipelined.layout import story_ref
 from pipelined.logs import get_logger
 
@@ -47,6 +49,9 @@ EVENT_KINDS: list[type[FileSystemEvent]] = [
     FileAttribEvent,  # a chmod can make an unreadable story readable
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
 ]
+
+
+MAX_PENDING_IDS = 200_000  # touched ids kept before they are traded for a stat pass
 
 
 @dataclass(slots=True)
@@ -66,9 +71,11 @@ class Coalescer:
     """
 
     def __init__(self, settle_s: float, cap_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_pending: int = MAX_PENDING_IDS) -> None:
         self.settle_s = settle_s
         self.cap_s = cap_s
+        self.max_pending = max_pending
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: set[str] = set()
@@ -84,6 +91,14 @@ class Coalescer:
                 self._last = self._clock()
                 return
             self._pending.update(ids)
+            if len(self._pending) > self.max_pending:
+                # Bounded memory while the database is unavailable: drop the ids
+                # and owe a stat pass, which finds every change again.
+                self._pending.clear()
+                if not self._rescan:
+                    log.warning("watch.pending_dropped", max_pending=self.max_pending,
+                                action="a stat pass is owed")
+                self._rescan = True
             self._mark()
 
     def request_rescan(self) -> None:
@@ -107,6 +122,11 @@ class Coalescer:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def rescan_owed(self) -> bool:
+        """A stat pass is pending (asked for, or owed after dropping too many ids)."""
+        with self._cond:
+            return self._rescan
 
     def quiet_for(self) -> float:
         """Seconds since the last event anywhere in the tree."""
@@ -199,6 +219,22 @@ class OverflowHook(logging.Handler):
             pass
 
 
+def inotify_limit_error(path: Path, exc: OSError) -> InotifyLimitError | None:
+    """The one-line error for watchdog's OSError when an inotify limit is reached.
+
+    watchdog 7 raises OSError(ENOSPC) from inotify_add_watch (in
+    `observer.start()`, or in `schedule()` once it runs) and OSError(EMFILE)
+    from inotify_init (in `Observer()`, and in the first `schedule()`).
+    """
+    if exc.errno == errno.ENOSPC:
+        return InotifyLimitError(path, "fs.inotify.max_user_watches",
+                                 "the inotify watch limit is reached (ENOSPC)", 524288)
+    if exc.errno == errno.EMFILE:
+        return InotifyLimitError(path, "fs.inotify.max_user_instances",
+                                 "the inotify instance limit is reached (EMFILE)", 1024)
+    return None
+
+
 def _inode(folder: Path) -> int | None:
     """The folder's inode, or None if it is not a folder now."""
     try:
@@ -218,15 +254,31 @@ class StageWatcher:
         self.root = root
         self.stages = tuple(stages)
         self.handler = handler
-        self.observer: BaseObserver = Observer()
+        self.observer: BaseObserver = self._new_observer()
         self._watches: dict[str, tuple[ObservedWatch, int]] = {}
         self._root_watch: ObservedWatch | None = None
 
+    def _new_observer(self) -> BaseObserver:
+        try:
+            return Observer()  # watchdog 7 opens its inotify instance here
+        except OSError as exc:
+            limit = inotify_limit_error(self.root, exc)
+            if limit is None:
+                raise
+            raise limit from None
+
     def start(self) -> None:
-        self._root_watch = self.observer.schedule(self.handler, str(self.root),
-                                                  recursive=False, event_filter=EVENT_KINDS)
-        self.ensure_watches()
-        self.observer.start()
+        """Watch the root and the stage folders; InotifyLimitError if the kernel refuses."""
+        try:
+            self._root_watch = self.observer.schedule(self.handler, str(self.root),
+                                                      recursive=False, event_filter=EVENT_KINDS)
+            self.ensure_watches()
+            self.observer.start()
+        except OSError as exc:
+            limit = inotify_limit_error(self.root, exc)
+            if limit is None:
+                raise
+            raise limit from None
 
     def ensure_watches(self) -> bool:
         """(Re)watch each stage folder that exists; True if any watch changed."""
@@ -246,7 +298,9 @@ class StageWatcher:
                     watch = self.observer.schedule(self.handler, str(folder), recursive=False,
                                                    event_filter=EVENT_KINDS)
                 except OSError as exc:
-                    log.warning("watch.schedule_failed", stage=stage, error=str(exc))
+                    limit = inotify_limit_error(folder, exc)
+                    log.warning("watch.schedule_failed", stage=stage,
+                                error=str(limit or exc))
                     continue
                 self._watches[stage] = (watch, inode)
                 changed = True
@@ -280,7 +334,7 @@ class StageWatcher:
         """Replace a dead observer with a fresh one watching the same folders."""
         with contextlib.suppress(Exception):
             self.observer.stop()
-        self.observer = Observer()
+        self.observer = self._new_observer()
         self._watches.clear()
         self.start()
 

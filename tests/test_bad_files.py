@@ -37,7 +37,7 @@ class TestBadFiles:
         assert rows["5_wrong_type"]["name"] == "Kept"
         assert rows["5_wrong_type"]["retry_count"] is None
         assert errors_of(daemon, "5_wrong_type") == [
-            "retry_count: expected an integer >= 0, got 'lots'"]
+            "retry_count: expected an integer from 0 to 9007199254740991, got 'lots'"]
         doctor = json.loads(daemon.cli("doctor", "--json").stdout)
         assert {e["id"] for e in doctor["parse_errors"]} == {
             "1_bad_yaml", "2_empty", "3_latin1", "4_huge", "5_wrong_type"}

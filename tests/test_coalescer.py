@@ -504,3 +504,18 @@ class TestStoryEventHandler:
 
         assert recorder.calls == 1
         assert settle(coalescer, clock).rescan is True
+
+
+class TestPendingBound:
+    def test_too_many_ids_become_an_owed_stat_pass(self) -> None:
+        """Past max_pending the ids are dropped and a stat pass is owed instead."""
+        clock = FakeClock()
+        coalescer = Coalescer(0.1, 3.0, clock=clock, max_pending=3)
+        coalescer.touch(["1_a", "2_b", "3_c"])
+        assert not coalescer.rescan_owed()
+        coalescer.touch(["4_d"])
+        assert coalescer.rescan_owed()
+        clock.advance(0.2)
+        settled = coalescer.take(0)
+        assert settled.rescan is True
+        assert settled.story_ids == set()

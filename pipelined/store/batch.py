@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Batch", "RowUpsert", "SignatureRow"]
+__all__ = ["Batch", "Compaction", "RowUpsert", "SignatureRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,20 @@ class SignatureRow:
     winner: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """A snapshot of the whole document that replaces every update committed before it.
+
+    With `new_epoch` it starts a new document (a rebase): `client_id` is the new
+    document's pycrdt client id.
+    """
+
+    snapshot: bytes
+    new_epoch: bool = False
+    client_id: int | None = None
+    reason: str = ""
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one flush changes; committed in one SQLite transaction."""
@@ -44,9 +58,11 @@ class Batch:
     signature_drops: list[str] = field(default_factory=list)
     high_water: int | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    compaction: Compaction | None = None  # applied after everything above
 
     def is_empty(self) -> bool:
         return not (
             self.crdt_update or self.upserts or self.deletes or self.signatures
             or self.signature_drops or self.high_water is not None or self.meta
+            or self.compaction
         )

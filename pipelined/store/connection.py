@@ -6,9 +6,12 @@ from pathlib import Path
 
 import apsw
 
-from pipelined.errors import DatabaseError
+from pipelined.errors import DatabaseCorrupt, DatabaseError
 
-__all__ = ["open_read_only", "open_writer"]
+__all__ = ["as_corrupt", "check_integrity", "open_read_only", "open_writer"]
+
+REBUILD_HINT = ("stop the daemon and run `pipelined rebuild` to build a fresh one from the "
+                "folders (the old file is kept beside it)")
 
 BUSY_TIMEOUT_MS = 5000
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
@@ -28,9 +31,36 @@ def open_writer(path: Path) -> apsw.Connection:
         # cap what a checkpoint leaves behind.
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # SQLite silently falls back to read-only when it cannot write the file;
+        # the daemon would then report READY and persist nothing.
+        if conn.readonly("main"):
+            raise DatabaseError(path, "the database file is read-only (check the permissions "
+                                "of the file and of its folder)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except (apsw.CorruptError, apsw.NotADBError) as exc:
+        raise DatabaseCorrupt(path, f"{exc}; {REBUILD_HINT}") from None
     except apsw.Error as exc:
-        raise DatabaseError(path, f"cannot open it ({exc})") from None
+        raise DatabaseError(path, f"cannot open it for writing ({exc})") from None
     return conn
+
+
+def check_integrity(conn: apsw.Connection, path: Path) -> None:
+    """PRAGMA quick_check (about 25 ms for 10,000 stories); DatabaseCorrupt if not ok."""
+    try:
+        problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+    except (apsw.CorruptError, apsw.NotADBError) as exc:
+        raise DatabaseCorrupt(path, f"{exc}; {REBUILD_HINT}") from None
+    if problems != ["ok"]:
+        found = " ".join(" ".join(problems).split())[:160]
+        raise DatabaseCorrupt(path, f"quick_check found: {found}; {REBUILD_HINT}")
+
+
+def as_corrupt(path: Path, exc: BaseException) -> BaseException:
+    """SQLite's corruption errors as the one-line DatabaseCorrupt; others unchanged."""
+    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+        return DatabaseCorrupt(path, f"{exc}; {REBUILD_HINT}")
+    return exc
 
 
 def open_read_only(path: Path) -> apsw.Connection:
@@ -41,6 +71,8 @@ def open_read_only(path: Path) -> apsw.Connection:
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except (apsw.CorruptError, apsw.NotADBError) as exc:
+        raise DatabaseCorrupt(path, f"{exc}; {REBUILD_HINT}") from None
     except apsw.Error as exc:
         raise DatabaseError(path, f"cannot read it ({exc})") from None
     return conn

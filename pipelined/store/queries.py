@@ -6,6 +6,8 @@ Imports nothing heavy (no watchdog, no pycrdt) so short CLI calls stay fast.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import apsw
@@ -17,6 +19,7 @@ __all__ = [
     "list_stories",
     "meta",
     "parse_errors",
+    "snapshot",
     "story_rows",
 ]
 
@@ -34,6 +37,16 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
 def _number_key(story_id: str) -> tuple[int, str]:
     number, _, _rest = story_id.partition("_")
     return (int(number) if number.isdigit() else 0, story_id)
+
+
+@contextmanager
+def snapshot(conn: apsw.Connection) -> Iterator[None]:
+    """One read transaction: every query inside sees the same committed state (WAL)."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
 
 
 def list_stories(
@@ -63,7 +76,12 @@ def list_stories(
 
 
 def get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
-    """One story: fields, content, extra keys, errors, files on disk."""
+    """One story: fields, content, extra keys, errors, files on disk (one snapshot)."""
+    with snapshot(conn):
+        return _get_story(conn, story_id)
+
+
+def _get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         f"SELECT {', '.join(_ITEM_COLUMNS)}, content FROM pipeline_items WHERE id = ?",
         (story_id,),

@@ -9,6 +9,7 @@ rolled back and retried with exponential back-off; no batch is ever dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 import apsw
 
 from pipelined.logs import get_logger
-from pipelined.store.batch import Batch
+from pipelined.store.batch import Batch, Compaction
 
 __all__ = ["Writer", "utc_now"]
 
@@ -28,6 +29,7 @@ log = get_logger("pipelined.writer")
 
 MAX_GROUP = 256  # batches folded into one transaction at most
 BIG_GROUP_ROWS = 1000  # a commit this large is checkpointed at once
+REOPEN_EVERY = 3  # consecutive failures before the connection is opened again
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 30.0
@@ -70,7 +72,8 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
         for batch in batches:
             if batch.crdt_update:
                 conn.execute(
-                    "INSERT INTO crdt_updates(data, committed_at) VALUES (?, ?)",
+                    "INSERT INTO crdt_updates(data, committed_at, epoch) VALUES "
+                    "(?, ?, (SELECT coalesce(max(epoch), 1) FROM crdt_epochs))",
                     (batch.crdt_update, now),
                 )
             for row in batch.upserts:
@@ -101,8 +104,25 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
             for key, value in batch.meta.items():
                 conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES (?, ?)",
                              (key, value))
+            if batch.compaction is not None:
+                _write_compaction(conn, batch.compaction, now)
         conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES ('last_sync', ?)",
                      (now,))
+
+
+def _write_compaction(conn: apsw.Connection, compaction: Compaction, now: str) -> None:
+    """The snapshot replaces every update before it, in the caller's transaction."""
+    row = conn.execute("SELECT coalesce(max(epoch), 1) FROM crdt_epochs").fetchone()
+    epoch = int(row[0]) if row else 1
+    if compaction.new_epoch:
+        epoch += 1
+        conn.execute("INSERT INTO crdt_epochs(epoch, client_id, started_at, reason) "
+                     "VALUES (?, ?, ?, ?)", (epoch, compaction.client_id, now, compaction.reason))
+        conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES ('client_id', ?)",
+                     (str(compaction.client_id),))
+    conn.execute("INSERT INTO crdt_updates(data, committed_at, kind, epoch) "
+                 "VALUES (?, ?, 'snapshot', ?)", (compaction.snapshot, now, epoch))
+    conn.execute("DELETE FROM crdt_updates WHERE seq < last_insert_rowid()")
 
 
 class Writer(threading.Thread):
@@ -113,9 +133,12 @@ class Writer(threading.Thread):
         connect: Callable[[], apsw.Connection],
         queue_size: int,
         sleep: Callable[[float], None] = time.sleep,
+        check: Callable[[apsw.Connection], None] | None = None,
     ) -> None:
         super().__init__(name="pipelined-writer", daemon=True)
         self._connect = connect
+        self._check = check
+        self._checked = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._sleep = sleep
         self._conn: apsw.Connection | None = None
@@ -146,9 +169,25 @@ class Writer(threading.Thread):
         return seq
 
     def wait_committed(self, seq: int, timeout: float | None = None) -> bool:
-        """Block until batch `seq` (and all before it) is committed."""
+        """Block until batch `seq` (and all before it) is committed.
+
+        False on timeout, or once the writer has stopped or been abandoned
+        (nothing would ever wake the waiter).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._seq_cond:
-            return self._seq_cond.wait_for(lambda: self._committed >= seq, timeout)
+            while self._committed < seq:
+                if self._abandon.is_set() or not self.is_alive():
+                    return False
+                remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if remaining <= 0:
+                    return False
+                self._seq_cond.wait(remaining)
+            return True
+
+    def wait_checked(self) -> None:
+        """Block until the connection is open and its integrity check has run."""
+        self._checked.wait()
 
     @property
     def submitted(self) -> int:
@@ -170,16 +209,22 @@ class Writer(threading.Thread):
         """Stop retrying (a second SIGTERM): what is not committed stays uncommitted."""
         self._abandon.set()
         self._closing.set()
+        with self._seq_cond:
+            self._seq_cond.notify_all()
 
     # -- the writer thread ---------------------------------------------------------
 
     def run(self) -> None:
         try:
             self._conn = self._connect()
+            if self._check is not None:
+                self._check(self._conn)  # before the first write
         except Exception as exc:  # reported through first_error and is_alive()
             self.first_error = exc
             log.error("writer.open_failed", error=str(exc))
             return
+        finally:
+            self._checked.set()
         try:
             while not self._abandon.is_set():
                 try:
@@ -211,10 +256,14 @@ class Writer(threading.Thread):
         assert self._conn is not None
         delay = BACKOFF_FIRST_S
         last_logged = 0.0
+        failures = 0
+        compacting = any(batch.compaction is not None for batch in group)
         while True:
+            started = time.monotonic()
             try:
                 write_batches(self._conn, group)
-            except apsw.Error as exc:
+            except Exception as exc:  # apsw errors, and anything else: never die
+                failures += 1
                 now = time.monotonic()
                 if self.failing_since is None:
                     self.failing_since = now
@@ -229,6 +278,8 @@ class Writer(threading.Thread):
                     return False
                 self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
+                if failures % REOPEN_EVERY == 0:
+                    self._reopen()  # a connection that saw an I/O error may stay broken
                 continue
             if self.failing_since is not None:
                 log.info("writer.recovered",
@@ -237,7 +288,21 @@ class Writer(threading.Thread):
                 self.last_error = None
             self.commits += 1
             self.last_commit_monotonic = time.monotonic()
+            if compacting:  # how long a compaction holds the writer
+                log.info("writer.compaction_committed",
+                         ms=int((self.last_commit_monotonic - started) * 1000))
             return True
+
+    def _reopen(self) -> None:
+        try:
+            fresh = self._connect()
+        except Exception as exc:  # the next attempt reports the error
+            log.debug("writer.reopen_failed", error=str(exc))
+            return
+        assert self._conn is not None
+        with contextlib.suppress(apsw.Error):
+            self._conn.close()
+        self._conn = fresh
 
     def _checkpoint(self) -> None:
         assert self._conn is not None

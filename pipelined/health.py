@@ -1,0 +1,150 @@
+"""Is the daemon alive and making progress? The probes and the watchdog pinger.
+
+A thread that is alive can still be wedged: a writer stuck on a lock, an
+apply thread stuck in a reconcile. So each part of the daemon is probed for
+two things: its thread runs, and it does not sit on waiting work without
+making progress for `stall_s`. systemd's watchdog is fed only while every
+probe passes, so a wedged part gets the daemon restarted.
+
+The probes know nothing of the threads they watch: they take callables. Only
+the daemon's main thread calls them (they keep a little state between calls).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from pipelined.notify import Notifier
+
+__all__ = ["DEFAULT_STALL_S", "Liveness", "ProgressProbe", "WatchdogPinger", "status_line"]
+
+DEFAULT_STALL_S = 30.0  # without a systemd watchdog: when STATUS calls a part stalled
+
+Clock = Callable[[], float]
+
+
+class ProgressProbe:
+    """One part of the daemon: `None` while it is healthy, else why not.
+
+    `done()` is anything that changes whenever the part makes progress (a
+    commit counter, the time of the last flush); `waiting()` says whether it
+    has work to do. A part without work is never stalled, however long it
+    has been idle.
+    """
+
+    def __init__(self, name: str, alive: Callable[[], bool],
+                 done: Callable[[], object] = lambda: None,
+                 waiting: Callable[[], bool] = lambda: False,
+                 stall_s: float = DEFAULT_STALL_S, clock: Clock = time.monotonic) -> None:
+        self.name = name
+        self.alive = alive
+        self.done = done
+        self.waiting = waiting
+        self.stall_s = stall_s
+        self._clock = clock
+        self._since: float | None = None  # when the current wait without progress began
+        self._last_done: object = None
+
+    def __call__(self) -> str | None:
+        if not self.alive():
+            return f"{self.name} is not running"
+        if not self.waiting():
+            self._since = None
+            return None
+        now = self._clock()
+        done = self.done()
+        if self._since is None or done != self._last_done:
+            self._since, self._last_done = now, done
+            return None
+        idle = now - self._since
+        if idle >= self.stall_s:
+            return f"{self.name} made no progress for {idle:.1f} s with work waiting"
+        return None
+
+    def __repr__(self) -> str:
+        return f"ProgressProbe({self.name!r}, stall_s={self.stall_s})"
+
+
+class Liveness:
+    """All probes at once: the reasons the daemon is unhealthy (empty when healthy).
+
+    Every probe runs on every call, so each keeps track of its own progress.
+    """
+
+    def __init__(self, probes: Sequence[Callable[[], str | None]]) -> None:
+        self.probes = tuple(probes)
+
+    def __call__(self) -> list[str]:
+        return [reason for probe in self.probes if (reason := probe()) is not None]
+
+    def __repr__(self) -> str:
+        return f"Liveness({list(self.probes)!r})"
+
+
+class WatchdogPinger:
+    """`WATCHDOG=1` every `interval_s` (half of WATCHDOG_USEC), only while healthy.
+
+    `interval_s=None` (no watchdog, or one meant for another pid) never pings.
+    An unhealthy tick sends nothing and leaves the ping due, so the first
+    healthy tick after it pings at once.
+    """
+
+    def __init__(self, notifier: Notifier, interval_s: float | None,
+                 clock: Clock = time.monotonic) -> None:
+        self.notifier = notifier
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next = clock()
+        self.pings = 0
+
+    @classmethod
+    def from_usec(cls, notifier: Notifier, usec: int | None,
+                  clock: Clock = time.monotonic) -> WatchdogPinger:
+        return cls(notifier, None if usec is None else usec / 2e6, clock)
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s is not None
+
+    def due_in(self) -> float:
+        """Seconds until the next ping is due (0 if overdue, inf if disabled)."""
+        if self.interval_s is None:
+            return math.inf
+        return max(0.0, self._next - self._clock())
+
+    def tick(self, healthy: bool) -> bool:
+        """Ping if one is due and the daemon is healthy; True if a ping was sent."""
+        if self.interval_s is None or not healthy:
+            return False
+        now = self._clock()
+        if now < self._next:
+            return False
+        self.notifier.send("WATCHDOG=1")
+        self.pings += 1
+        self._next = now + self.interval_s
+        return True
+
+    def __repr__(self) -> str:
+        return f"WatchdogPinger(interval_s={self.interval_s})"
+
+
+def status_line(stages: Mapping[str, int], last_sync: str | None,
+                problems: Sequence[str] = (), writer_error: str | None = None,
+                waiting: int = 0) -> str:
+    """The text of `STATUS=` once ready, as `systemctl status` shows it.
+
+    `in sync: 12 stories (1_backlog 5, 2_current 4, 4_merge 3), last sync <time>`;
+    `degraded: …` while the writer fails, `stalled: …` when the watchdog stops.
+    """
+    total = sum(stages.values())
+    counts = ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items()))
+    text = f"{total} stories" + (f" ({counts})" if counts else "")
+    text += f", last sync {last_sync}" if last_sync else ", never synced"
+    if problems:
+        return f"stalled: {'; '.join(problems)}; {text}"
+    if writer_error:
+        return f"degraded: cannot write the database ({writer_error}), {waiting} batches " \
+               f"waiting; {text}"
+    return f"in sync: {text}"

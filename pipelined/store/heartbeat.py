@@ -1,0 +1,67 @@
+"""The daemon's heartbeat: a small JSON file beside the database.
+
+It lives outside the database on purpose: while the database cannot be
+written (disk full, locked, read-only) `pipelined status` must still be able
+to say that the daemon is alive but degraded. For the same reason it is
+rewritten in place in a fixed-size block: overwriting bytes already allocated
+needs no free space on a full disk. Only the daemon's main thread writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Heartbeat", "heartbeat_path", "read_heartbeat"]
+
+STALE_AFTER_S = 10.0  # a heartbeat older than this means the daemon is not responding
+BLOCK = 4096
+
+
+def heartbeat_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".heartbeat")
+
+
+class Heartbeat:
+    """Owned by the daemon's main thread; `beat()` never raises."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = heartbeat_path(db_path)
+        self._fd: int | None = None
+
+    def beat(self, info: dict[str, Any]) -> None:
+        data = json.dumps({**info, "heartbeat_unix": time.time()}).encode()
+        if len(data) >= BLOCK:
+            data = json.dumps({"pid": info.get("pid"), "heartbeat_unix": time.time(),
+                               "degraded": info.get("degraded")}).encode()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                os.ftruncate(self._fd, BLOCK)
+            os.pwrite(self._fd, data.ljust(BLOCK), 0)
+        except OSError:
+            pass  # advisory: status then reports the heartbeat as stale
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_heartbeat(db_path: Path) -> dict[str, Any] | None:
+    """The last heartbeat, with `age_s` added, or None if there is none."""
+    for _attempt in range(3):  # a read racing the in-place rewrite is retried
+        try:
+            text = heartbeat_path(db_path).read_bytes().strip()
+            info: dict[str, Any] = json.loads(text)
+        except OSError:
+            return None
+        except ValueError:
+            time.sleep(0.01)
+            continue
+        info["age_s"] = round(max(0.0, time.time() - float(info.get("heartbeat_unix", 0))), 1)
+        return info
+    return None

@@ -1,0 +1,67 @@
+"""The Reconciler in-process, on real files and a real pycrdt document."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import STAGES, Stories
+
+from pipelined.content import ContentMap
+from pipelined.state import PipelineState
+from pipelined.sync import Reconciler
+
+
+class FailingState(PipelineState):
+    """A real document whose next `apply` fails once (fault injection, not a mock)."""
+
+    fail_next = False
+
+    def apply(self, puts: Mapping[str, Mapping[str, Any]],
+              removes: Iterable[str]) -> bytes | None:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("injected failure")
+        return super().apply(puts, removes)
+
+
+def make(stories: Stories) -> tuple[Reconciler, FailingState, ContentMap]:
+    state = FailingState(client_id=3)
+    content = ContentMap()
+    return Reconciler(stories.root, STAGES, state, content, {}, 1 << 20), state, content
+
+
+class TestFailedReconcile:
+    def test_a_failed_reconcile_leaves_nothing_behind(self, tmp_path: Path) -> None:
+        """After a failure the next reconcile still sees the edit: the content map and
+        the known signatures were put back, so state and rows are not left stale."""
+        stories = Stories(tmp_path / "root")
+        stories.write("1_backlog", "1_a", name="old")
+        reconciler, state, content = make(stories)
+        reconciler.reconcile({"1_a"}, confirm_absent=True)
+        assert state.get("1_a")["name"] == "old"  # type: ignore[index]
+
+        stories.write("1_backlog", "1_a", name="new", body="changed\n")
+        state.fail_next = True
+        with pytest.raises(RuntimeError, match="injected"):
+            reconciler.reconcile({"1_a"}, confirm_absent=True)
+        assert "name: \"old\"" in (content.read_content("1_a") or "")
+
+        result = reconciler.reconcile({"1_a"}, confirm_absent=True)
+        assert state.get("1_a")["name"] == "new"  # type: ignore[index]
+        assert [row.fields["name"] for row in result.batch.upserts] == ["new"]
+
+    def test_a_failed_create_is_created_next_time(self, tmp_path: Path) -> None:
+        """A create whose reconcile failed is created on the next try, not skipped."""
+        stories = Stories(tmp_path / "root")
+        stories.write("2_current", "7_b", name="b")
+        reconciler, state, content = make(stories)
+        state.fail_next = True
+        with pytest.raises(RuntimeError):
+            reconciler.reconcile({"7_b"}, confirm_absent=True)
+        assert not content.has("7_b") and reconciler.known == {}
+        assert reconciler.high_water == 0
+        result = reconciler.reconcile({"7_b"}, confirm_absent=True)
+        assert result.created == 1 and reconciler.high_water == 7
