@@ -45,7 +45,7 @@ class Config:
     max_file_bytes: int = 1024 * 1024
     rescan_interval_s: float = 300.0  # safety-net stat pass
     writer_queue: int = 64  # batches waiting for the writer before back-pressure
-    compact_updates: int = 1000  # persisted pycrdt updates squashed into one snapshot
+    compact_updates: int = 1000  # persisted pycrdt updates squashed into one snapshot; 0: never
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -77,7 +77,7 @@ class Config:
         for name, least, most in (("settle_ms", 1, 60_000), ("settle_cap_ms", 1, 600_000),
                                   ("delete_grace_ms", 0, 600_000),
                                   ("max_file_bytes", 1, 1 << 30), ("writer_queue", 1, 100_000),
-                                  ("compact_updates", 2, 10_000_000)):
+                                  ("compact_updates", 0, 10_000_000)):
             value = getattr(self, name)
             if not least <= value <= most:
                 raise ConfigError(name, value, f"must be from {least} to {most}")

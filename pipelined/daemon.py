@@ -2,7 +2,9 @@
 
 The only module that wires threads:
 
-- main thread: signals, the watches (it alone schedules them), health checks;
+- main thread: signals (SIGHUP reloads the config), the watches (it alone
+  schedules them), health checks, and all sd_notify but READY (WATCHDOG=1
+  only while every thread makes progress, see `pipelined.health`);
 - watchdog observer: `StoryEventHandler` hands ids to the `Coalescer`;
 - apply thread (`ApplyLoop`): the only owner of the pycrdt document and the
   content map's writes; one reconcile per settled burst, one batch each;
@@ -39,6 +41,7 @@ from pipelined.layout import (
 )
 from pipelined.logs import configure_logging, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
+from pipelined.store.batch import Batch, Compaction
 from pipelined.store.connection import (
     as_corrupt,
     check_integrity,
@@ -50,7 +53,6 @@ from pipelined.store.load import Signatures, read_signatures, read_state
 from pipelined.store.lock import DaemonLock
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.queries import counts_by_stage, meta
-from pipelined.store.batch import Batch, Compaction
 from pipelined.store.writer import Writer
 from pipelined.sync import KnownFile, Reconciler, SyncResult, changed_story_ids
 from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
@@ -64,7 +66,9 @@ EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and agai
 EXTEND_BY_USEC = 30_000_000
 RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
 DEFERRED_POLL_S = 0.05
+COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the snapshot
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
+SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
 
 
 def check_root(config: Config) -> Path:
@@ -110,6 +114,8 @@ class ApplyLoop(threading.Thread):
         self._deferred: dict[str, float] = {}
         self._reconciler: Reconciler | None = None
         self._updates_since_compaction = 0
+        self._bytes_since_compaction = 0
+        self._snapshot_bytes = 0  # the last snapshot written, or the loaded history
         self._fresh_bytes_per_story: float | None = None
 
     # -- startup -------------------------------------------------------------------
@@ -171,6 +177,7 @@ class ApplyLoop(threading.Thread):
         state = PipelineState(client_id)
         applied = state.load(full.updates)
         self._updates_since_compaction = applied
+        self._snapshot_bytes = sum(len(u) for u in full.updates)
         content = ContentMap(full.contents)
         known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
                  for path, sid, stage, mtime, size, inode, winner in full.signatures}
@@ -195,7 +202,7 @@ class ApplyLoop(threading.Thread):
             if not isinstance(exc, PipelinedError):
                 log.exception("apply.startup_failed")
             return
-        last_rescan = time.monotonic()
+        last_rescan = last_symlink_check = time.monotonic()
         while True:
             timeout = DEFERRED_POLL_S if self._deferred else 1.0
             settled = self.coalescer.take(timeout)
@@ -203,6 +210,10 @@ class ApplyLoop(threading.Thread):
                 return
             if time.monotonic() - last_rescan >= self.config.rescan_interval_s:
                 settled.rescan = True
+            if (self._reconciler is not None and self._reconciler.symlinked
+                    and time.monotonic() - last_symlink_check >= SYMLINK_CHECK_S):
+                last_symlink_check = time.monotonic()
+                settled.story_ids |= self._reconciler.symlinked
             if settled.rescan:
                 last_rescan = time.monotonic()
             story_ids = settled.story_ids
@@ -284,9 +295,13 @@ class ApplyLoop(threading.Thread):
     def _submit(self, result: SyncResult, started: float, touched: int) -> None:
         assert self._reconciler is not None
         self.writer.submit(result.batch)
-        if result.batch.crdt_update:
+        if result.batch.crdt_update and self.config.compact_updates:
             self._updates_since_compaction += 1
-            if self._updates_since_compaction >= self.config.compact_updates:
+            self._bytes_since_compaction += len(result.batch.crdt_update)
+            if (self._updates_since_compaction >= self.config.compact_updates
+                    or (self._updates_since_compaction > 1
+                        and self._bytes_since_compaction >= COMPACT_MIN_BYTES
+                        and self._bytes_since_compaction >= 2 * self._snapshot_bytes)):
                 self._compact()
         self.stories = len(self._reconciler.state)
         self.last_flush_monotonic = time.monotonic()
@@ -320,9 +335,11 @@ class ApplyLoop(threading.Thread):
                                            f"2 x fresh {int(fresh_estimate)}")
         self.writer.submit(Batch(compaction=compaction))
         log.info("crdt.compacted", updates=self._updates_since_compaction,
-                 snapshot_bytes=len(snapshot), rebased=compaction.new_epoch,
-                 ms=int((time.monotonic() - started) * 1000))
+                 replaced_bytes=self._bytes_since_compaction, snapshot_bytes=len(snapshot),
+                 rebased=compaction.new_epoch, ms=int((time.monotonic() - started) * 1000))
         self._updates_since_compaction = 0
+        self._bytes_since_compaction = 0
+        self._snapshot_bytes = len(snapshot)
 
     def _git_busy(self) -> bool:
         # Looked up each time (a few stats, only when a delete is pending): the
@@ -337,17 +354,6 @@ class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None,
                  reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
-        # SIGHUP reads the settings again through this (flags, environment, file).
-        self._reload_config = reload_config or (lambda: resolve({}))
-        self._reload_requested = False
-        self._liveness = Liveness([])
-        self._pinger = WatchdogPinger(Notifier(""), None)  # the real one: _watch_health()
-        self._tick_in = HEALTH_EVERY_S
-        self._status = ""
-        self._status_commits = -1
-        self._stage_counts: dict[str, int] = {}
-        self._last_sync: str | None = None
-        self._last_extend = 0.0
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._signals = 0
@@ -358,6 +364,18 @@ class Daemon:
         self._heartbeat = Heartbeat(config.db_path)
         self._ready_ms = 0
         self._signal_name = ""
+        # What systemd hears (see _watch_health, _tick, _reload). SIGHUP reads the
+        # settings again through reload_config (flags, environment, file).
+        self._reload_config = reload_config or (lambda: resolve({}))
+        self._reload_requested = False
+        self._liveness = Liveness([])
+        self._pinger = WatchdogPinger(self.notifier, None)  # the real one: _watch_health()
+        self._tick_in = HEALTH_EVERY_S
+        self._status = ""
+        self._status_commits = -1
+        self._stage_counts: dict[str, int] = {}
+        self._last_sync: str | None = None
+        self._last_extend = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only flags here: a handler that logs could re-enter the logging setup
@@ -478,7 +496,9 @@ class Daemon:
             self._update_status(problems, writer)
         else:
             self._extend_startup(problems)
-        return min(HEALTH_EVERY_S, self._pinger.due_in())
+        # Kept for the health loop's first wait: READY must not delay a due ping.
+        self._tick_in = min(HEALTH_EVERY_S, self._pinger.due_in())
+        return self._tick_in
 
     def _extend_startup(self, problems: list[str]) -> None:
         """A long first import asks for more time each second while it makes progress."""
@@ -565,7 +585,7 @@ class Daemon:
                 coalescer.request_rescan()
             if self._reload_requested:
                 self._reload()
-            self._tick_in = self._tick(apply, writer)
+            self._tick(apply, writer)
             now = time.monotonic()
             if self._watches_dirty.is_set() or now - last_watch_check >= 2.0:
                 self._watches_dirty.clear()

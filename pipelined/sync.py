@@ -118,7 +118,9 @@ class Reconciler:
         self.high_water = high_water
         self._paths_by_id: dict[str, set[str]] = {}
         # Ids read through a symlink: an edit of the target marks only the target's
-        # id, so these are looked at in every flush (a stat each; they are rare).
+        # id (or nothing, outside the stage folders), so these are stat-ed again
+        # in every flush and every few seconds; the stat follows the link, so the
+        # signature changes with the target. They are rare.
         self.symlinked: set[str] = set()
         # Ids whose file could not be read: a chmod changes no signature.
         self.unreadable: set[str] = set()
@@ -263,7 +265,6 @@ class Reconciler:
                 not repair and prev is not None and prev["stage"] == winner.stage
                 and kf is not None and kf.signature == winner.signature
                 and self.content.has(story_id) and story_id not in self.unreadable
-                and story_id not in self.symlinked
             )
             if unchanged:
                 break

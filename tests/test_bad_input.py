@@ -539,3 +539,19 @@ class TestUnreadableFile:
         assert row["name"] == "unlocked"
         assert errors_of(daemon, "81_story_unlocked") == []
         doctor_clean(daemon)
+
+
+class TestSymlinkTargetOutsideStages:
+    def test_target_in_an_unwatched_folder_is_followed(self, stories: Stories,
+                                                       daemon: DaemonProcess) -> None:
+        """A story symlinked to a file in an unwatched folder inside the root follows
+        edits of that file within seconds (no event ever names the story)."""
+        notes = stories.root / "notes"
+        notes.mkdir()
+        target = notes / "t.md"
+        target.write_text("---\nname: target v1\n---\n")
+        (stories.root / "1_backlog" / "70_story_linked.md").symlink_to(target)
+        daemon.start()
+        daemon.wait_row("70_story_linked", lambda r: r["name"] == "target v1")
+        target.write_text("---\nname: target v2\n---\n")
+        daemon.wait_row("70_story_linked", lambda r: r["name"] == "target v2", timeout=15)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
-from conftest import DaemonProcess, Stories
+from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, story_text
 
 
 class TestShutdown:
@@ -51,3 +53,58 @@ class TestShutdown:
         daemon.start()
         ready = next(m for m in daemon.messages if "READY=1" in m)
         assert "STATUS=in sync: 3 stories" in ready.splitlines()
+
+
+class TestShutdownDuringBurst:
+    @staticmethod
+    def write_burst(stories: Stories, count: int, started: threading.Event,
+                    stop: threading.Event) -> threading.Thread:
+        text = story_text(name="burst", body="b" * 1500)
+
+        def write() -> None:
+            for n in range(count):
+                if stop.is_set():
+                    return
+                (stories.root / STAGES[n % 3] / f"{n + 1}_story_burst.md").write_text(text)
+                if n == 2000:
+                    started.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        return thread
+
+    def test_sigterm_during_a_big_burst(self, stories: Stories, daemon: DaemonProcess) -> None:
+        """SIGTERM while 10,000 files are being written: exit 0 within 10 s, and every
+        file that existed when the signal came is committed."""
+        daemon.start()
+        started, stop = threading.Event(), threading.Event()
+        writer = self.write_burst(stories, 10_000, started, stop)
+        assert started.wait(60)
+        before = {p.stem for s in STAGES for p in (stories.root / s).glob("*.md")}
+        signalled = time.monotonic()
+        try:
+            assert daemon.stop(signal.SIGTERM, timeout=10) == 0
+        finally:
+            stop.set()
+            writer.join()
+        assert time.monotonic() - signalled < 10
+        assert before <= set(daemon.rows())
+
+    def test_second_sigterm_skips_the_final_flush(self, stories: Stories,
+                                                  daemon: DaemonProcess) -> None:
+        """A second SIGTERM exits at once; the next start still ends with no drift."""
+        daemon.start()
+        started, stop = threading.Event(), threading.Event()
+        writer = self.write_burst(stories, 10_000, started, stop)
+        assert started.wait(60)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait_log("daemon.stopping")  # the first one is being handled
+            assert daemon.stop(signal.SIGTERM, timeout=10) == 0  # the second
+        finally:
+            stop.set()
+            writer.join()
+        assert [e for e in daemon.log_events() if e.get("event") == "daemon.stopping_now"]
+        daemon.start()
+        assert folder_matches_db(stories, daemon)
