@@ -479,7 +479,10 @@ class Daemon:
                           waiting=lambda: apply.ready.is_set() and coalescer.ready(),
                           stall_s=stall_s),
             # Its work: a submitted batch not committed yet (queued, or in a retry).
-            ProgressProbe("writer", writer.is_alive, done=lambda: writer.commits,
+            # Its progress: an attempt that finished, failed or not. A writer that
+            # keeps retrying a full disk is degraded, not wedged: systemd must not
+            # restart it in a loop. One stuck inside a call is wedged.
+            ProgressProbe("writer", writer.is_alive, done=lambda: writer.attempts,
                           waiting=lambda: not writer.wait_committed(writer.submitted, 0),
                           stall_s=stall_s),
         ])

@@ -6,9 +6,11 @@ in exactly one place; nothing else in the package prints or exits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "AmbiguousStory",
     "ConfigError",
     "DatabaseBusy",
     "DatabaseCorrupt",
@@ -18,6 +20,9 @@ __all__ = [
     "PipelinedError",
     "RootError",
     "StoryNotFound",
+    "SyncTimeout",
+    "TitleError",
+    "UnknownStage",
 ]
 
 
@@ -97,3 +102,42 @@ class StoryNotFound(PipelinedError):
     def __init__(self, story_id: str) -> None:
         self.story_id = story_id
         super().__init__(f"no story {story_id!r}")
+
+
+class UnknownStage(PipelinedError):
+    """A stage that is not one of the configured stage folders."""
+
+    def __init__(self, stage: str, stages: Sequence[str]) -> None:
+        self.stage = stage
+        self.stages = tuple(stages)
+        super().__init__(f"unknown stage {stage!r} (stages: {', '.join(stages)})")
+
+
+class AmbiguousStory(PipelinedError):
+    """A story reference that matches more than one file."""
+
+    def __init__(self, ref: str, paths: Sequence[str]) -> None:
+        self.ref = ref
+        self.paths = tuple(paths)
+        super().__init__(f"{ref!r} matches more than one story file: {', '.join(paths)} "
+                         "(give the full id; `pipelined doctor` shows conflicts)")
+
+
+class TitleError(PipelinedError):
+    """A new story's title or type cannot be used."""
+
+    exit_code = 2
+
+    def __init__(self, value: str, why: str) -> None:
+        self.value = value
+        super().__init__(f"bad value {value!r}: {why}")
+
+
+class SyncTimeout(PipelinedError):
+    """The daemon did not show a change in the database within the wait."""
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        self.what = what
+        self.timeout_s = timeout_s
+        super().__init__(f"{what}, but the running daemon has not shown it in the database "
+                         f"within {timeout_s:g} s (see `pipelined status`)")

@@ -16,11 +16,13 @@ __all__ = [
     "conflicts",
     "counts_by_stage",
     "get_story",
+    "high_water",
     "list_stories",
     "meta",
     "parse_errors",
     "snapshot",
     "story_rows",
+    "story_stage",
 ]
 
 _ITEM_COLUMNS = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
@@ -141,3 +143,18 @@ def parse_errors(conn: apsw.Connection) -> list[dict[str, Any]]:
             "LEFT JOIN file_signatures s ON s.story_id = e.id AND s.winner = 1 "
             "WHERE e.errors IS NOT NULL ORDER BY e.id")
     ]
+
+
+def high_water(conn: apsw.Connection) -> int:
+    """The highest story number the daemon ever saw, deleted stories included (0 if none)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "story_numbers" not in tables:
+        return 0
+    row = conn.execute("SELECT max(high_water) FROM story_numbers").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def story_stage(conn: apsw.Connection, story_id: str) -> str | None:
+    """The stage the database shows for a story, or None if it has no row."""
+    row = conn.execute("SELECT stage FROM pipeline_items WHERE id = ?", (story_id,)).fetchone()
+    return str(row[0]) if row else None

@@ -145,6 +145,7 @@ class Writer(threading.Thread):
         self._abandon = threading.Event()
         self._closing = threading.Event()
         self.commits = 0
+        self.attempts = 0  # commit attempts finished, failed ones included
         self.last_commit_monotonic = time.monotonic()
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -263,6 +264,7 @@ class Writer(threading.Thread):
             try:
                 write_batches(self._conn, group)
             except Exception as exc:  # apsw errors, and anything else: never die
+                self.attempts += 1
                 failures += 1
                 now = time.monotonic()
                 if self.failing_since is None:
@@ -286,6 +288,7 @@ class Writer(threading.Thread):
                          failed_for_s=round(time.monotonic() - self.failing_since, 3))
                 self.failing_since = None
                 self.last_error = None
+            self.attempts += 1
             self.commits += 1
             self.last_commit_monotonic = time.monotonic()
             if compacting:  # how long a compaction holds the writer
