@@ -41,8 +41,7 @@ def render_board(columns: Sequence[dict[str, Any]], console: Console) -> None:
     """Print one column per stage, side by side, as wide as the console."""
     per_column = console.width // max(1, len(columns))
     boxed = per_column >= _MIN_BOXED_WIDTH
-    table = Table(expand=True, show_lines=False, box=None if not boxed else None,
-                  padding=(0, 1), show_edge=False)
+    table = Table(expand=True, box=None, padding=(0, 1), show_edge=False)
     for column in columns:
         table.add_column(Text(f"{column['stage']} ({column['count']})", style="bold"),
                          ratio=1, overflow="fold", min_width=1)

@@ -82,10 +82,12 @@ class DaemonProcess:
         self._log_path = workdir / "daemon.log"
         self._starts = 0
         self.python = sys.executable
+        self.prefix: list[str] = []  # e.g. setpriv, to run the daemon with fewer capabilities
 
     # -- lifecycle ----------------------------------------------------------------
 
     def spawn(self, *extra_args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self._close()  # a previous run that exited by itself (e.g. refused to start)
         self._starts += 1
         sock_path = self.workdir / f"notify-{self._starts}.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -98,7 +100,7 @@ class DaemonProcess:
         self._log.write(f"\n--- start {self._starts} ---\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [self.python, "-m", "pipelined", "run", "--root", str(self.root),
+            [*self.prefix, self.python, "-m", "pipelined", "run", "--root", str(self.root),
              "--db", str(self.db), "--log-format", "json", *extra_args],
             stdout=self._log, stderr=self._log, env=full_env, cwd=self.workdir,
         )
@@ -156,6 +158,7 @@ class DaemonProcess:
             self._sock = None
         if getattr(self, "_log", None) is not None:
             self._log.close()
+            self._log = None  # type: ignore[assignment]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

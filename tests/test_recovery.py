@@ -127,3 +127,40 @@ class TestReadOnlyDatabase:
             assert synced.log_tail(1).startswith("Error: database")
         finally:
             subprocess.run(["chattr", "-i", str(synced.db)], check=False)
+
+
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+
+
+def _dac_can_be_dropped() -> bool:
+    if shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run([*NO_DAC, "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _dac_can_be_dropped(), reason="needs setpriv and root to drop "
+                    "CAP_DAC_OVERRIDE (so file permissions apply to the daemon)")
+class TestDatabaseMadeReadOnly:
+    def test_read_only_while_running_then_restart(self, synced: DaemonProcess,
+                                                  stories: Stories) -> None:
+        """The database file turned read-only under a running daemon (permissions
+        applying): it keeps committing through its open descriptor and loses
+        nothing; a restart is then refused with one line instead of a silent READY."""
+        synced.prefix = NO_DAC
+        synced.start()
+        synced.db.chmod(0o444)
+        try:
+            stories.write("2_current", "77_story_after_chmod", name="still saved")
+            synced.wait_row("77_story_after_chmod", lambda r: r["name"] == "still saved")
+            assert synced.stop() == 0
+            assert synced.spawn().wait(30) == 1
+            assert synced.log_tail(1).startswith(f"Error: database {synced.db}: the database "
+                                                 "file is read-only")
+        finally:
+            # SQLite gives a new -shm the mode of the database file: fix all three,
+            # as an administrator would (`chmod 644 pipeline.db*`).
+            for path in synced.db.parent.glob(synced.db.name + "*"):
+                path.chmod(0o644)
+        synced.start()
+        assert folder_matches_db(stories, synced)

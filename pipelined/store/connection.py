@@ -35,7 +35,7 @@ def open_writer(path: Path) -> apsw.Connection:
         # the daemon would then report READY and persist nothing.
         if conn.readonly("main"):
             raise DatabaseError(path, "the database file is read-only (check the permissions "
-                                "of the file and of its folder)")
+                                "of the file, of its -wal and -shm files, and of its folder)")
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
     except (apsw.CorruptError, apsw.NotADBError) as exc:
