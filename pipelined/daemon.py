@@ -36,6 +36,7 @@ from pipelined.health import DEFAULT_STALL_S, Liveness, ProgressProbe, WatchdogP
 from pipelined.layout import (
     FileSignature,
     find_git_dir,
+    split_rel_path,
     stat_signatures,
     symlinked_story_ids,
 )
@@ -135,11 +136,12 @@ class ApplyLoop(threading.Thread):
             stored = read_signatures(conn)
             unlistable: set[str] = set()
             seen = stat_signatures(self.root, self.config.stages, unlistable)
-            touched = changed_story_ids(seen, stored.by_path, stored.row_ids, unlistable)
+            known_ids = {split_rel_path(path)[1] for path in stored.by_path}
+            touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
             stat_ms = int((time.monotonic() - started) * 1000)
             in_sync_early = not touched and stored.client_id is not None
             if in_sync_early:
-                self.stories = len(stored.row_ids)
+                self.stories = len(known_ids)
                 self._set_ready()
             reconciler, mismatch, applied = self._load_state(conn, stored)
         finally:
@@ -154,7 +156,7 @@ class ApplyLoop(threading.Thread):
         if not self.writer.wait_committed(seq):
             raise RuntimeError("the writer stopped before the startup changes were committed")
         self.stories = len(reconciler.state)
-        log.info("daemon.startup", stories_loaded=len(stored.row_ids), crdt_updates=applied,
+        log.info("daemon.startup", stories_loaded=len(known_ids), crdt_updates=applied,
                  files_stat_checked=len(seen), files_reread=result.files_read,
                  created=result.created, updated=result.updated, moved=result.moved,
                  deleted=result.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
@@ -181,7 +183,7 @@ class ApplyLoop(threading.Thread):
         content = ContentMap(full.contents)
         known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
                  for path, sid, stage, mtime, size, inode, winner in full.signatures}
-        mismatch = state.ids() ^ stored.row_ids
+        mismatch = state.ids() ^ full.row_ids
         if mismatch:
             log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
                         count=len(mismatch))

@@ -21,7 +21,6 @@ class Signatures:
 
     client_id: int | None
     by_path: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    row_ids: set[str] = field(default_factory=set)
     high_water: int = 0
 
 
@@ -31,15 +30,15 @@ class StoredState:
     signatures: list[tuple[str, str, str, int, int, int, int]]
     contents: list[tuple[str, str | None]]
     unreadable: set[str]  # ids whose file could not be read last time
+    row_ids: set[str]
 
 
 def read_signatures(conn: apsw.Connection) -> Signatures:
-    """Client id, path -> (mtime_ns, size, inode), row ids, the high-water mark."""
+    """Client id, path -> (mtime_ns, size, inode), the high-water mark."""
     row = conn.execute("SELECT value FROM daemon_meta WHERE key = 'client_id'").fetchone()
     found = Signatures(int(row[0]) if row is not None else None)
     found.by_path = {path: (mtime, size, inode) for path, mtime, size, inode in conn.execute(
         "SELECT path, mtime_ns, size, inode FROM file_signatures")}
-    found.row_ids = {r[0] for r in conn.execute("SELECT id FROM pipeline_items")}
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
     found.high_water = int(hw[0]) if hw else 0
     return found
@@ -54,6 +53,7 @@ def read_state(conn: apsw.Connection) -> StoredState:
         ).fetchall()),
         contents=cast(list[tuple[str, str | None]],
                       conn.execute("SELECT id, content FROM pipeline_items").fetchall()),
+        row_ids={str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items")},
         unreadable={str(r[0]) for r in conn.execute(
             "SELECT id FROM story_extras WHERE errors LIKE '%cannot read the file%'")},
     )
