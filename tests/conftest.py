@@ -39,6 +39,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = DEADLINE_S,
         time.sleep(interval)
 
 
+def observe(condition: Callable[[], bool], seconds: float) -> bool:
+    """True if `condition` held at every poll for `seconds` (an observation window)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        time.sleep(0.02)
+    return condition()
+
+
 def story_text(name: str | None = "A story", agent: str | None = None, retry_count: int = 0,
                blocked: bool = False, depends_on: list[int] | None = None,
                body: str = "Body text.\n", **extra: Any) -> str:

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, story_text, wait_until
+from conftest import (
+    STAGES,
+    DaemonProcess,
+    Stories,
+    folder_matches_db,
+    observe,
+    story_text,
+    wait_until,
+)
 
 MIB = 1024 * 1024
 SECRET = "SECRET-7f3a9c-outside-the-root"
@@ -28,14 +36,6 @@ SECRET = "SECRET-7f3a9c-outside-the-root"
 # -- helpers ------------------------------------------------------------------------
 
 
-def observe(condition: Callable[[], bool], seconds: float) -> bool:
-    """True if `condition` held at every poll for `seconds` (an observation window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not condition():
-            return False
-        time.sleep(0.02)
-    return condition()
 
 
 def errors_of(daemon: DaemonProcess, story_id: str) -> list[str]:

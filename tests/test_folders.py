@@ -11,21 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from conftest import DaemonProcess, Stories, folder_matches_db, story_text, wait_until
-
-
-def observe(condition: Callable[[], bool], seconds: float) -> bool:
-    """True if `condition` held at every poll for `seconds` (an observation window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not condition():
-            return False
-        time.sleep(0.02)
-    return condition()
+from conftest import DaemonProcess, Stories, folder_matches_db, observe, story_text, wait_until
 
 
 def populate(stories: Stories) -> None:

@@ -15,13 +15,19 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, story_text, wait_until
+from conftest import (
+    STAGES,
+    DaemonProcess,
+    Stories,
+    folder_matches_db,
+    observe,
+    story_text,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -435,11 +441,3 @@ class TestIndexLock:
         wait_until(lambda: folder_matches_db(repo, daemon), SYNC_TIMEOUT_S, "rows equal")
 
 
-def observe(condition: Callable[[], bool], seconds: float) -> bool:
-    """True if `condition` held at every poll for `seconds` (an observation window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not condition():
-            return False
-        time.sleep(0.02)
-    return condition()
