@@ -19,6 +19,7 @@ __all__ = [
     "MigrationError",
     "PipelinedError",
     "RootError",
+    "SearchQueryError",
     "StoryNotFound",
     "SyncTimeout",
     "TitleError",
@@ -141,3 +142,12 @@ class SyncTimeout(PipelinedError):
         self.timeout_s = timeout_s
         super().__init__(f"{what}, but the running daemon has not shown it in the database "
                          f"within {timeout_s:g} s (see `pipelined status`)")
+
+
+class SearchQueryError(PipelinedError):
+    """A search query FTS5 cannot run (unbalanced quote, bad operator, empty)."""
+
+    def __init__(self, query: str, why: str) -> None:
+        self.query = query
+        super().__init__(f"bad search query {query!r}: {why} (plain words need no quoting; "
+                         "see `pipelined search --help`)")

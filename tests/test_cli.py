@@ -169,7 +169,8 @@ class TestErrors:
 
 class TestHelp:
     @pytest.mark.parametrize("command", ["run", "status", "ls", "show", "doctor", "new", "move",
-                                         "init", "board"])
+                                         "init", "board", "search", "log",
+                                         "events", "stats"])
     def test_every_command_has_help_and_an_example(self, command: str) -> None:
         """`--help` on each command says what it does and shows an example."""
         result = CliRunner().invoke(main, [command, "--help"])

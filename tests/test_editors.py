@@ -394,7 +394,9 @@ class TestVim:
             finally:
                 if vim.poll() is None:
                     vim.kill()
-                    vim.wait()
+                    vim.wait(30)
+                if vim.stdin is not None and not vim.stdin.closed:
+                    vim.stdin.close()
             assert not swap.exists()
             seen.wait_saw("created", f".{path.name}.swp")
             seen.wait_saw("deleted", f".{path.name}.swp")

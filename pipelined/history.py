@@ -1,0 +1,223 @@
+"""The story history (`story_history`, kept by triggers): `log`, `events`, `stats`.
+
+Read-only queries and small pure computations over the history rows; no
+watchdog, no pycrdt, so the CLI stays fast. One history row as JSON is
+{"seq", "at", "id", "kind", "from_stage", "to_stage", "fields"}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from pipelined.errors import DatabaseError
+
+__all__ = [
+    "entry_line",
+    "finished_per_week",
+    "has_history",
+    "history",
+    "max_seq",
+    "normalize_since",
+    "percentile",
+    "require_history",
+    "resolve_ids",
+    "rows_after",
+    "stage_durations",
+    "stats",
+]
+
+_COLUMNS = "seq, at, story_id, kind, from_stage, to_stage, fields"
+
+
+def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, at, story_id, kind, from_stage, to_stage, fields = row
+    return {"seq": int(seq), "at": str(at), "id": str(story_id), "kind": str(kind),
+            "from_stage": from_stage, "to_stage": to_stage,
+            "fields": json.loads(fields) if fields else None}
+
+
+def has_history(conn: apsw.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                        "AND name = 'story_history'").fetchone() is not None
+
+
+def require_history(conn: apsw.Connection, db_path: Path) -> None:
+    """A database from before migration 0003 has no history: one clear error."""
+    if not has_history(conn):
+        raise DatabaseError(db_path, "it has no story history yet (start the daemon once "
+                                     "to upgrade the database)")
+
+
+def normalize_since(value: str) -> str:
+    """A date or RFC 3339 time -> the UTC text form of `at` ('...T...:..:..000Z').
+
+    A date alone is its midnight UTC; a time without offset is taken as UTC.
+    Raises ValueError on anything else.
+    """
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def resolve_ids(conn: apsw.Connection, ref: str) -> list[str]:
+    """The ids a `log` argument means: the id itself, or every id with that number.
+
+    Looks in the history too, so a deleted story is still found.
+    """
+    if not ref.isdigit():
+        return [ref]
+    pattern = f"{int(ref)}_*"
+    found = {str(r[0]) for r in conn.execute(
+        "SELECT DISTINCT story_id FROM story_history WHERE story_id GLOB ?", (pattern,))}
+    found |= {str(r[0]) for r in conn.execute(
+        "SELECT id FROM pipeline_items WHERE id GLOB ?", (pattern,))}
+    return sorted(found) or [ref]
+
+
+def history(conn: apsw.Connection, story_ids: Sequence[str] | None = None,
+            since: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """History rows, oldest first; `limit` keeps the newest ones; `since` is normalized."""
+    where: list[str] = []
+    params: list[Any] = []
+    if story_ids:
+        where.append(f"story_id IN ({', '.join('?' * len(story_ids))})")
+        params += list(story_ids)
+    if since is not None:
+        where.append("at >= ?")
+        params.append(since)
+    sql = f"SELECT {_COLUMNS} FROM story_history"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    rows = [_entry(r) for r in conn.execute(sql, params)]
+    rows.reverse()
+    return rows
+
+
+def max_seq(conn: apsw.Connection) -> int:
+    row = conn.execute("SELECT max(seq) FROM story_history").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def rows_after(conn: apsw.Connection, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+    """History rows with a sequence number above `seq`, in order (at most `limit`)."""
+    return [_entry(r) for r in conn.execute(
+        f"SELECT {_COLUMNS} FROM story_history WHERE seq > ? ORDER BY seq LIMIT ?",
+        (seq, limit))]
+
+
+def entry_line(entry: dict[str, Any]) -> str:
+    """One history row as a line of text: seq, time, id, what happened."""
+    kind = entry["kind"]
+    if kind == "created":
+        what = f"created in {entry['to_stage']}"
+    elif kind == "moved":
+        what = f"moved {entry['from_stage']} -> {entry['to_stage']}"
+    elif kind == "updated":
+        what = f"updated {', '.join(entry['fields'] or [])}"
+    elif kind == "deleted":
+        what = f"deleted from {entry['from_stage']}"
+    else:
+        what = kind
+    return f"{entry['seq']:>6}  {entry['at']}  {entry['id']}  {what}"
+
+
+# -- stats ------------------------------------------------------------------------
+
+
+def _parse_at(at: str) -> datetime:
+    return datetime.fromisoformat(at.replace("Z", "+00:00"))
+
+
+def stage_durations(entries: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
+    """Seconds each story spent in a stage, per stage, from consecutive history rows.
+
+    A stay starts at `created` or `moved` into the stage and ends at the next
+    `moved` or `deleted` of that story; a stay not ended yet is not counted.
+    """
+    entered: dict[str, tuple[str, datetime]] = {}
+    durations: dict[str, list[float]] = {}
+    for entry in sorted(entries, key=lambda e: int(e["seq"])):
+        story_id, kind = entry["id"], entry["kind"]
+        if kind not in ("created", "moved", "deleted"):
+            continue
+        at = _parse_at(entry["at"])
+        if kind in ("moved", "deleted") and story_id in entered:
+            stage, since = entered.pop(story_id)
+            durations.setdefault(stage, []).append(max(0.0, (at - since).total_seconds()))
+        if kind in ("created", "moved") and entry["to_stage"] is not None:
+            entered[story_id] = (str(entry["to_stage"]), at)
+    return durations
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks (the median is fraction 0.5)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def finished_per_week(entries: Iterable[dict[str, Any]], finish_stage: str) -> dict[str, int]:
+    """Stories moved into `finish_stage`, per ISO week ('2026-W48'), each story once a week."""
+    seen: set[tuple[str, str]] = set()
+    weeks: dict[str, int] = {}
+    for entry in entries:
+        if entry["kind"] != "moved" or entry["to_stage"] != finish_stage:
+            continue
+        year, week, _day = _parse_at(entry["at"]).isocalendar()
+        key = f"{year}-W{week:02d}"
+        if (entry["id"], key) in seen:
+            continue
+        seen.add((entry["id"], key))
+        weeks[key] = weeks.get(key, 0) + 1
+    return dict(sorted(weeks.items()))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def stats(conn: apsw.Connection, stages: Sequence[str]) -> dict[str, Any]:
+    """Counts per stage, time in each stage (median, p90), stories finished per week."""
+    conn.execute("BEGIN")  # one snapshot for the counts and the history
+    try:
+        counts = {str(stage): int(count) for stage, count in conn.execute(
+            "SELECT stage, count(*) FROM pipeline_items GROUP BY stage")}
+        entries = [_entry(r) for r in conn.execute(
+            f"SELECT {_COLUMNS} FROM story_history WHERE kind IN ('created', 'moved', 'deleted') "
+            "ORDER BY seq")]
+    finally:
+        conn.execute("COMMIT")
+    durations = stage_durations(entries)
+    order = list(stages) + sorted((set(counts) | set(durations)) - set(stages))
+    finish_stage = stages[-1]
+    return {
+        "stages": {stage: counts.get(stage, 0) for stage in order
+                   if stage in stages or stage in counts},
+        "time_in_stage": {
+            stage: {"count": len(durations[stage]),
+                    "median_s": _round(percentile(durations[stage], 0.5)),
+                    "p90_s": _round(percentile(durations[stage], 0.9))}
+            for stage in order if stage in durations
+        },
+        "finish_stage": finish_stage,
+        "finished_per_week": finished_per_week(entries, finish_stage),
+    }

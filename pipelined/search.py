@@ -1,0 +1,111 @@
+"""Full-text search over story ids, names and content (FTS5, migration 0004).
+
+Imports only apsw and the standard library so `pipelined search` starts fast.
+
+A query is read in one of two ways:
+
+- plain words (the usual case): each whitespace-separated word is quoted for
+  FTS5, so `coder-1`, `a.b`, `don't` or `c++` never cause a syntax error;
+  every word must match (AND); a word ending in `*` is a prefix (`log*`).
+- FTS5 syntax, when the query visibly uses it: a double quote, a bare
+  `AND`/`OR`/`NOT` (upper case, as FTS5 wants), `NEAR(`, parentheses, a
+  leading `^`, or a `id:`/`name:`/`content:` column filter. It is then passed
+  to FTS5 as written, and a syntax error is one `Error:` line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from pipelined.errors import SearchQueryError
+
+__all__ = ["SearchHit", "fts_query", "search", "uses_fts_syntax"]
+
+SNIPPET_OPEN = "**"
+SNIPPET_CLOSE = "**"
+SNIPPET_ELLIPSIS = "…"
+SNIPPET_TOKENS = 12
+# bm25 weights of the columns id, name, content: a hit in a name counts most.
+WEIGHTS = (5.0, 10.0, 1.0)
+
+_OPERATOR = re.compile(
+    r'"|(?:^|\s)(?:AND|OR|NOT)(?:\s|$)|\bNEAR\(|[()]|(?:^|\s)\^|'
+    r"(?:^|\s|[({-])(?:id|name|content)\s*:")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    stage: str
+    name: str | None
+    rank: float
+    snippet: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "stage": self.stage, "name": self.name,
+                "rank": self.rank, "snippet": self.snippet}
+
+
+def uses_fts_syntax(query: str) -> bool:
+    """True when the query uses FTS5 operators and is passed through as written."""
+    return bool(_OPERATOR.search(query))
+
+
+def _quote(word: str) -> str:
+    prefix = word.endswith("*") and len(word.rstrip("*")) > 0
+    word = word.rstrip("*") if prefix else word
+    quoted = '"' + word.replace('"', '""') + '"'
+    return quoted + "*" if prefix else quoted
+
+
+def fts_query(query: str) -> str:
+    """The FTS5 MATCH expression for what the user typed (see the module docstring)."""
+    if not query.strip():
+        raise SearchQueryError(query, "the query is empty")
+    if uses_fts_syntax(query):
+        return query
+    return " ".join(_quote(word) for word in query.split())
+
+
+def search(conn: apsw.Connection, query: str, stage: str | None = None,
+           limit: int | None = 20) -> list[SearchHit]:
+    """Stories matching `query`, best first (bm25), each with a snippet."""
+    tables = {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE name = 'pipeline_search'")}
+    if "pipeline_search" not in tables:
+        raise SearchQueryError(query, "this database has no search index yet (start "
+                               "`pipelined run` once with this version to add it)")
+    match = fts_query(query)
+    sql = (
+        "SELECT p.id, p.stage, p.name, "
+        "bm25(pipeline_search, ?, ?, ?) AS score, "
+        "snippet(pipeline_search, -1, ?, ?, ?, ?) "
+        "FROM pipeline_search JOIN pipeline_items p ON p.rowid = pipeline_search.rowid "
+        "WHERE pipeline_search MATCH ?"
+    )
+    params: list[Any] = [*WEIGHTS, SNIPPET_OPEN, SNIPPET_CLOSE, SNIPPET_ELLIPSIS,
+                         SNIPPET_TOKENS, match]
+    if stage is not None:
+        sql += " AND p.stage = ?"
+        params.append(stage)
+    sql += " ORDER BY score, p.id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    except apsw.SQLError as exc:  # the schema is known good: only MATCH can be wrong
+        raise SearchQueryError(query, _fts_reason(str(exc))) from None
+    return [SearchHit(id=str(r[0]), stage=str(r[1]),
+                      name=None if r[2] is None else str(r[2]),
+                      rank=float(r[3]) if isinstance(r[3], int | float) else 0.0,
+                      snippet=" ".join(str(r[4] or "").split())) for r in rows]
+
+
+def _fts_reason(message: str) -> str:
+    reason = message.removeprefix("SQLError:").strip()
+    return " ".join(reason.split()) or "FTS5 cannot parse it"
