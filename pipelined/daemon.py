@@ -107,6 +107,7 @@ class ApplyLoop(threading.Thread):
         self.coalescer = coalescer
         self.writer = writer
         self.ready = threading.Event()
+        self.loaded = threading.Event()  # startup finished (state loaded), or failed
         self._on_ready = on_ready
         self.skip_flush = threading.Event()
         self.failed: BaseException | None = None
@@ -204,6 +205,8 @@ class ApplyLoop(threading.Thread):
             if not isinstance(exc, PipelinedError):
                 log.exception("apply.startup_failed")
             return
+        finally:
+            self.loaded.set()
         last_rescan = last_symlink_check = time.monotonic()
         while True:
             timeout = DEFERRED_POLL_S if self._deferred else 1.0
@@ -433,6 +436,12 @@ class Daemon:
                 if isinstance(apply.failed, PipelinedError):
                     raise apply.failed  # one line from the CLI
             else:
+                # The main thread's first log line (which imports structlog) waits
+                # until the apply thread has loaded the state (which imports pycrdt):
+                # the two threads never import heavy modules at the same time.
+                while not apply.loaded.wait(self._tick(apply, writer)):
+                    if self._stop.is_set():
+                        break
                 gc.enable()
                 gc.freeze()  # what startup built lives as long as the daemon
                 log.info("daemon.ready", root=str(root), db=str(db_path),
