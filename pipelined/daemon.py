@@ -440,7 +440,7 @@ class Daemon:
                 # until the apply thread has loaded the state (which imports pycrdt):
                 # the two threads never import heavy modules at the same time.
                 while not apply.loaded.wait(self._tick(apply, writer)):
-                    if self._stop.is_set():
+                    if self._stop.is_set() or not writer.is_alive():
                         break
                 gc.enable()
                 gc.freeze()  # what startup built lives as long as the daemon
@@ -453,6 +453,8 @@ class Daemon:
             self._shutdown(apply, writer, watcher, coalescer)
             logging.getLogger("watchdog").removeHandler(overflow)
             self._heartbeat.close()
+        if isinstance(apply.failed, PipelinedError):
+            raise apply.failed  # one line from the CLI, after a clean shutdown
         if apply.failed is not None:
             log.error("daemon.failed", error=f"{type(apply.failed).__name__}: {apply.failed}")
             return 1
@@ -462,13 +464,11 @@ class Daemon:
     def _send_ready(self, stories: int) -> None:
         """READY=1: the database equals the folders (called on the apply thread).
 
-        Not before the writer's integrity check passed: a corrupt database is
-        refused with one line instead.
+        The writer's integrity check (PRAGMA quick_check) may still be running:
+        it takes longer than the whole stat pass on a large database, and the
+        writer runs it before its first write anyway. A corrupt database then
+        stops the daemon with one line right after READY.
         """
-        assert self._writer is not None
-        self._writer.wait_checked()
-        if self._writer.first_error is not None:
-            raise self._writer.first_error
         self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
         self._ready_ms = int((time.monotonic() - self._started) * 1000)
 
@@ -592,6 +592,9 @@ class Daemon:
         while not self._stop.wait(self._tick_in if not self._watches_dirty.is_set() else 0.01):
             self._beat(apply, writer, coalescer)
             if not apply.is_alive() or not writer.is_alive():
+                if isinstance(writer.first_error, PipelinedError):  # e.g. a corrupt database
+                    apply.failed = apply.failed or writer.first_error
+                    return
                 log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
                 apply.failed = apply.failed or RuntimeError("a daemon thread died")
                 return

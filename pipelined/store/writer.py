@@ -138,7 +138,6 @@ class Writer(threading.Thread):
         super().__init__(name="pipelined-writer", daemon=True)
         self._connect = connect
         self._check = check
-        self._checked = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._sleep = sleep
         self._conn: apsw.Connection | None = None
@@ -186,10 +185,6 @@ class Writer(threading.Thread):
                 self._seq_cond.wait(remaining)
             return True
 
-    def wait_checked(self) -> None:
-        """Block until the connection is open and its integrity check has run."""
-        self._checked.wait()
-
     @property
     def submitted(self) -> int:
         return self._submitted
@@ -224,8 +219,6 @@ class Writer(threading.Thread):
             self.first_error = exc
             log.error("writer.open_failed", error=str(exc))
             return
-        finally:
-            self._checked.set()
         try:
             while not self._abandon.is_set():
                 try:
