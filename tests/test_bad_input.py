@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -327,11 +326,11 @@ class TestSymlinks:
         tmp_link = stories.root / "2_current" / ".55_story_alias.md.tmp"
         tmp_link.symlink_to(outside)
         os.replace(tmp_link, link)
-        deadline = time.monotonic() + 10
-        while daemon.row("55_story_alias") is not None:  # poll: the row must go
-            assert not self.secret_leaked(daemon)
-            assert time.monotonic() < deadline, "the retargeted symlink's row did not go"
-            time.sleep(0.02)
+        def gone_without_leak() -> bool:
+            assert not self.secret_leaked(daemon)  # checked at every poll
+            return daemon.row("55_story_alias") is None
+
+        wait_until(gone_without_leak, timeout=10, what="the retargeted symlink's row to go")
         good.check()
         assert not self.secret_leaked(daemon)
         assert daemon.row("54_story_target")["name"] == "inside target"  # type: ignore[index]

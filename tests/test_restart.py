@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
-from conftest import STAGES, DaemonProcess, Stories, folder_matches_db
+from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, wait_until
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -72,10 +71,8 @@ class TestRestart:
         try:
             # Prove the recorder works before relying on it seeing nothing.
             stories.path("1_backlog", "1_story_s").read_text()
-            deadline = time.monotonic() + 10
-            while not recorder.opened and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert recorder.opened, "the inotify recorder saw no open at all"
+            wait_until(lambda: recorder.opened, timeout=10,
+                       what="the inotify recorder to see an open at all")
             with recorder.lock:
                 recorder.opened.clear()
             daemon.start()
@@ -83,10 +80,8 @@ class TestRestart:
             assert daemon.stop() == 0
             # A probe open after the daemon stopped: once it is seen, any earlier open is too.
             stories.path("2_current", "2_story_s").read_text()
-            deadline = time.monotonic() + 10
-            while not any("2_story_s" in p for p in recorder.opened):
-                assert time.monotonic() < deadline, "probe open never seen"
-                time.sleep(0.02)
+            wait_until(lambda: any("2_story_s" in p for p in recorder.opened), timeout=10,
+                       what="the probe open")
         finally:
             observer.stop()
             observer.join()
