@@ -20,6 +20,7 @@ __all__ = ["configure_logging", "get_logger"]
 
 _settings = {"fmt": "auto", "level": "info"}
 _configured = False
+_generation = 0  # bumped at every (re)configuration: proxies then fetch a fresh logger
 _lock = threading.RLock()
 
 
@@ -32,10 +33,11 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
 
 
 def _apply() -> None:
-    global _configured  # noqa: PLW0603 - one process-wide logging setup
+    global _configured, _generation  # noqa: PLW0603 - one process-wide logging setup
     with _lock:
         if _configured:
             return
+        _generation += 1
         import structlog
 
         fmt, level = _settings["fmt"], _settings["level"]
@@ -72,13 +74,16 @@ class _LazyLogger:
     def __init__(self, name: str) -> None:
         self._name = name
         self._logger: Any = None
+        self._generation = -1
 
     def __getattr__(self, method: str) -> Any:
-        if self._logger is None or not _configured:
+        if not _configured:
             _apply()
+        if self._generation != _generation:  # first use, or a reload (SIGHUP) since
             import structlog
 
             self._logger = structlog.get_logger(self._name)
+            self._generation = _generation
         return getattr(self._logger, method)
 
 

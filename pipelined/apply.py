@@ -1,0 +1,312 @@
+"""The apply thread: the only owner of the pycrdt document and the content map.
+
+It loads the pipeline state at startup (after READY when nothing changed),
+reconciles each settled burst against the disk into one pycrdt transaction and
+one Batch for the writer, confirms deletes after a quiet period, and compacts
+the persisted history. Nothing else may touch its `Reconciler`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelined.config import Config
+from pipelined.content import ContentMap
+from pipelined.errors import PipelinedError
+from pipelined.layout import (
+    FileSignature,
+    find_git_dir,
+    split_rel_path,
+    stat_signatures,
+    symlinked_story_ids,
+)
+from pipelined.logs import get_logger
+from pipelined.store.batch import Batch, Compaction
+from pipelined.store.connection import (
+    as_corrupt,
+    open_read_only,
+)
+from pipelined.store.load import Signatures, read_signatures, read_state
+from pipelined.store.writer import Writer
+from pipelined.sync import KnownFile, Reconciler, SyncResult, changed_story_ids
+from pipelined.watch import Coalescer
+
+__all__ = ["ApplyLoop"]
+
+log = get_logger("pipelined.apply")
+
+DEFERRED_POLL_S = 0.05
+COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the snapshot
+BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
+SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
+
+
+def _new_client_id() -> int:
+    """A random pycrdt client id (32 bits, as Yjs uses), persisted for reuse."""
+    return int.from_bytes(os.urandom(4), "big")
+
+
+class ApplyLoop(threading.Thread):
+    """Owns the pipeline state: loads it, reconciles settled bursts, hands batches on."""
+
+    def __init__(self, config: Config, root: Path, db_path: Path,
+                 coalescer: Coalescer, writer: Writer,
+                 on_ready: Callable[[int], None] = lambda _stories: None) -> None:
+        super().__init__(name="pipelined-apply", daemon=True)
+        self.config = config
+        self.root = root
+        self.db_path = db_path
+        self.coalescer = coalescer
+        self.writer = writer
+        self.ready = threading.Event()
+        self.loaded = threading.Event()  # startup finished (state loaded), or failed
+        self._on_ready = on_ready
+        self.skip_flush = threading.Event()
+        self.failed: BaseException | None = None
+        self.stories = 0
+        self.last_flush_monotonic = time.monotonic()
+        self._deferred: dict[str, float] = {}
+        self._reconciler: Reconciler | None = None
+        self._updates_since_compaction = 0
+        self._bytes_since_compaction = 0
+        self._snapshot_bytes = 0  # the last snapshot written, or the loaded history
+        self._fresh_bytes_per_story: float | None = None
+
+    # -- startup -------------------------------------------------------------------
+
+    def _startup(self) -> Reconciler:
+        """Rule 5: stat pass against the stored signatures, then load the state.
+
+        The watcher is already running. When the stat pass finds nothing to
+        re-read, the database already equals the folders, so READY is sent at
+        once and the pipeline state and content map load right after, before
+        the first flush. Otherwise the state loads first and the changes are
+        committed before READY.
+        """
+        started = time.monotonic()
+        conn = open_read_only(self.db_path)
+        try:
+            stored = read_signatures(conn)
+            unlistable: set[str] = set()
+            seen = stat_signatures(self.root, self.config.stages, unlistable)
+            known_ids = {split_rel_path(path)[1] for path in stored.by_path}
+            touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
+            stat_ms = int((time.monotonic() - started) * 1000)
+            in_sync_early = not touched and stored.client_id is not None
+            if in_sync_early:
+                self.stories = len(known_ids)
+                self._set_ready()
+            reconciler, mismatch, applied = self._load_state(conn, stored)
+        finally:
+            conn.close()
+        # Unreadable and symlinked files are looked at again whatever their signature.
+        result = reconciler.reconcile(touched | reconciler.unreadable,
+                                      confirm_absent=not self._git_busy(), repair=mismatch)
+        if stored.client_id is None:
+            result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
+        self._defer(result)
+        seq = self.writer.submit(result.batch)
+        if not self.writer.wait_committed(seq):
+            raise RuntimeError("the writer stopped before the startup changes were committed")
+        self.stories = len(reconciler.state)
+        log.info("daemon.startup", stories_loaded=len(known_ids), crdt_updates=applied,
+                 files_stat_checked=len(seen), files_reread=result.files_read,
+                 created=result.created, updated=result.updated, moved=result.moved,
+                 deleted=result.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
+                 ms=int((time.monotonic() - started) * 1000))
+        return reconciler
+
+    def _set_ready(self) -> None:
+        # Sent from this thread: the state load that follows holds the GIL for
+        # long stretches (pycrdt), which would delay a hand-off to the main thread.
+        if not self.ready.is_set():
+            self._on_ready(self.stories)
+            self.ready.set()
+
+    def _load_state(self, conn: Any, stored: Signatures) -> tuple[Reconciler, set[str], int]:
+        """The pycrdt document, the content map and the known files, from the database."""
+        from pipelined.state import PipelineState  # pycrdt: a third of the import time
+
+        full = read_state(conn)
+        client_id = stored.client_id if stored.client_id is not None else _new_client_id()
+        state = PipelineState(client_id)
+        applied = state.load(full.updates)
+        self._updates_since_compaction = applied
+        self._snapshot_bytes = sum(len(u) for u in full.updates)
+        content = ContentMap(full.contents)
+        known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
+                 for path, sid, stage, mtime, size, inode, winner in full.signatures}
+        mismatch = state.ids() ^ full.row_ids
+        if mismatch:
+            log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
+                        count=len(mismatch))
+        reconciler = Reconciler(self.root, self.config.stages, state, content, known,
+                                self.config.max_file_bytes, stored.high_water)
+        reconciler.unreadable = full.unreadable  # a chmod since then changed no signature
+        reconciler.symlinked = symlinked_story_ids(self.root, self.config.stages)
+        return reconciler, mismatch, applied
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._reconciler = self._startup()
+            self._set_ready()
+        except BaseException as exc:  # reported by the main thread
+            self.failed = exc = as_corrupt(self.db_path, exc)
+            if not isinstance(exc, PipelinedError):
+                log.exception("apply.startup_failed")
+            return
+        finally:
+            self.loaded.set()
+        last_rescan = last_symlink_check = time.monotonic()
+        while True:
+            timeout = DEFERRED_POLL_S if self._deferred else 1.0
+            settled = self.coalescer.take(timeout)
+            if settled.stopping and self.skip_flush.is_set():
+                return
+            if time.monotonic() - last_rescan >= self.config.rescan_interval_s:
+                settled.rescan = True
+            if (self._reconciler is not None and self._reconciler.symlinked
+                    and time.monotonic() - last_symlink_check >= SYMLINK_CHECK_S):
+                last_symlink_check = time.monotonic()
+                settled.story_ids |= self._reconciler.symlinked
+            if settled.rescan:
+                last_rescan = time.monotonic()
+            story_ids = settled.story_ids
+            try:
+                story_ids = self._with_rescan(story_ids, settled.rescan)
+                self._flush(story_ids)
+                self._confirm_deletes(final=settled.stopping)
+            except BaseException as exc:  # pycrdt panics are BaseExceptions
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                # One bad story must not stop the others: retry them one by one.
+                log.exception("apply.flush_failed", stories=len(story_ids))
+                self._flush_each(story_ids)
+            if settled.stopping:
+                return
+
+    def _with_rescan(self, story_ids: set[str], rescan: bool) -> set[str]:
+        if not rescan:
+            return story_ids
+        assert self._reconciler is not None
+        changed, checked = self._reconciler.changed_ids()
+        log.info("sync.rescan", files_stat_checked=checked, changed=len(changed))
+        return story_ids | changed
+
+    def _flush_each(self, story_ids: set[str]) -> None:
+        """Reconcile ids one at a time; an id that still fails is logged and skipped."""
+        for story_id in sorted(story_ids):
+            try:
+                self._flush({story_id})
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                log.exception("sync.story_failed", id=story_id)
+
+    def _flush(self, story_ids: set[str]) -> None:
+        reconciler = self._reconciler
+        assert reconciler is not None
+        if not story_ids:
+            return
+        started = time.monotonic()
+        result = reconciler.reconcile(story_ids, confirm_absent=False)
+        for story_id in story_ids - result.absent:
+            self._deferred.pop(story_id, None)
+        self._defer(result)
+        self._submit(result, started, len(story_ids))
+
+    def _confirm_deletes(self, *, final: bool) -> None:
+        """Delete vanished stories once they stayed absent through a quiet period."""
+        if not self._deferred or final:
+            return
+        now = time.monotonic()
+        grace = self.config.delete_grace_ms / 1000
+        if self.coalescer.quiet_for() < grace:
+            # A tree that never goes quiet (a log file written every 50 ms) must
+            # not hold a delete forever: past the burst cap it goes ahead.
+            oldest = min(self._deferred.values())
+            if now - oldest < self.config.settle_cap_ms / 1000 + grace:
+                return
+        due = {sid for sid, since in self._deferred.items() if now - since >= grace}
+        if not due:
+            return
+        if self._git_busy():
+            oldest = min(self._deferred[sid] for sid in due)
+            if now - oldest < self.config.git_lock_cap_s:
+                return  # git is mid-operation: its creates may still come
+            log.warning("sync.git_lock_cap", waited_s=round(now - oldest, 1))
+        assert self._reconciler is not None
+        started = time.monotonic()
+        result = self._reconciler.reconcile(due, confirm_absent=True)
+        for story_id in due:
+            self._deferred.pop(story_id, None)
+        self._submit(result, started, len(due))
+
+    def _defer(self, result: SyncResult) -> None:
+        now = time.monotonic()
+        for story_id in result.absent:
+            self._deferred.setdefault(story_id, now)
+
+    def _submit(self, result: SyncResult, started: float, touched: int) -> None:
+        assert self._reconciler is not None
+        self.writer.submit(result.batch)
+        if result.batch.crdt_update and self.config.compact_updates:
+            self._updates_since_compaction += 1
+            self._bytes_since_compaction += len(result.batch.crdt_update)
+            if (self._updates_since_compaction >= self.config.compact_updates
+                    or (self._updates_since_compaction > 1
+                        and self._bytes_since_compaction >= COMPACT_MIN_BYTES
+                        and self._bytes_since_compaction >= 2 * self._snapshot_bytes)):
+                self._compact()
+        self.stories = len(self._reconciler.state)
+        self.last_flush_monotonic = time.monotonic()
+        if result.batch.upserts or result.batch.deletes:
+            # One line per burst; single edits already log their story.* line.
+            emit = log.info if touched >= BURST_LOG_MIN else log.debug
+            emit("sync.flushed", touched=touched, read=result.files_read,
+                 rows=len(result.batch.upserts), deletes=len(result.batch.deletes),
+                 ms=int((time.monotonic() - started) * 1000))
+
+    def _compact(self) -> None:
+        """Squash the persisted history into one snapshot, queued behind the updates
+        it covers; the writer deletes them in the same transaction. When even the
+        snapshot has grown past twice a fresh encoding, rebase: a new document
+        (a new epoch) holding only the current state."""
+        assert self._reconciler is not None
+        state = self._reconciler.state
+        started = time.monotonic()
+        snapshot = state.snapshot()
+        stories = max(1, len(state))
+        if self._fresh_bytes_per_story is None:
+            self._fresh_bytes_per_story = len(state.fresh_snapshot(_new_client_id())) / stories
+        fresh_estimate = self._fresh_bytes_per_story * stories
+        compaction = Compaction(snapshot)
+        if len(snapshot) > 2 * fresh_estimate:
+            client_id = _new_client_id()
+            snapshot = state.rebase(client_id)
+            self._fresh_bytes_per_story = len(snapshot) / stories
+            compaction = Compaction(snapshot, new_epoch=True, client_id=client_id,
+                                    reason=f"snapshot {len(compaction.snapshot)} bytes > "
+                                           f"2 x fresh {int(fresh_estimate)}")
+        self.writer.submit(Batch(compaction=compaction))
+        log.info("crdt.compacted", updates=self._updates_since_compaction,
+                 replaced_bytes=self._bytes_since_compaction, snapshot_bytes=len(snapshot),
+                 rebased=compaction.new_epoch, ms=int((time.monotonic() - started) * 1000))
+        self._updates_since_compaction = 0
+        self._bytes_since_compaction = 0
+        self._snapshot_bytes = len(snapshot)
+
+    def _git_busy(self) -> bool:
+        # Looked up each time (a few stats, only when a delete is pending): the
+        # root may become a git checkout while the daemon runs.
+        git_dir = find_git_dir(self.root)
+        return git_dir is not None and (git_dir / "index.lock").exists()
+
+
