@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelined.config import Config
 from pipelined.content import ContentMap
@@ -33,8 +33,10 @@ from pipelined.store.connection import (
 )
 from pipelined.store.load import Signatures, read_signatures, read_state
 from pipelined.store.writer import Writer
-from pipelined.sync import KnownFile, Reconciler, SyncResult, changed_story_ids
 from pipelined.watch import Coalescer
+
+if TYPE_CHECKING:  # the sync (and the story parser) load after READY, with the state
+    from pipelined.sync import Reconciler, SyncResult
 
 __all__ = ["ApplyLoop"]
 
@@ -43,6 +45,7 @@ log = get_logger("pipelined.apply")
 DEFERRED_POLL_S = 0.05
 COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the snapshot
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
+STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
 
 
@@ -94,32 +97,64 @@ class ApplyLoop(threading.Thread):
             stored = read_signatures(conn)
             unlistable: set[str] = set()
             seen = stat_signatures(self.root, self.config.stages, unlistable)
-            known_ids = {split_rel_path(path)[1] for path in stored.by_path}
-            touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
+            if not unlistable and seen == stored.by_path:
+                touched: set[str] = set()  # every known file there, unchanged (~1 ms)
+            else:
+                from pipelined.sync import changed_story_ids
+
+                known_ids = {split_rel_path(path)[1] for path in stored.by_path}
+                touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
             stat_ms = int((time.monotonic() - started) * 1000)
             in_sync_early = not touched and stored.client_id is not None
             if in_sync_early:
-                self.stories = len(known_ids)
+                self.stories = stored.story_count
                 self._set_ready()
             reconciler, mismatch, applied = self._load_state(conn, stored)
         finally:
             conn.close()
         # Unreadable and symlinked files are looked at again whatever their signature.
-        result = reconciler.reconcile(touched | reconciler.unreadable,
-                                      confirm_absent=not self._git_busy(), repair=mismatch)
-        if stored.client_id is None:
-            result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
-        self._defer(result)
-        seq = self.writer.submit(result.batch)
-        if not self.writer.wait_committed(seq):
-            raise RuntimeError("the writer stopped before the startup changes were committed")
+        totals = self._catch_up(reconciler, touched | reconciler.unreadable, mismatch,
+                                new_client=stored.client_id is None)
         self.stories = len(reconciler.state)
-        log.info("daemon.startup", stories_loaded=len(known_ids), crdt_updates=applied,
-                 files_stat_checked=len(seen), files_reread=result.files_read,
-                 created=result.created, updated=result.updated, moved=result.moved,
-                 deleted=result.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
+        log.info("daemon.startup", stories_loaded=stored.story_count, crdt_updates=applied,
+                 files_stat_checked=len(seen), files_reread=totals.files_read,
+                 created=totals.created, updated=totals.updated, moved=totals.moved,
+                 deleted=totals.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
                  ms=int((time.monotonic() - started) * 1000))
         return reconciler
+
+    def _catch_up(self, reconciler: Reconciler, touched: set[str], mismatch: set[str],
+                  *, new_client: bool) -> SyncResult:
+        """Reconcile what changed while the daemon was stopped; wait until it is committed.
+
+        In chunks of STARTUP_CHUNK ids, each its own pycrdt transaction and batch
+        (update, rows and signatures together, as for a burst), so the writer
+        commits one chunk while this thread parses the next: a first import
+        takes the longer of the two instead of their sum. A crash in between
+        leaves the rest without signatures, and the next start reads only those.
+        """
+        from pipelined.sync import SyncResult
+
+        confirm_absent = not self._git_busy()
+        ids = sorted(touched | mismatch)
+        totals = SyncResult(Batch())
+        seq = None
+        for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
+            chunk = ids[begin:begin + STARTUP_CHUNK]
+            result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
+                                          repair=mismatch.intersection(chunk))
+            if new_client and begin == 0:
+                result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
+            self._defer(result)
+            totals.files_read += result.files_read
+            totals.created += result.created
+            totals.updated += result.updated
+            totals.moved += result.moved
+            totals.deleted += result.deleted
+            seq = self.writer.submit(result.batch)
+        if seq is not None and not self.writer.wait_committed(seq):
+            raise RuntimeError("the writer stopped before the startup changes were committed")
+        return totals
 
     def _set_ready(self) -> None:
         # Sent from this thread: the state load that follows holds the GIL for
@@ -131,6 +166,7 @@ class ApplyLoop(threading.Thread):
     def _load_state(self, conn: Any, stored: Signatures) -> tuple[Reconciler, set[str], int]:
         """The pycrdt document, the content map and the known files, from the database."""
         from pipelined.state import PipelineState  # pycrdt: a third of the import time
+        from pipelined.sync import KnownFile, Reconciler
 
         full = read_state(conn)
         client_id = stored.client_id if stored.client_id is not None else _new_client_id()

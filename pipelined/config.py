@@ -7,7 +7,6 @@ variables, the TOML config file, the defaults below. `parse(text)` is pure;
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -99,6 +98,8 @@ def _state_dir(env: Mapping[str, str]) -> Path:
 def default_db_path(root: Path, env: Mapping[str, str] | None = None) -> Path:
     """`<state dir>/<root name>-<hash of the absolute root>.db`: two roots never share."""
     absolute = root.resolve()
+    import hashlib  # here: OpenSSL's import is a few ms of every command's start
+
     digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", absolute.name) or "root"
     return _state_dir(os.environ if env is None else env) / f"{name}-{digest}.db"

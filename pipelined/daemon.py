@@ -137,13 +137,15 @@ class Daemon:
             log.info("db.migrated", db=str(db_path), applied=applied)
         writer = self._writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
                                        check=lambda conn: check_integrity(conn, db_path))
-        writer.start()  # checks integrity (PRAGMA quick_check) while startup goes on
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
         overflow = OverflowHook(coalescer)
         logging.getLogger("watchdog").addHandler(overflow)
         watcher = StageWatcher(root, self.config.stages, handler)
         watcher.start()  # before the stat pass, so nothing during startup is missed
+        # Started after the watcher (its threads start faster without the writer's
+        # connection setup competing) and before the apply thread, which waits on it.
+        writer.start()  # checks integrity (PRAGMA quick_check) while startup goes on
         apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready)
         apply.start()
         self._watch_health(apply, writer, watcher, coalescer)

@@ -51,8 +51,9 @@ class StoryFile:
 
     story_id: str
     stage: str
-    path: Path
+    path: str  # text, not a Path: the sync makes one per touched id and stage
     signature: FileSignature
+    symlink: bool = False  # the file is a symlink (inside the root) to a regular file
 
     @property
     def rel_path(self) -> str:
@@ -88,11 +89,7 @@ def story_ref(root: Path, path: str, stages: Iterable[str]) -> tuple[str, str] |
     return parts[0], parts[1][:-3]
 
 
-def _signature(st: os.stat_result) -> FileSignature:
-    return FileSignature(st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _inside(root_real: str, path: Path) -> bool:
+def _inside(root_real: str, path: str | Path) -> bool:
     real = os.path.realpath(path)
     return real == root_real or real.startswith(root_real + os.sep)
 
@@ -106,24 +103,22 @@ def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:
     Raises OSError when absence cannot be told (a stage folder that cannot be
     searched, an I/O error): the story must then not be taken for deleted.
     """
-    path = root / stage / f"{story_id}.md"
+    path = os.path.join(root, stage, story_id + ".md")
     try:
-        st = path.lstat()
-        if stat_mod.S_ISLNK(st.st_mode):
+        st = os.lstat(path)
+        link = stat_mod.S_ISLNK(st.st_mode)
+        if link:
             if not _inside(os.path.realpath(root), path):
                 return None
-            st = path.stat()
+            st = os.stat(path)
     except OSError as exc:
         if exc.errno in _ABSENT:
             return None
         raise
-    if not _is_regular(st):
+    if not stat_mod.S_ISREG(st.st_mode):
         return None
-    return StoryFile(story_id, stage, path, _signature(st))
-
-
-def _is_regular(st: os.stat_result) -> bool:
-    return stat_mod.S_ISREG(st.st_mode)
+    return StoryFile(story_id, stage, path, FileSignature(st.st_mtime_ns, st.st_size, st.st_ino),
+                     link)
 
 
 def stat_signatures(
@@ -155,7 +150,7 @@ def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) 
     try:
         prefix = stage + "/"
         for name in os.listdir(folder):
-            if fullmatch(name) is None or not _is_utf8(name):
+            if fullmatch(name) is None or not (name.isascii() or _is_utf8(name)):
                 continue
             try:
                 st = lstat(name, dir_fd=folder)
@@ -196,7 +191,7 @@ def stat_pass(root: Path, stages: Iterable[str]) -> Iterator[StoryFile]:
     """Every story file in the stage folders as StoryFile objects (no reads)."""
     for rel_path, signature in stat_signatures(root, stages).items():
         stage, story_id = split_rel_path(rel_path)
-        yield StoryFile(story_id, stage, root / rel_path, FileSignature(*signature))
+        yield StoryFile(story_id, stage, os.path.join(root, rel_path), FileSignature(*signature))
 
 
 def find_git_dir(root: Path) -> Path | None:

@@ -8,6 +8,7 @@ stage folder, and the disk decides (DESIGN.md, rules 1-3).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = ["KnownFile", "Reconciler", "SyncResult", "changed_story_ids"]
 log = get_logger("pipelined.sync")
 
 
+READ_CHUNK = 64 * 1024  # reads past a file's size at open (it grew) go in these steps
 MAX_STORY_NUMBER = 2**63 - 1  # what SQLite's INTEGER holds; larger numbers stay stories
 
 
@@ -69,6 +71,27 @@ class _Saved(NamedTuple):
     symlinked: bool
     unreadable: bool
     before_broken: tuple[dict[str, Any], dict[str, Any]] | None
+
+
+def read_at_most(path: str, limit: int) -> bytes:
+    """The file's first `limit` bytes (all of it when smaller).
+
+    The buffer is sized from fstat, not from `limit`: a buffered
+    `read(limit)` allocates the whole limit (a megabyte) for every 2 KB story.
+    A file that grows while it is read is still cut at `limit`.
+    """
+    with open(path, "rb", buffering=0) as handle:
+        want = min(os.fstat(handle.fileno()).st_size + 1, limit)
+        chunks: list[bytes] = []
+        total = 0
+        while total < limit:
+            chunk = handle.read(min(want, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = READ_CHUNK
+        return b"".join(chunks)
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
@@ -222,14 +245,13 @@ class Reconciler:
         """Parse the file; None if it vanished since the stat."""
         self.unreadable.discard(story_file.story_id)
         try:
-            with open(story_file.path, "rb") as handle:
-                raw = handle.read(self.max_file_bytes + 1)
-                if len(raw) > self.max_file_bytes:
-                    size = story_file.signature.size
-                    return ParsedStory(
-                        dict.fromkeys(FIELDS), content=None, broken=True,
-                        errors=(f"file is {max(size, len(raw))} bytes, over the "
-                                f"{self.max_file_bytes}-byte limit",))
+            raw = read_at_most(story_file.path, self.max_file_bytes + 1)
+            if len(raw) > self.max_file_bytes:
+                size = story_file.signature.size
+                return ParsedStory(
+                    dict.fromkeys(FIELDS), content=None, broken=True,
+                    errors=(f"file is {max(size, len(raw))} bytes, over the "
+                            f"{self.max_file_bytes}-byte limit",))
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -270,7 +292,7 @@ class Reconciler:
                 break
             parsed = self._read(winner)
             result.files_read += 1
-            if winner.path.is_symlink():
+            if winner.symlink:
                 self.symlinked.add(story_id)
             else:
                 self.symlinked.discard(story_id)

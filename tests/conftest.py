@@ -253,6 +253,28 @@ def folder_matches_db(stories: Stories, daemon: DaemonProcess) -> bool:
         for i, (stage, text) in on_disk.items())
 
 
+def state_matches_rows(daemon: DaemonProcess) -> bool:
+    """The document rebuilt from the persisted updates equals the metadata columns."""
+    from pipelined.state import PipelineState  # pycrdt, only for the tests that use it
+
+    state = PipelineState(client_id=11)
+    state.load(bytes(r[0]) for r in daemon.query("SELECT data FROM crdt_updates ORDER BY seq"))
+    doc = state.to_dict()
+    rows = daemon.rows()
+    if set(doc) != set(rows):
+        return False
+    for story_id, values in doc.items():
+        row = rows[story_id]
+        deps = json.loads(values["depends_on"]) if values["depends_on"] else None
+        row_deps = json.loads(row["depends_on"]) if row["depends_on"] else None
+        blocked = None if row["blocked"] is None else bool(row["blocked"])
+        if (values["stage"], values["name"], values["agent"], values["retry_count"],
+                values["blocked"], deps) != (row["stage"], row["name"], row["agent"],
+                                             row["retry_count"], blocked, row_deps):
+            return False
+    return True
+
+
 @pytest.fixture
 def stories(tmp_path: Path) -> Stories:
     return Stories(tmp_path / "root")

@@ -1,39 +1,23 @@
 """kill -9 at random moments: after every restart the database equals the folders,
 created_at is the first one ever seen, and the persisted pipeline state (pycrdt
-updates) agrees with the rows. The benchmark runs more rounds (bench_crash.py)."""
+updates) agrees with the rows. The benchmark runs more rounds (bench_durability.py)."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import time
 
-from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, story_text
-
-from pipelined.state import PipelineState
+from conftest import (
+    STAGES,
+    DaemonProcess,
+    Stories,
+    folder_matches_db,
+    state_matches_rows,
+    story_text,
+)
 
 STORIES = 1000
-
-
-def state_matches_rows(daemon: DaemonProcess) -> bool:
-    """The document rebuilt from the persisted updates equals the metadata columns."""
-    state = PipelineState(client_id=11)
-    state.load(bytes(r[0]) for r in daemon.query("SELECT data FROM crdt_updates ORDER BY seq"))
-    doc = state.to_dict()
-    rows = daemon.rows()
-    if set(doc) != set(rows):
-        return False
-    for story_id, values in doc.items():
-        row = rows[story_id]
-        deps = json.loads(values["depends_on"]) if values["depends_on"] else None
-        row_deps = json.loads(row["depends_on"]) if row["depends_on"] else None
-        blocked = None if row["blocked"] is None else bool(row["blocked"])
-        if (values["stage"], values["name"], values["agent"], values["retry_count"],
-                values["blocked"], deps) != (row["stage"], row["name"], row["agent"],
-                                             row["retry_count"], blocked, row_deps):
-            return False
-    return True
 
 
 def burst(stories: Stories, rng: random.Random, where: dict[str, str], size: int,

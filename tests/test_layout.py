@@ -124,7 +124,7 @@ class TestStatPass:
 
         assert set(found) == {"10_a", "20_b"}
         assert found["10_a"].stage == "1_backlog"
-        assert found["10_a"].path == path
+        assert found["10_a"].path == str(path)
         assert found["10_a"].rel_path == "1_backlog/10_a.md"
         assert found["10_a"].signature == FileSignature(st.st_mtime_ns, st.st_size, st.st_ino)
         assert found["20_b"].signature.size == 1

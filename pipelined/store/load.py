@@ -22,6 +22,8 @@ class Signatures:
     client_id: int | None
     by_path: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     high_water: int = 0
+    story_count: int = 0  # distinct ids among the files
+
 
 
 @dataclass(slots=True)
@@ -34,11 +36,13 @@ class StoredState:
 
 
 def read_signatures(conn: apsw.Connection) -> Signatures:
-    """Client id, path -> (mtime_ns, size, inode), the high-water mark."""
+    """Client id, path -> (mtime_ns, size, inode), the id count, the high-water mark."""
     row = conn.execute("SELECT value FROM daemon_meta WHERE key = 'client_id'").fetchone()
     found = Signatures(int(row[0]) if row is not None else None)
     found.by_path = {path: (mtime, size, inode) for path, mtime, size, inode in conn.execute(
         "SELECT path, mtime_ns, size, inode FROM file_signatures")}
+    count = conn.execute("SELECT count(DISTINCT story_id) FROM file_signatures").fetchone()
+    found.story_count = int(count[0]) if count else 0
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
     found.high_water = int(hw[0]) if hw else 0
     return found

@@ -1,0 +1,111 @@
+"""The startup catch-up (a first import, or many changes made while stopped) is
+committed in chunks, each a pycrdt transaction with its rows and signatures; a
+crash between chunks costs only the chunks not yet committed. Also the bounded
+read every story file goes through."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import apsw
+from conftest import (
+    STAGES,
+    DaemonProcess,
+    Stories,
+    folder_matches_db,
+    state_matches_rows,
+    wait_until,
+)
+
+from pipelined.apply import STARTUP_CHUNK
+from pipelined.sync import read_at_most
+
+
+def write_many(stories: Stories, count: int) -> None:
+    for n in range(count):
+        stories.write(STAGES[n % 3], f"{n + 1}_story_bulk", name=f"bulk {n}", retry_count=n % 4)
+
+
+def count_rows(daemon: DaemonProcess) -> int:
+    try:
+        return int(daemon.query("SELECT count(*) FROM pipeline_items")[0][0])
+    except apsw.Error:  # no database or no table yet: the daemon is only starting
+        return 0
+
+
+class TestChunkedImport:
+    def test_first_import_commits_one_update_per_chunk(self, stories: Stories,
+                                                       daemon: DaemonProcess) -> None:
+        """2.5 chunks of stories: every row in at READY, three pycrdt updates, and a
+        restart loads the same state without reading any file."""
+        total = 2 * STARTUP_CHUNK + STARTUP_CHUNK // 2
+        write_many(stories, total)
+        daemon.start()
+        assert folder_matches_db(stories, daemon)
+        updates = daemon.query("SELECT kind FROM crdt_updates ORDER BY seq")
+        assert [kind for (kind,) in updates] == ["update"] * 3
+        startup = daemon.wait_log("daemon.startup")
+        assert (startup["files_reread"], startup["created"]) == (total, total)
+        assert daemon.stop() == 0
+
+        daemon.start()
+        restart = daemon.wait_log("daemon.startup", count=2)
+        assert (restart["files_reread"], restart["stories_loaded"]) == (0, total)
+        assert state_matches_rows(daemon)
+        assert daemon.stop() == 0
+
+    def test_kill_between_chunks_rereads_only_the_rest(self, stories: Stories,
+                                                       daemon: DaemonProcess) -> None:
+        """kill -9 once the first chunk is committed: the next start reads only the
+        files of the chunks that were not, and ends equal to the folders."""
+        total = 6 * STARTUP_CHUNK
+        write_many(stories, total)
+        daemon.spawn()
+        wait_until(lambda: count_rows(daemon) >= STARTUP_CHUNK, what="the first chunk")
+        daemon.stop(signal.SIGKILL)
+        committed = count_rows(daemon)
+        signed = int(daemon.query("SELECT count(*) FROM file_signatures")[0][0])
+        assert STARTUP_CHUNK <= committed < total  # the kill landed between chunks
+        assert signed == committed  # rows and signatures of a chunk land together
+        assert state_matches_rows(daemon)  # and its pycrdt update with them
+        created = {i: r["created_at"] for i, r in daemon.rows().items()}
+
+        daemon.start()
+        startup = daemon.wait_log("daemon.startup")  # the killed run logged none
+        assert startup["files_reread"] == total - committed
+        assert startup["created"] == total - committed
+        assert folder_matches_db(stories, daemon)
+        assert state_matches_rows(daemon)
+        rows = daemon.rows()
+        assert all(rows[i]["created_at"] == at for i, at in created.items())
+        assert daemon.stop() == 0
+
+
+class TestReadAtMost:
+    def test_small_file_is_read_whole(self, tmp_path: Path) -> None:
+        path = tmp_path / "1_story_a.md"
+        path.write_bytes(b"x" * 5000)
+        assert read_at_most(str(path), 1_000_000) == b"x" * 5000
+
+    def test_empty_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "1_story_a.md"
+        path.write_bytes(b"")
+        assert read_at_most(str(path), 100) == b""
+
+    def test_large_file_is_cut_at_the_limit(self, tmp_path: Path) -> None:
+        """Past the limit only `limit` bytes are read, over several chunks."""
+        path = tmp_path / "1_story_a.md"
+        data = bytes(range(256)) * 1000  # 256,000 bytes
+        path.write_bytes(data)
+        assert read_at_most(str(path), 200_001) == data[:200_001]
+        assert read_at_most(str(path), len(data)) == data
+        assert read_at_most(str(path), len(data) + 1) == data
+
+    def test_file_larger_than_its_stat_size(self) -> None:
+        """A file that grew since the stat (here /proc/version, whose stat size is 0)
+        is still read past that size, in chunks, and still cut at the limit."""
+        whole = Path("/proc/version").read_bytes()
+        assert len(whole) > 10
+        assert read_at_most("/proc/version", 100_000) == whole
+        assert read_at_most("/proc/version", 10) == whole[:10]
