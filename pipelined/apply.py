@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelined.config import Config
-from pipelined.content import ContentMap
 from pipelined.errors import PipelinedError
 from pipelined.layout import (
     FileSignature,
@@ -26,7 +25,6 @@ from pipelined.layout import (
     symlinked_story_ids,
 )
 from pipelined.logs import get_logger
-from pipelined.store.batch import Batch, Compaction
 from pipelined.store.connection import (
     as_corrupt,
     open_read_only,
@@ -35,7 +33,7 @@ from pipelined.store.load import Signatures, read_signatures, read_state
 from pipelined.store.writer import Writer
 from pipelined.watch import Coalescer
 
-if TYPE_CHECKING:  # the sync (and the story parser) load after READY, with the state
+if TYPE_CHECKING:  # the sync, the story parser and batches load after READY, with the state
     from pipelined.sync import Reconciler, SyncResult
 
 __all__ = ["ApplyLoop"]
@@ -133,6 +131,7 @@ class ApplyLoop(threading.Thread):
         takes the longer of the two instead of their sum. A crash in between
         leaves the rest without signatures, and the next start reads only those.
         """
+        from pipelined.store.batch import Batch
         from pipelined.sync import SyncResult
 
         confirm_absent = not self._git_busy()
@@ -165,6 +164,7 @@ class ApplyLoop(threading.Thread):
 
     def _load_state(self, conn: Any, stored: Signatures) -> tuple[Reconciler, set[str], int]:
         """The pycrdt document, the content map and the known files, from the database."""
+        from pipelined.content import ContentMap
         from pipelined.state import PipelineState  # pycrdt: a third of the import time
         from pipelined.sync import KnownFile, Reconciler
 
@@ -315,6 +315,8 @@ class ApplyLoop(threading.Thread):
         it covers; the writer deletes them in the same transaction. When even the
         snapshot has grown past twice a fresh encoding, rebase: a new document
         (a new epoch) holding only the current state."""
+        from pipelined.store.batch import Batch, Compaction
+
         assert self._reconciler is not None
         state = self._reconciler.state
         started = time.monotonic()

@@ -9,7 +9,7 @@ stage folder, and the disk decides (DESIGN.md, rules 1-3).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -34,6 +34,7 @@ __all__ = ["KnownFile", "Reconciler", "SyncResult", "changed_story_ids"]
 log = get_logger("pipelined.sync")
 
 
+PER_STORY_LOG_MAX = 100  # larger reconciles log story.created/moved/... at debug level
 READ_CHUNK = 64 * 1024  # reads past a file's size at open (it grew) go in these steps
 MAX_STORY_NUMBER = 2**63 - 1  # what SQLite's INTEGER holds; larger numbers stay stories
 
@@ -149,6 +150,7 @@ class Reconciler:
         self.unreadable: set[str] = set()
         # id -> (last good file fields, state fields then), while its file is broken
         self._before_broken: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._story_log: Callable[..., Any] = log.info
         for path, kf in known.items():
             self._paths_by_id.setdefault(kf.story_id, set()).add(path)
 
@@ -173,8 +175,12 @@ class Reconciler:
         removes: list[str] = []
         saved: list[_Saved] = []
         high_water = self.high_water
+        ids = sorted(set(story_ids) | repair_set | self.symlinked)
+        # A first import or a big checkout: one line per story would be thousands
+        # of lines (and a tenth of the import time); the caller logs the counts.
+        self._story_log = log.info if len(ids) <= PER_STORY_LOG_MAX else log.debug
         try:
-            for story_id in sorted(set(story_ids) | repair_set | self.symlinked):
+            for story_id in ids:
                 saved.append(self._save(story_id))
                 self._reconcile_one(story_id, confirm_absent, story_id in repair_set,
                                     result, puts, removes)
@@ -317,7 +323,7 @@ class Reconciler:
             batch.deletes.append(story_id)
             self._drop_paths(batch, story_id, known_paths)
             result.deleted += 1
-            log.info("story.deleted", id=story_id, stage=prev["stage"] if prev else None)
+            self._story_log("story.deleted", id=story_id, stage=prev["stage"] if prev else None)
             return
 
         self._record_files(batch, story_id, winner, found, known_paths)
@@ -412,7 +418,7 @@ class Reconciler:
             values: dict[str, Any] = {"stage": winner.stage, **new_fields}
             after = values
             result.created += 1
-            log.info("story.created", id=story_id, stage=winner.stage)
+            self._story_log("story.created", id=story_id, stage=winner.stage)
         else:
             old_fields, base = self._previous_version(story_id, prev, old_text, parsed, repair)
             # An edit changes only what changed between the two versions of the file.
@@ -427,14 +433,14 @@ class Reconciler:
                     if story_id in self._before_broken:  # moved while its file is broken
                         self._before_broken[story_id][1]["retry_count"] = 0
                 result.moved += 1
-                log.info("story.moved", id=story_id, from_stage=prev["stage"],
+                self._story_log("story.moved", id=story_id, from_stage=prev["stage"],
                          to_stage=winner.stage)
             values = {k: v for k, v in target.items() if prev.get(k) != v}
             changed_fields = sorted(k for k in values if k != "stage"
                                     and not (k == "retry_count" and reset))
             if changed_fields:
                 result.updated += 1
-                log.info("story.updated", id=story_id, fields=changed_fields)
+                self._story_log("story.updated", id=story_id, fields=changed_fields)
             after = {**prev, **values}
         if values:
             puts[story_id] = values

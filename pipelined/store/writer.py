@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from pipelined.logs import get_logger
-from pipelined.store.batch import Batch, Compaction
+
+if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
+    from pipelined.store.batch import Batch, Compaction
 
 __all__ = ["Writer", "utc_now"]
 
