@@ -47,7 +47,16 @@ class TestChunkedImport:
         assert [kind for (kind,) in updates] == ["update"] * 3
         startup = daemon.wait_log("daemon.startup")
         assert (startup["files_reread"], startup["created"]) == (total, total)
+        # Thousands of per-story lines go to debug; a single new story is info.
+        levels = {e["level"] for e in daemon.log_events() if e.get("event") == "story.created"}
+        assert levels == {"debug"}
+        stories.write("1_backlog", f"{total + 1}_story_single", name="single")
+        daemon.wait_row(f"{total + 1}_story_single")
+        single = [e for e in daemon.log_events() if e.get("event") == "story.created"
+                  and e.get("id") == f"{total + 1}_story_single"]
+        assert [e["level"] for e in single] == ["info"]
         assert daemon.stop() == 0
+        total += 1
 
         daemon.start()
         restart = daemon.wait_log("daemon.startup", count=2)
