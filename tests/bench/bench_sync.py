@@ -8,7 +8,8 @@ Run from the project root (stdlib + apsw + watchdog only; pytest does not collec
 
 For each N it writes N synthetic ~2 KB stories (every field) into 1_backlog/,
 2_current/ and 4_merge/ of a folder of its own, then measures, against the
-real daemon as a subprocess (`python -m pipelined run`, readiness taken from
+real daemon as a subprocess (the `pipelined` console script beside this
+interpreter, as systemd starts it, else `python -m pipelined`; readiness taken from
 sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 
 1. first import (Popen -> READY=1); the daemon's RSS and VmHWM once the
@@ -18,15 +19,15 @@ sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 3. `pipelined ls --json`, `ls --stage 2_current` and `show ID` wall time,
    interpreter start included (median of 5, daemon running; `ls --json` must
    list N stories);
-4. restart to READY with nothing changed (median of 3, interpreter start
+4. restart to READY with nothing changed (median of 5, interpreter start
    included) and to the `daemon.startup` log line (state loaded), while a
    watchdog observer here counts *.md files opened (must be 0); the daemon's
    RSS after each restart once the state is loaded (a long-running daemon);
 5. restart after 1% of the stories (at least 1) had `name:` and body
-   rewritten while the daemon was stopped (median of 3 rounds, a different 1%
+   rewritten while the daemon was stopped (median of 5 rounds, a different 1%
    each); after READY the rows must show the new names and content;
 6. baseline: a full re-parse with python-frontmatter in a fresh interpreter
-   (median of 3, interpreter start included);
+   (median of 5, interpreter start included);
 7. a `git checkout` of a branch where min(--git-changes, N/2) stories moved
    or changed: seconds from the checkout returning until the database shows
    them all, and the number of pycrdt transactions it took;
@@ -79,7 +80,7 @@ STOP_TIMEOUT_S = 60.0
 EDIT_TIMEOUT_S = 10.0
 EDIT_SPACING_S = 0.3
 POLL_S = 0.002
-RESTART_ROUNDS = 3
+RESTART_ROUNDS = 5  # restarts (and baseline runs) per measure; the median is reported
 CLI_RUNS = 5
 WORDS = ("login", "export", "board", "filter", "crash", "sync", "csv", "dark", "mode",
          "token", "reset", "cache", "search", "agent", "retry", "merge", "queue", "alert")
@@ -195,7 +196,8 @@ class Daemon:
         self.log_path = self.work / "logs" / f"run-{self.runs}.log"
         self.log_path.parent.mkdir(exist_ok=True)
         env = {**child_env(), "NOTIFY_SOCKET": self.notify.path}
-        cmd = [sys.executable, "-m", "pipelined", "run", "--root", str(self.root),
+        # The console script, as systemd starts it (`python -m` adds runpy's imports).
+        cmd = [*pipelined_command(), "run", "--root", str(self.root),
                "--db", str(self.db), "--log-format", "json"]
         with open(self.log_path, "wb") as log:
             started = self.started = time.perf_counter()
@@ -734,14 +736,16 @@ def rows(args: argparse.Namespace, results: dict[int, Result]) -> list[Row]:
     git_label = (f"{git_counts[0]:,}" if len(git_counts) == 1 else "min(--git-changes, N/2)")
     return [
         Row("first import (s)", "first_s", target=Target("<= 4 at 10,000", {10_000: 4})),
-        Row("restart to READY, unchanged (s, median of 3)", "restart_s_median"),
-        Row("restart until the state is loaded, unchanged (s, median of 3)",
+        Row(f"restart to READY, unchanged (s, median of {RESTART_ROUNDS})", "restart_s_median"),
+        Row(f"restart until the state is loaded, unchanged (s, median of {RESTART_ROUNDS})",
             "restart_loaded_s_median"),
-        Row("restart to READY, 1% changed offline (s, median of 3)", "changed_restart_s_median"),
+        Row(f"restart to READY, 1% changed offline (s, median of {RESTART_ROUNDS})",
+            "changed_restart_s_median"),
         Row("  stories changed offline per round (rows checked at READY)", "changed_count", ",d"),
-        Row("  until the state is loaded, 1% changed (s, median of 3)",
+        Row(f"  until the state is loaded, 1% changed (s, median of {RESTART_ROUNDS})",
             "changed_loaded_s_median"),
-        Row("re-parse baseline, python-frontmatter (s, median of 3)", "baseline_s_median"),
+        Row(f"re-parse baseline, python-frontmatter (s, median of {RESTART_ROUNDS})",
+            "baseline_s_median"),
         Row("ratio baseline/restart, unchanged (x)", "ratio_unchanged", ".1f",
             Target(">= 6x at 10,000; >= 8x at 100,000", {10_000: 6, 100_000: 8}, at_most=False)),
         Row("ratio baseline/restart, 1% changed (x)", "ratio_changed", ".1f"),
@@ -765,10 +769,10 @@ def rows(args: argparse.Namespace, results: dict[int, Result]) -> list[Row]:
         Row("daemon RSS after first import, state loaded (MiB)", "rss_first_mib", ".0f",
             RSS_TARGET),
         Row("daemon peak RSS during first import, VmHWM (MiB)", "hwm_first_mib", ".0f"),
-        Row("daemon RSS after a restart, state loaded (MiB, median of 3)",
+        Row(f"daemon RSS after a restart, state loaded (MiB, median of {RESTART_ROUNDS})",
             "rss_restart_mib_median", ".0f", RSS_TARGET),
-        Row("daemon peak RSS over a restart, VmHWM (MiB, max of 3)", "hwm_restart_mib_max",
-            ".0f"),
+        Row(f"daemon peak RSS over a restart, VmHWM (MiB, max of {RESTART_ROUNDS})",
+            "hwm_restart_mib_max", ".0f"),
         Row(f"burst of {args.burst:,} creates -> all rows (s, from 1st write)", "burst_total_s",
             ".1f", Target("<= 30", {EVERY_N: 30})),
         Row("  of which after the last write (s)", "burst_after_s", ".1f"),
