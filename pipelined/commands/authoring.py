@@ -1,0 +1,145 @@
+"""`new`, `move` and `init`: write story files and stage folders.
+
+They change the folders only; a running daemon picks the change up like any
+other edit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipelined.commands.common import (
+    json_option,
+    load_config,
+    print_json,
+    read_conn,
+    settings_options,
+)
+
+__all__ = ["init", "move", "new"]
+
+STORY_TYPES = ("story", "bug", "spike", "refactor")  # authoring.STORY_TYPES
+MOVE_WAIT_S = 10.0
+
+
+def _parse_depends(value: str | None) -> list[int | str] | None:
+    """`12,15` or `12,15_story_x` -> [12, 15] / [12, '15_story_x']."""
+    if not value:
+        return None
+    deps: list[int | str] = []
+    for part in (p.strip() for p in value.split(",")):
+        if part.isdigit():
+            deps.append(int(part))
+        elif part and part[0].isdigit() and "_" in part and "/" not in part:
+            deps.append(part)
+        elif part:
+            raise click.BadParameter(f"{part!r} is no story number or id", param_hint="--depends")
+    return deps or None
+
+
+@click.command()
+@settings_options
+@click.argument("title")
+@click.option("--type", "story_type", type=click.Choice(STORY_TYPES), default="story",
+              show_default=True, help="The kind of story; part of the file name.")
+@click.option("--stage", default=None, help="Stage folder (default: the first stage).")
+@click.option("--agent", default=None, help="Agent assigned to it.")
+@click.option("--depends", default=None, help="Comma-separated story numbers or ids it needs.")
+@click.option("--blocked", is_flag=True, help="Mark it blocked.")
+@json_option
+def new(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+        title: str, story_type: str, stage: str | None, agent: str | None,
+        depends: str | None, blocked: bool, as_json: bool) -> None:
+    """Create a story file with a fresh number and front matter; print its id.
+
+    The file is `<stage>/<number>_<type>_<slug>.md`, written atomically; the
+    number is one past the highest ever seen (database and folders).
+
+    Example: pipelined new "Export as CSV" --type story --agent coder-1 --depends 12,15
+    """
+    from pipelined.authoring import create_story
+
+    config = load_config(root, db, stages, config_file)
+    deps = _parse_depends(depends)
+    high_water = 0
+    if config.db_path.is_file():  # no database yet: the folders alone know the numbers
+        from pipelined.store import queries
+
+        high_water = queries.high_water(read_conn(config))
+    made = create_story(config.root, config.stages, stage or config.stages[0], title,
+                        story_type, agent=agent, blocked=blocked, depends_on=deps,
+                        high_water=high_water)
+    if as_json:
+        print_json({"id": made.story_id, "path": str(made.path.absolute()),
+                    "number": made.number, "stage": made.stage})
+        return
+    click.echo(made.story_id)
+
+
+@click.command()
+@settings_options
+@click.argument("story_id")
+@click.argument("stage")
+@click.option("--no-wait", is_flag=True,
+              help="Do not wait for a running daemon to show the move in the database.")
+@json_option
+def move(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+         story_id: str, stage: str, no_wait: bool, as_json: bool) -> None:
+    """Move a story into another stage folder. ID may be just its number.
+
+    With a daemon running, waits (up to 10 s) until the database shows the move.
+
+    Example: pipelined move 12 2_current
+    """
+    from pipelined.authoring import move_story, wait_for_stage
+    from pipelined.errors import SyncTimeout
+    from pipelined.store.lock import holder
+
+    config = load_config(root, db, stages, config_file)
+    moved = move_story(config.root, config.stages, story_id, stage)
+    synced: bool | None = None
+    if not no_wait and holder(config.db_path) is not None:
+        synced = wait_for_stage(config.db_path, moved.story_id, stage, MOVE_WAIT_S)
+        if not synced:
+            raise SyncTimeout(f"moved {moved.story_id} to {stage}", MOVE_WAIT_S)
+    if as_json:
+        print_json({"id": moved.story_id, "from_stage": moved.from_stage,
+                    "to_stage": moved.to_stage, "path": str(moved.path.absolute()),
+                    "synced": synced})
+        return
+    if moved.from_stage == moved.to_stage:
+        click.echo(f"{moved.story_id} is already in {stage}")
+    else:
+        click.echo(f"moved {moved.story_id}: {moved.from_stage} -> {moved.to_stage}")
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--stages", default=None,
+              help="Comma-separated stage folders to create (default 1_backlog,2_current,4_merge).")
+@click.option("--example", is_flag=True, help="Also copy the example stories (stages-example/).")
+@json_option
+def init(directory: Path, stages: str | None, example: bool, as_json: bool) -> None:
+    """Create the stage folders and a commented pipelined.toml in DIRECTORY.
+
+    Existing folders and files are kept. The config sets `root`, so it works
+    from anywhere with `--config DIRECTORY/pipelined.toml`.
+
+    Example: pipelined init ~/work/stories --example
+    """
+    from dataclasses import asdict
+
+    from pipelined.scaffold import init_root
+
+    config = load_config(directory, None, stages, None)  # validates --stages like everywhere
+    result = init_root(directory, config.stages, example=example)
+    if as_json:
+        print_json(asdict(result))
+        return
+    for rel in result.created:
+        click.echo(f"created {rel}")
+    for rel in result.kept:
+        click.echo(f"kept    {rel}")
+    click.echo(f"start the daemon: pipelined run --config {result.config}")

@@ -1,0 +1,79 @@
+"""What several commands share: the settings options, `--json`, the config,
+the read-only database, JSON and table output.
+
+Kept cheap to import (click only; the config and json load on first use):
+every command, `--help` and each shell-completion request import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from pipelined.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from pipelined.config import Config
+
+__all__ = ["json_option", "load_config", "print_json", "read_conn", "settings_options", "table"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_options(func: F) -> F:
+    """--root, --db, --stages, --config: where the stories and the database are."""
+    func = click.option("--config", "config_file", type=click.Path(path_type=Path),
+                        help="TOML config file (default: $PIPELINED_CONFIG or "
+                             "~/.config/pipelined/config.toml if present).")(func)
+    func = click.option("--stages", default=None,
+                        help="Comma-separated stage folders to watch "
+                             "(default 1_backlog,2_current,4_merge).")(func)
+    func = click.option("--db", type=click.Path(path_type=Path), default=None,
+                        help="SQLite database (default: named after the root in the "
+                             "state directory).")(func)
+    func = click.option("--root", type=click.Path(path_type=Path), default=None,
+                        help="Folder holding the stage folders (default: current folder).")(func)
+    return func
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON (documented in the README; ignore unknown fields).")(func)
+
+
+def load_config(root: Path | None, db: Path | None, stages: str | None,
+                config_file: Path | None, **extra: object) -> Config:
+    """The config from the settings options (and any command's own flags in `extra`)."""
+    from pipelined.config import resolve
+
+    return resolve({"root": root, "db": db, "stages": stages, **extra}, config_file=config_file)
+
+
+def read_conn(config: Config) -> Any:
+    """A read-only connection to the database; DatabaseError if it is not ours."""
+    from pipelined.store.connection import open_read_only
+
+    conn = open_read_only(config.db_path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "pipeline_items" not in tables:
+        raise DatabaseError(config.db_path, "not a pipelined database (no pipeline_items)")
+    return conn
+
+
+def print_json(value: object) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Left-aligned columns two spaces apart, no trailing blanks."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""`ls`, `show`, `board` and `search`: the stories as they are now, read-only.
+
+They must start fast: no watchdog, no pycrdt, and rich only for the board's
+text output.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from pipelined.commands.common import (
+    json_option,
+    load_config,
+    print_json,
+    read_conn,
+    settings_options,
+    table,
+)
+from pipelined.errors import StoryNotFound
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["board", "ls_command", "search", "show"]
+
+SORT_CHOICES = ("stage", "id", "name", "updated", "created")  # views.SORT_KEYS, kept light
+
+
+@click.command(name="ls")
+@settings_options
+@click.option("--stage", default=None, help="Only stories in this stage.")
+@click.option("--agent", default=None, help="Only stories of this agent.")
+@click.option("--blocked/--not-blocked", default=None, help="Only blocked (or unblocked) ones.")
+@click.option("--ready", is_flag=True,
+              help="Only stories that are not blocked and whose dependencies are all in a "
+                   "later stage (or gone).")
+@click.option("--sort", "sort_key", type=click.Choice(SORT_CHOICES), default="stage",
+              show_default=True,
+              help="Order: stage then number, number, name; updated/created newest first.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many stories (after filtering and sorting).")
+@json_option
+def ls_command(root: Path | None, db: Path | None, stages: str | None,
+               config_file: Path | None, stage: str | None, agent: str | None,
+               blocked: bool | None, ready: bool, sort_key: str, limit: int | None,
+               as_json: bool) -> None:
+    """List stories, by stage then number.
+
+    Example: pipelined ls --stage 2_current --agent coder-1
+
+    Example: pipelined ls --ready --sort id --limit 5
+    """
+    from pipelined.store import queries
+    from pipelined.views import is_ready, sort_stories, unmet_dependencies
+
+    config = load_config(root, db, stages, config_file)
+    conn = read_conn(config)
+    if ready:  # dependencies may be in any stage: resolve them against every row
+        everything = queries.list_stories(conn)
+        unmet = unmet_dependencies(everything)
+        wanted = {i["id"] for i in queries.list_stories(conn, stage=stage, agent=agent,
+                                                        blocked=blocked)}
+        items = [i for i in everything if i["id"] in wanted and is_ready(i, unmet[i["id"]])]
+    else:
+        items = queries.list_stories(conn, stage=stage, agent=agent, blocked=blocked)
+    items = sort_stories(items, sort_key)[:limit]
+    if as_json:
+        print_json(items)
+        return
+    rows = [[i["id"], i["stage"], i["name"] or "", i["agent"] or "",
+             "yes" if i["blocked"] else "",
+             "" if i["retry_count"] is None else str(i["retry_count"])]
+            for i in items]
+    click.echo(table(rows, ["ID", "STAGE", "NAME", "AGENT", "BLOCKED", "RETRIES"]))
+
+
+@click.command()
+@settings_options
+@click.argument("story_id")
+@json_option
+def show(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+         story_id: str, as_json: bool) -> None:
+    """Show one story: its fields and its content. ID may be just its number.
+
+    Example: pipelined show 12
+    """
+    from pipelined.store import queries
+
+    config = load_config(root, db, stages, config_file)
+    conn = read_conn(config)
+    story = queries.get_story(conn, story_id)
+    if story is None and story_id.isdigit():
+        match = conn.execute("SELECT id FROM pipeline_items WHERE id GLOB ? ORDER BY id",
+                             (f"{int(story_id)}_*",)).fetchall()
+        if len(match) == 1:
+            story = queries.get_story(conn, match[0][0])
+    if story is None:
+        raise StoryNotFound(story_id)
+    if as_json:
+        print_json(story)
+        return
+    for key in ("id", "stage", "name", "agent", "retry_count", "blocked", "depends_on",
+                "created_at", "updated_at"):
+        value = story[key]
+        click.echo(f"{key + ':':<13} {'' if value is None else value}")
+    if story["extra"]:
+        import json
+
+        click.echo(f"{'extra:':<13} {json.dumps(story['extra'], ensure_ascii=False)}")
+    for error in story["errors"]:
+        click.echo(f"{'error:':<13} {error}")
+    click.echo("")
+    click.echo(story["content"] if story["content"] is not None
+               else "(content not copied: file over the size limit)")
+
+
+@click.command()
+@settings_options
+@json_option
+def board(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+          as_json: bool) -> None:
+    """Show a kanban board: one column per stage, one card per story.
+
+    Cards show the number, name, agent, a [blocked] mark and the dependencies
+    not yet in a later stage ("waits on #12").
+
+    Example: pipelined board --stages 1_backlog,2_current
+    """
+    from pipelined.store import queries
+    from pipelined.views import board_columns
+
+    config = load_config(root, db, stages, config_file)
+    columns = board_columns(queries.list_stories(read_conn(config)), config.stages)
+    if as_json:
+        print_json({"columns": columns})
+        return
+    from rich.console import Console
+
+    from pipelined.board import render_board
+
+    render_board(columns, Console())
+
+
+@click.command()
+@settings_options
+@click.argument("query")
+@click.option("--stage", default=None, help="Only stories in this stage.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="At most this many results, best first.")
+@json_option
+def search(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
+           query: str, stage: str | None, limit: int, as_json: bool) -> None:
+    """Full-text search over ids, names and content, best match first.
+
+    Plain words need no quoting: every word must match, accents and case are
+    ignored, `log*` is a prefix. A query with a double quote, AND/OR/NOT,
+    NEAR(...), parentheses or `name:` is passed to SQLite FTS5 as written.
+
+    Example: pipelined search "login form" --stage 2_current
+    """
+    from pipelined.search import search as run_search
+
+    config = load_config(root, db, stages, config_file)
+    hits = run_search(read_conn(config), query, stage=stage, limit=limit)
+    if as_json:
+        print_json([hit.as_dict() for hit in hits])
+        return
+    for hit in hits:
+        click.echo(f"{hit.id}  {hit.stage}  {hit.name or ''}".rstrip())
+        click.echo(f"    {hit.snippet}")
+    if not hits:
+        click.echo("no match", err=True)
