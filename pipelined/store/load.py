@@ -50,14 +50,15 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
 
 def read_state(conn: apsw.Connection) -> StoredState:
     """pycrdt updates in commit order, full signature rows, every row's content."""
+    contents = cast(list[tuple[str, str | None]],
+                    conn.execute("SELECT id, content FROM pipeline_items").fetchall())
     return StoredState(
         updates=[bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")],
         signatures=cast(list[tuple[str, str, str, int, int, int, int]], conn.execute(
             "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures"
         ).fetchall()),
-        contents=cast(list[tuple[str, str | None]],
-                      conn.execute("SELECT id, content FROM pipeline_items").fetchall()),
-        row_ids={str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items")},
+        contents=contents,
+        row_ids={story_id for story_id, _content in contents},
         unreadable={str(r[0]) for r in conn.execute(
             "SELECT id FROM story_extras WHERE errors LIKE '%cannot read the file%'")},
     )
