@@ -34,6 +34,9 @@ sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 8. with --burst, a burst of that many new files written as fast as possible:
    seconds until every row is there.
 
+Before each timed start (daemon or baseline) it calls sync(2), so the kernel's
+writeback of earlier writes does not land inside a timed run.
+
 A failed check (a daemon error, missing rows, a CLI exit code) stops the run
 with an error and leaves that N's folder in place. It prints the machine, the
 command line and one markdown table: a row per measure, a column per N, the
@@ -358,6 +361,13 @@ def check_open_counter(counter: OpenCounter, probe: Path) -> None:
     counter.opened.clear()
 
 
+def flush_writes() -> None:
+    """Write dirty pages out before a timed run (both the daemon's and the baseline's):
+    the kernel writes them back about 30 s after they were made, and that I/O would
+    otherwise land inside whichever run happens to be timed then."""
+    os.sync()
+
+
 def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> Result:
     """Unchanged restarts to READY and to the state loaded while watchdog collects *.md
     opens; the daemon's memory once the state is loaded. The daemon must be stopped."""
@@ -367,6 +377,7 @@ def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> Result:
         try:
             if k == 0:
                 check_open_counter(counter, next(iter(paths.values())))
+            flush_writes()
             restarts.append(daemon.start())
             loaded.append(daemon.wait_state_loaded())
             time.sleep(0.3)  # let late inotify events arrive
@@ -412,6 +423,7 @@ def measure_changed_restarts(daemon: Daemon, paths: dict[str, Path],
         for story_id in pool[k * count:(k + 1) * count] or pool[:count]:
             name = f"offline {k} {rng.getrandbits(48):x}"
             expected[story_id] = (name, rewrite_offline(paths[story_id], name))
+        flush_writes()
         ready.append(daemon.start())
         stale = check_rows(daemon.db, expected)
         if stale:
@@ -423,11 +435,12 @@ def measure_changed_restarts(daemon: Daemon, paths: dict[str, Path],
 
 
 def measure_baseline(root: Path, n: int) -> Result:
-    """Full re-parse with python-frontmatter in a fresh interpreter, 3 times."""
+    """Full re-parse with python-frontmatter in a fresh interpreter, RESTART_ROUNDS times."""
     code = BASELINE.format(stages=STAGES, root=str(root))
     times = []
     env = {k: v for k, v in os.environ.items() if k not in NO_BYTECODE}
     for _ in range(RESTART_ROUNDS):
+        flush_writes()
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env=env, timeout=READY_TIMEOUT_S, check=False)
@@ -604,6 +617,7 @@ def measure_burst(daemon: Daemon, count: int, first_number: int) -> Result:
 
 def first_import(daemon: Daemon) -> Result:
     """Popen -> READY=1 on an empty database; memory and size once the state is loaded."""
+    flush_writes()  # the stories were just written
     first = daemon.start()
     loaded = daemon.wait_state_loaded()
     rss, hwm = daemon.rss_mib()
