@@ -11,7 +11,6 @@ import os
 import re
 import stat as stat_mod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,9 +44,8 @@ class FileSignature(NamedTuple):
     inode: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoryFile:
-    """One story file found on disk."""
+class StoryFile(NamedTuple):
+    """One story file found on disk (a NamedTuple: cheap to define and to make)."""
 
     story_id: str
     stage: str
@@ -95,6 +93,7 @@ def _inside(root_real: str, path: str | Path) -> bool:
 
 
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+S_IFMT, S_IFLNK, S_IFREG = 0o170000, stat_mod.S_IFLNK, stat_mod.S_IFREG
 
 
 def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:
@@ -145,7 +144,6 @@ def stat_signatures(
 def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) -> None:
     fullmatch = _STORY_FILE.fullmatch
     lstat = os.lstat
-    is_regular, is_link = stat_mod.S_ISREG, stat_mod.S_ISLNK
     folder = os.open(os.path.join(root, stage), os.O_RDONLY | os.O_DIRECTORY)
     try:
         prefix = stage + "/"
@@ -154,7 +152,7 @@ def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) 
                 continue
             try:
                 st = lstat(name, dir_fd=folder)
-                if is_link(st.st_mode):
+                if (st.st_mode & S_IFMT) == S_IFLNK:  # inline tests: 10,000 files
                     if not _inside(os.path.realpath(root), root / stage / name):
                         continue
                     st = os.stat(name, dir_fd=folder)
@@ -162,7 +160,7 @@ def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) 
                 if exc.errno in _ABSENT:
                     continue  # vanished between the listing and the stat, or a loop
                 raise
-            if is_regular(st.st_mode):
+            if (st.st_mode & S_IFMT) == S_IFREG:
                 found[prefix + name] = (st.st_mtime_ns, st.st_size, st.st_ino)
     finally:
         os.close(folder)

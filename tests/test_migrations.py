@@ -167,6 +167,34 @@ class TestApplyMigrations:
         assert "changed" in str(caught.value)
         assert recorded(conn) == [("0001_a.sql", original.checksum)]
 
+    def test_refuses_a_tampered_recorded_checksum(self, conn: apsw.Connection,
+                                                 db_path: Path) -> None:
+        """The restart fast path (a CRC over names, recorded checksums and texts) still
+        sees a recorded checksum that no longer matches the text."""
+        migration = Migration("0001_a.sql", "CREATE TABLE a(x);")
+        apply_migrations(conn, db_path, [migration])
+        assert apply_migrations(conn, db_path, [migration]) == []  # the fast path
+        conn.execute("UPDATE schema_migrations SET checksum = ?", ("0" * 64,))
+
+        with pytest.raises(MigrationError, match=r"0001_a\.sql changed"):
+            apply_migrations(conn, db_path, [migration])
+
+    def test_fingerprint_is_kept_only_after_a_full_check(self, conn: apsw.Connection,
+                                                         db_path: Path) -> None:
+        """The CRC is written once the checksums were verified, and changes with a new
+        migration; a refused database keeps the old one."""
+        first = Migration("0001_a.sql", "CREATE TABLE a(x);")
+        second = Migration("0002_b.sql", "CREATE TABLE b(y);")
+        apply_migrations(conn, db_path, [first])
+        crc_one = conn.execute("SELECT crc FROM schema_fingerprint").fetchall()
+        apply_migrations(conn, db_path, [first, second])
+        crc_two = conn.execute("SELECT crc FROM schema_fingerprint").fetchall()
+        assert len(crc_one) == len(crc_two) == 1 and crc_one != crc_two
+
+        with pytest.raises(MigrationError):
+            apply_migrations(conn, db_path, [first, Migration("0002_b.sql", "CREATE TABLE c(z);")])
+        assert conn.execute("SELECT crc FROM schema_fingerprint").fetchall() == crc_two
+
     def test_list_applies_in_order(self, conn: apsw.Connection, db_path: Path) -> None:
         """A list of migrations applies in order, each seeing the ones before it."""
         migrations = [

@@ -7,27 +7,25 @@ applying changes needs (pycrdt updates, full signature rows, contents).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import cast
+from typing import NamedTuple, cast
 
 import apsw
 
 __all__ = ["Signatures", "StoredState", "read_signatures", "read_state"]
 
 
-@dataclass(slots=True)
-class Signatures:
+# NamedTuples, not dataclasses: this module is imported before READY, and a
+# dataclass costs about ten times as much to define.
+class Signatures(NamedTuple):
     """The file signatures and ids the database holds: enough for the stat pass."""
 
     client_id: int | None
-    by_path: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    high_water: int = 0
-    story_count: int = 0  # distinct ids among the files
+    by_path: dict[str, tuple[int, int, int]]  # path -> (mtime_ns, size, inode)
+    high_water: int
+    story_count: int  # distinct ids among the files
 
 
-
-@dataclass(slots=True)
-class StoredState:
+class StoredState(NamedTuple):
     updates: list[bytes]
     signatures: list[tuple[str, str, str, int, int, int, int]]
     contents: list[tuple[str, str | None]]
@@ -38,14 +36,12 @@ class StoredState:
 def read_signatures(conn: apsw.Connection) -> Signatures:
     """Client id, path -> (mtime_ns, size, inode), the id count, the high-water mark."""
     row = conn.execute("SELECT value FROM daemon_meta WHERE key = 'client_id'").fetchone()
-    found = Signatures(int(row[0]) if row is not None else None)
-    found.by_path = {path: (mtime, size, inode) for path, mtime, size, inode in conn.execute(
+    by_path = {path: (mtime, size, inode) for path, mtime, size, inode in conn.execute(
         "SELECT path, mtime_ns, size, inode FROM file_signatures")}
     count = conn.execute("SELECT count(DISTINCT story_id) FROM file_signatures").fetchone()
-    found.story_count = int(count[0]) if count else 0
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
-    found.high_water = int(hw[0]) if hw else 0
-    return found
+    return Signatures(int(row[0]) if row is not None else None, by_path,
+                      int(hw[0]) if hw else 0, int(count[0]) if count else 0)
 
 
 def read_state(conn: apsw.Connection) -> StoredState:
