@@ -45,7 +45,7 @@ class Daemon:
 
     def __init__(self, root: Path, db: Path, work: Path, env: dict[str, str] | None = None):
         self.root, self.db, self.work = root, db, work
-        # As deployed: with compiled bytecode (see bench_sync.py).
+        # As deployed: with compiled bytecode (see NO_BYTECODE in harness.py).
         self.env = {k: v for k, v in {**os.environ, **(env or {})}.items()
                     if k != "PYTHONDONTWRITEBYTECODE"}
         self.sock_path = str(work / "notify.sock")
