@@ -78,6 +78,17 @@ class TestLs:
         bad = populated.cli("ls", "--limit", "0")
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
+    def test_json_list_one_story_per_line_in_stage_order(self, populated: DaemonProcess) -> None:
+        """`ls --json` (default order: stage folders, then number) prints one story per
+        line between the brackets; an empty result is `[]`."""
+        out = populated.cli("ls", "--json", check=True).stdout
+        lines = out.splitlines()
+        assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 5 + 2
+        assert [json.loads(line.rstrip(","))["id"] for line in lines[1:-1]] == [
+            "1_story_a", "4_story_d", "2_story_b", "3_bug_c", "5_story_e"]
+        assert json.loads(out)[2]["blocked"] is True
+        assert populated.cli("ls", "--json", "--agent", "nobody", check=True).stdout == "[]\n"
+
 
 class TestBoard:
     def test_json_shape(self, populated: DaemonProcess) -> None:

@@ -64,9 +64,20 @@ def read_conn(config: Config) -> Any:
 
 
 def print_json(value: object) -> None:
+    """An object indented; a list one element per line.
+
+    json's C encoder is used only without `indent`: an indented list of 100,000
+    stories took 1.5 s in the pure-Python one. One compact element per line is
+    as easy to read and grep, and still one JSON document.
+    """
     import json
 
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    if isinstance(value, list) and value:
+        encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every line
+        lines = ",\n".join("  " + encode(item) for item in value)
+        click.echo(f"[\n{lines}\n]")
+    else:
+        click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

@@ -36,11 +36,6 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
     return item
 
 
-def _number_key(story_id: str) -> tuple[int, str]:
-    number, _, _rest = story_id.partition("_")
-    return (int(number) if number.isdigit() else 0, story_id)
-
-
 @contextmanager
 def snapshot(conn: apsw.Connection) -> Iterator[None]:
     """One read transaction: every query inside sees the same committed state (WAL)."""
@@ -57,7 +52,7 @@ def list_stories(
     agent: str | None = None,
     blocked: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Stories without content, ordered by stage then number."""
+    """Stories without content, in no particular order (`views.sort_stories` orders them)."""
     where: list[str] = []
     params: list[str | int] = []
     if stage is not None:
@@ -72,9 +67,7 @@ def list_stories(
     sql = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM pipeline_items"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    items = [_item(row) for row in conn.execute(sql, params)]
-    items.sort(key=lambda i: (i["stage"], _number_key(i["id"])))
-    return items
+    return [_item(row) for row in conn.execute(sql, params)]
 
 
 def get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
