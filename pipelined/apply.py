@@ -29,7 +29,7 @@ from pipelined.store.connection import (
     as_corrupt,
     open_read_only,
 )
-from pipelined.store.load import Signatures, read_signatures, read_state
+from pipelined.store.load import Signatures, read_contents, read_signatures, read_state
 from pipelined.store.writer import Writer
 from pipelined.watch import Coalescer
 
@@ -77,6 +77,7 @@ class ApplyLoop(threading.Thread):
         self._bytes_since_compaction = 0
         self._snapshot_bytes = 0  # the last snapshot written, or the loaded history
         self._fresh_bytes_per_story: float | None = None
+        self._other_contents_owed = False  # the catch-up loaded only the contents it needed
 
     # -- startup -------------------------------------------------------------------
 
@@ -107,7 +108,8 @@ class ApplyLoop(threading.Thread):
             if in_sync_early:
                 self.stories = stored.story_count
                 self._set_ready()
-            reconciler, mismatch, applied = self._load_state(conn, stored)
+            reconciler, mismatch, applied = self._load_state(
+                conn, stored, None if in_sync_early else touched)
         finally:
             conn.close()
         # Unreadable and symlinked files are looked at again whatever their signature.
@@ -162,8 +164,15 @@ class ApplyLoop(threading.Thread):
             self._on_ready(self.stories)
             self.ready.set()
 
-    def _load_state(self, conn: Any, stored: Signatures) -> tuple[Reconciler, set[str], int]:
-        """The pycrdt document, the content map and the known files, from the database."""
+    def _load_state(self, conn: Any, stored: Signatures,
+                    touched: set[str] | None) -> tuple[Reconciler, set[str], int]:
+        """The pycrdt document, the content map and the known files, from the database.
+
+        With `touched` (files changed while stopped: READY waits for this load)
+        the content map holds only what the catch-up reconciles; the rest is
+        read after READY (`_load_other_contents`), before the first flush. At
+        100,000 stories that is 200 MB not read before READY.
+        """
         from pipelined.content import ContentMap
         from pipelined.state import PipelineState  # pycrdt: a third of the import time
         from pipelined.sync import KnownFile, Reconciler
@@ -174,18 +183,37 @@ class ApplyLoop(threading.Thread):
         applied = state.load(full.updates)
         self._updates_since_compaction = applied
         self._snapshot_bytes = sum(len(u) for u in full.updates)
-        content = ContentMap(full.contents)
         known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
                  for path, sid, stage, mtime, size, inode, winner in full.signatures}
         mismatch = state.ids() ^ full.row_ids
         if mismatch:
             log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
                         count=len(mismatch))
+        symlinked = symlinked_story_ids(self.root, self.config.stages)
+        # Every id the catch-up reconciles (see reconcile(): symlinked ones too).
+        first = None if touched is None else touched | full.unreadable | mismatch | symlinked
+        content = ContentMap(read_contents(conn, first))
+        # A first import owes nothing: every row is one the catch-up writes.
+        self._other_contents_owed = first is not None and bool(full.row_ids - first)
         reconciler = Reconciler(self.root, self.config.stages, state, content, known,
                                 self.config.max_file_bytes, stored.high_water)
         reconciler.unreadable = full.unreadable  # a chmod since then changed no signature
-        reconciler.symlinked = symlinked_story_ids(self.root, self.config.stages)
+        reconciler.symlinked = symlinked
         return reconciler, mismatch, applied
+
+    def _load_other_contents(self) -> None:
+        """After a catch-up: the contents it did not need, as committed (its own rows
+        are already in the map and are not overwritten)."""
+        assert self._reconciler is not None
+        content = self._reconciler.content
+        conn = open_read_only(self.db_path)
+        try:
+            for story_id, text in read_contents(conn):
+                if not content.has(story_id):
+                    content.set_content(story_id, text)
+        finally:
+            conn.close()
+        self._other_contents_owed = False
 
     # -- the loop ------------------------------------------------------------------
 
@@ -193,6 +221,8 @@ class ApplyLoop(threading.Thread):
         try:
             self._reconciler = self._startup()
             self._set_ready()
+            if self._other_contents_owed:
+                self._load_other_contents()
         except BaseException as exc:  # reported by the main thread
             self.failed = exc = as_corrupt(self.db_path, exc)
             if not isinstance(exc, PipelinedError):

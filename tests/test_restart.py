@@ -102,6 +102,31 @@ class TestRestart:
         daemon.start()
         assert daemon.row("7_story_same")["name"] == "aaaa"  # type: ignore[index]
 
+    def test_edit_after_a_changed_restart_diffs_against_the_stored_text(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """A restart that catches up on one offline change reads the other stories'
+        contents only after READY; a live edit of one of those must still change only
+        the edited field: a move's retry_count reset (0 in the state, 2 in the file)
+        is not undone by a name edit."""
+        stories.write("2_current", "1_story_moved", name="moved", retry_count=2)
+        stories.write("1_backlog", "2_story_other", name="other")
+        daemon.start()
+        stories.move("1_story_moved", "2_current", "4_merge")
+        daemon.wait_row("1_story_moved", lambda r: r["stage"] == "4_merge")
+        assert daemon.row("1_story_moved")["retry_count"] == 0  # type: ignore[index]
+        assert daemon.stop() == 0
+
+        stories.write("1_backlog", "2_story_other", name="other, edited offline")
+        daemon.start()
+        startup = daemon.wait_log("daemon.startup", count=2)
+        assert (startup["files_reread"], startup["ready_before_load"]) == (1, False)
+        stories.write("4_merge", "1_story_moved", name="renamed live", retry_count=2)
+        row = daemon.wait_row("1_story_moved", lambda r: r["name"] == "renamed live")
+        assert row["retry_count"] == 0
+        assert daemon.row("2_story_other")["name"] == "other, edited offline"  # type: ignore[index]
+        assert folder_matches_db(stories, daemon)
+        assert daemon.stop() == 0
+
 
 def test_db_lives_in_the_state_directory_by_default(stories: Stories, tmp_path: Path) -> None:
     """Without --db the database is named after the root in $STATE_DIRECTORY."""

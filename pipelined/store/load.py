@@ -1,17 +1,20 @@
 """What the daemon reads back at startup (rule 5), from a read-only connection.
 
-Two steps, so that a restart with nothing changed is in sync as early as
-possible: `read_signatures` is all the stat pass needs; `read_state` is what
-applying changes needs (pycrdt updates, full signature rows, contents).
+Steps, so that a restart is in sync as early as possible: `read_signatures`
+is all the stat pass needs; `read_state` is what applying changes needs
+(pycrdt updates, full signature rows); `read_contents` the content map, for
+the changed ids first when there are any, and the rest after READY.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from typing import NamedTuple, cast
 
 import apsw
 
-__all__ = ["Signatures", "StoredState", "read_signatures", "read_state"]
+__all__ = ["Signatures", "StoredState", "read_contents", "read_signatures", "read_state"]
 
 
 # NamedTuples, not dataclasses: this module is imported before READY, and a
@@ -28,9 +31,8 @@ class Signatures(NamedTuple):
 class StoredState(NamedTuple):
     updates: list[bytes]
     signatures: list[tuple[str, str, str, int, int, int, int]]
-    contents: list[tuple[str, str | None]]
-    unreadable: set[str]  # ids whose file could not be read last time
     row_ids: set[str]
+    unreadable: set[str]  # ids whose file could not be read last time
 
 
 def read_signatures(conn: apsw.Connection) -> Signatures:
@@ -45,16 +47,24 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
 
 
 def read_state(conn: apsw.Connection) -> StoredState:
-    """pycrdt updates in commit order, full signature rows, every row's content."""
-    contents = cast(list[tuple[str, str | None]],
-                    conn.execute("SELECT id, content FROM pipeline_items").fetchall())
+    """pycrdt updates in commit order, full signature rows, the row ids."""
     return StoredState(
         updates=[bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")],
         signatures=cast(list[tuple[str, str, str, int, int, int, int]], conn.execute(
             "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures"
         ).fetchall()),
-        contents=contents,
-        row_ids={story_id for story_id, _content in contents},
+        row_ids={str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items")},
         unreadable={str(r[0]) for r in conn.execute(
             "SELECT id FROM story_extras WHERE errors LIKE '%cannot read the file%'")},
     )
+
+
+def read_contents(conn: apsw.Connection,
+                  story_ids: Collection[str] | None = None) -> list[tuple[str, str | None]]:
+    """(id, content) of every row, or of the listed ids only."""
+    if story_ids is None:
+        return cast(list[tuple[str, str | None]],
+                    conn.execute("SELECT id, content FROM pipeline_items").fetchall())
+    return cast(list[tuple[str, str | None]], conn.execute(
+        "SELECT id, content FROM pipeline_items WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(story_ids)),)).fetchall())
