@@ -108,6 +108,7 @@ class ApplyLoop(threading.Thread):
             if in_sync_early:
                 self.stories = stored.story_count
                 self._set_ready()
+            self.writer.begin()  # its quick_check: after the stat pass
             reconciler, mismatch, applied = self._load_state(
                 conn, stored, None if in_sync_early else touched)
         finally:

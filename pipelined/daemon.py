@@ -143,9 +143,10 @@ class Daemon:
         logging.getLogger("watchdog").addHandler(overflow)
         watcher = StageWatcher(root, self.config.stages, handler)
         watcher.start()  # before the stat pass, so nothing during startup is missed
-        # Started after the watcher (its threads start faster without the writer's
-        # connection setup competing) and before the apply thread, which waits on it.
-        writer.start()  # checks integrity (PRAGMA quick_check) while startup goes on
+        # Before the apply thread, which waits on it. It opens its connection at
+        # once and runs PRAGMA quick_check once the apply thread's stat pass is
+        # done (Writer.begin).
+        writer.start()
         apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready)
         apply.start()
         self._watch_health(apply, writer, watcher, coalescer)

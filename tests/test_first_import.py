@@ -1,11 +1,13 @@
 """The startup catch-up (a first import, or many changes made while stopped) is
 committed in chunks, each a pycrdt transaction with its rows and signatures; a
 crash between chunks costs only the chunks not yet committed. Also the bounded
-read every story file goes through."""
+read every story file goes through, and the writer's check waiting for the
+stat pass."""
 
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 
 import apsw
@@ -14,11 +16,14 @@ from conftest import (
     DaemonProcess,
     Stories,
     folder_matches_db,
+    observe,
     state_matches_rows,
     wait_until,
 )
 
 from pipelined.apply import STARTUP_CHUNK
+from pipelined.store.connection import open_writer
+from pipelined.store.writer import Writer
 from pipelined.sync import read_at_most
 
 
@@ -118,3 +123,28 @@ class TestReadAtMost:
         assert len(whole) > 10
         assert read_at_most("/proc/version", 100_000) == whole
         assert read_at_most("/proc/version", 10) == whole[:10]
+
+
+class TestWriterBegin:
+    def test_integrity_check_waits_for_begin(self, tmp_path: Path) -> None:
+        """The writer opens its connection at once, but runs its check (quick_check,
+        which reads the whole file) only once told: after the startup stat pass."""
+        db = tmp_path / "w.db"
+        checked = threading.Event()
+        writer = Writer(lambda: open_writer(db), 4, check=lambda _conn: checked.set())
+        writer.start()
+        try:
+            wait_until(db.exists, what="the writer's connection")
+            assert observe(lambda: not checked.is_set(), 0.3)
+            writer.begin()
+            wait_until(checked.is_set, what="the check after begin()")
+        finally:
+            writer.close(10)
+        assert not writer.is_alive()
+
+    def test_close_without_begin_still_stops(self, tmp_path: Path) -> None:
+        """A startup that fails before the stat pass never calls begin(): close() does."""
+        writer = Writer(lambda: open_writer(tmp_path / "w.db"), 4)
+        writer.start()
+        writer.close(10)
+        assert not writer.is_alive()

@@ -145,6 +145,7 @@ class Writer(threading.Thread):
         self._conn: apsw.Connection | None = None
         self._abandon = threading.Event()
         self._closing = threading.Event()
+        self._begun = threading.Event()
         self.commits = 0
         self.attempts = 0  # commit attempts finished, failed ones included
         self.last_commit_monotonic = time.monotonic()
@@ -157,6 +158,16 @@ class Writer(threading.Thread):
 
     # -- called from other threads -------------------------------------------------
 
+    def begin(self) -> None:
+        """Run the integrity check now.
+
+        The thread opens its connection at once but waits for this (or a batch,
+        or close) before the check, which reads the whole database file and
+        slowed the startup stat pass running beside it by a few percent: the
+        apply thread calls it once that pass is done.
+        """
+        self._begun.set()
+
     def submit(self, batch: Batch) -> int:
         """Queue a batch; blocks while the queue is full (back-pressure).
 
@@ -164,6 +175,7 @@ class Writer(threading.Thread):
         """
         if batch.is_empty():
             return self._submitted
+        self._begun.set()
         with self._seq_cond:
             self._submitted += 1
             seq = self._submitted
@@ -200,6 +212,7 @@ class Writer(threading.Thread):
         Never blocks on a full queue; `timeout=0` only asks the thread to stop.
         """
         self._closing.set()
+        self._begun.set()
         if timeout != 0:
             self.join(timeout)
 
@@ -207,6 +220,7 @@ class Writer(threading.Thread):
         """Stop retrying (a second SIGTERM): what is not committed stays uncommitted."""
         self._abandon.set()
         self._closing.set()
+        self._begun.set()
         with self._seq_cond:
             self._seq_cond.notify_all()
 
@@ -215,6 +229,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             self._conn = self._connect()
+            self._begun.wait()
             if self._check is not None:
                 self._check(self._conn)  # before the first write
         except Exception as exc:  # reported through first_error and is_alive()
