@@ -1,5 +1,5 @@
 """`python -m pipelined` is the same as the `pipelined` command."""
 
-from pipelined.cli import main
+from pipelined.entry import main
 
 main()

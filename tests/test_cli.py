@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import DaemonProcess, Stories
 
+from pipelined import entry
 from pipelined.cli import main
 
 
@@ -182,3 +184,20 @@ class TestHelp:
         readme = (Path(__file__).parents[1] / "README.md").read_text()
         for command in main.commands:
             assert f"pipelined {command}" in readme, command
+
+
+def test_entry_point_starts_with_the_garbage_collector_off(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The console script's entry runs the command group with the cyclic collector
+    off (startup builds objects it keeps); the daemon turns it back on itself."""
+    monkeypatch.setattr(sys, "argv", ["pipelined", "--version"])
+    was_enabled = gc.isenabled()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            entry.main()
+        assert exited.value.code == 0
+        assert not gc.isenabled()
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert "pipelined" in capsys.readouterr().out

@@ -87,6 +87,10 @@ def events(root: Path | None, db: Path | None, stages: str | None, config_file: 
     last = history.max_seq(conn) if since_seq is None else since_seq
     click.echo(f"events after seq {last}", err=True)  # scripts may wait for this line
     stop = _stop_on_signals() if follow else None
+    if follow:
+        import gc
+
+        gc.enable()  # off while the command started (pipelined.entry); this one runs on
     wait = _stdout_waiter()
     try:
         while True:
