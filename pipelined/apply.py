@@ -30,7 +30,7 @@ from pipelined.store.connection import (
     open_read_only,
 )
 from pipelined.store.load import Signatures, read_contents, read_signatures, read_state
-from pipelined.store.writer import Writer
+from pipelined.store.writer import Writer, WriterStopped
 from pipelined.watch import Coalescer
 
 if TYPE_CHECKING:  # the sync, the story parser and batches load after READY, with the state
@@ -45,6 +45,11 @@ COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
 STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
+
+
+class StartupStopped(Exception):
+    """A second SIGTERM/SIGINT stopped the startup catch-up: the chunks committed
+    so far stay, and the next start re-reads only the files of the others."""
 
 
 def _new_client_id() -> int:
@@ -135,16 +140,18 @@ class ApplyLoop(threading.Thread):
         leaves the rest without signatures, and the next start reads only those.
         """
         from pipelined.store.batch import Batch
-        from pipelined.sync import SyncResult
+        from pipelined.sync import PER_STORY_LOG_MAX, SyncResult
 
         confirm_absent = not self._git_busy()
         ids = sorted(touched | mismatch)
+        log_each = len(ids) + len(reconciler.symlinked) <= PER_STORY_LOG_MAX
         totals = SyncResult(Batch())
         seq = None
         for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
             chunk = ids[begin:begin + STARTUP_CHUNK]
             result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
-                                          repair=mismatch.intersection(chunk))
+                                          repair=mismatch.intersection(chunk),
+                                          log_each=log_each)
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
             self._defer(result)
@@ -153,10 +160,24 @@ class ApplyLoop(threading.Thread):
             totals.updated += result.updated
             totals.moved += result.moved
             totals.deleted += result.deleted
-            seq = self.writer.submit(result.batch)
+            try:
+                seq = self.writer.submit(result.batch)
+            except WriterStopped:
+                raise self._writer_stopped() from None
         if seq is not None and not self.writer.wait_committed(seq):
-            raise RuntimeError("the writer stopped before the startup changes were committed")
+            raise self._writer_stopped()
         return totals
+
+    def _writer_stopped(self) -> BaseException:
+        """Why the catch-up cannot go on: a second signal abandoned the writer (not a
+        failure), the writer's own error (a corrupt database: one line), or else a
+        plain one."""
+        if self.skip_flush.is_set():
+            return StartupStopped()
+        first = self.writer.first_error
+        if isinstance(first, PipelinedError):
+            return first
+        return RuntimeError("the writer stopped before the startup changes were committed")
 
     def _set_ready(self) -> None:
         # Sent from this thread: the state load that follows holds the GIL for
@@ -224,6 +245,10 @@ class ApplyLoop(threading.Thread):
             self._set_ready()
             if self._other_contents_owed:
                 self._load_other_contents()
+        except StartupStopped:  # a second signal: no failure, the next start goes on
+            log.warning("daemon.startup_stopped",
+                        action="the next start re-reads what was not committed")
+            return
         except BaseException as exc:  # reported by the main thread
             self.failed = exc = as_corrupt(self.db_path, exc)
             if not isinstance(exc, PipelinedError):
@@ -245,19 +270,27 @@ class ApplyLoop(threading.Thread):
                 settled.story_ids |= self._reconciler.symlinked
             if settled.rescan:
                 last_rescan = time.monotonic()
-            story_ids = settled.story_ids
-            try:
-                story_ids = self._with_rescan(story_ids, settled.rescan)
-                self._flush(story_ids)
-                self._confirm_deletes(final=settled.stopping)
-            except BaseException as exc:  # pycrdt panics are BaseExceptions
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                # One bad story must not stop the others: retry them one by one.
-                log.exception("apply.flush_failed", stories=len(story_ids))
-                self._flush_each(story_ids)
+            if not self._flush_settled(settled.story_ids, settled.rescan, settled.stopping):
+                return
             if settled.stopping:
                 return
+
+    def _flush_settled(self, story_ids: set[str], rescan: bool, stopping: bool) -> bool:
+        """One settled burst; False once nothing more can be committed."""
+        try:
+            story_ids = self._with_rescan(story_ids, rescan)
+            self._flush(story_ids)
+            self._confirm_deletes(final=stopping)
+        except BaseException as exc:  # pycrdt panics are BaseExceptions
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            if isinstance(exc, WriterStopped):
+                log.error("apply.writer_stopped", error=str(exc))
+                return False
+            # One bad story must not stop the others: retry them one by one.
+            log.exception("apply.flush_failed", stories=len(story_ids))
+            self._flush_each(story_ids)
+        return True
 
     def _with_rescan(self, story_ids: set[str], rescan: bool) -> set[str]:
         if not rescan:

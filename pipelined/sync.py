@@ -29,7 +29,7 @@ from pipelined.story import FIELDS, ParsedStory, parse_story, story_number
 if TYPE_CHECKING:  # pycrdt is imported only once the state is loaded
     from pipelined.state import PipelineState
 
-__all__ = ["KnownFile", "Reconciler", "SyncResult", "changed_story_ids"]
+__all__ = ["PER_STORY_LOG_MAX", "KnownFile", "Reconciler", "SyncResult", "changed_story_ids"]
 
 log = get_logger("pipelined.sync")
 
@@ -162,6 +162,7 @@ class Reconciler:
         *,
         confirm_absent: bool,
         repair: Iterable[str] = (),
+        log_each: bool | None = None,
     ) -> SyncResult:
         """Look up each id on disk; build one pycrdt transaction and one Batch.
 
@@ -178,7 +179,10 @@ class Reconciler:
         ids = sorted(set(story_ids) | repair_set | self.symlinked)
         # A first import or a big checkout: one line per story would be thousands
         # of lines (and a tenth of the import time); the caller logs the counts.
-        self._story_log = log.info if len(ids) <= PER_STORY_LOG_MAX else log.debug
+        # `log_each` decides for a caller that splits one catch-up into chunks.
+        if log_each is None:
+            log_each = len(ids) <= PER_STORY_LOG_MAX
+        self._story_log = log.info if log_each else log.debug
         try:
             for story_id in ids:
                 saved.append(self._save(story_id))

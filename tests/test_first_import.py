@@ -42,9 +42,9 @@ def count_rows(daemon: DaemonProcess) -> int:
 class TestChunkedImport:
     def test_first_import_commits_one_update_per_chunk(self, stories: Stories,
                                                        daemon: DaemonProcess) -> None:
-        """2.5 chunks of stories: every row in at READY, three pycrdt updates, and a
-        restart loads the same state without reading any file."""
-        total = 2 * STARTUP_CHUNK + STARTUP_CHUNK // 2
+        """Two chunks of stories and 50 more: every row in at READY, three pycrdt
+        updates, and a restart loads the same state without reading any file."""
+        total = 2 * STARTUP_CHUNK + 50  # the last chunk is small: still one import
         write_many(stories, total)
         daemon.start()
         assert folder_matches_db(stories, daemon)
@@ -52,7 +52,8 @@ class TestChunkedImport:
         assert [kind for (kind,) in updates] == ["update"] * 3
         startup = daemon.wait_log("daemon.startup")
         assert (startup["files_reread"], startup["created"]) == (total, total)
-        # Thousands of per-story lines go to debug; a single new story is info.
+        # Thousands of per-story lines go to debug (the small last chunk's too, as
+        # one import); a single new story is info.
         levels = {e["level"] for e in daemon.log_events() if e.get("event") == "story.created"}
         assert levels == {"debug"}
         stories.write("1_backlog", f"{total + 1}_story_single", name="single")
@@ -94,6 +95,57 @@ class TestChunkedImport:
         rows = daemon.rows()
         assert all(rows[i]["created_at"] == at for i, at in created.items())
         assert daemon.stop() == 0
+
+    def test_writer_failing_its_check_mid_catch_up_stops_with_one_line(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """The writer's quick_check fails (a damaged index the stat pass never reads)
+        while a catch-up of several chunks fills its queue of one: the daemon still
+        stops at once with the one-line error instead of hanging on a full queue."""
+        write_many(stories, 30)
+        daemon.start()
+        assert daemon.stop() == 0
+        damage_index(daemon.db, "story_history_story")
+        for n in range(100, 100 + 3 * STARTUP_CHUNK):
+            stories.write("1_backlog", f"{n}_story_more", name=f"more {n}")
+        proc = daemon.spawn(env={"PIPELINED_WRITER_QUEUE": "1"})
+        assert proc.wait(30) == 1
+        last = daemon.log_tail(1)
+        assert last.startswith(f"Error: database {daemon.db}: quick_check found")
+        assert "pipelined rebuild" in last
+
+    def test_second_signal_during_a_first_import_stops_cleanly(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """Two SIGTERMs once the first chunk is in: the writer is abandoned while the
+        catch-up still has chunks to queue; the daemon exits 0 without hanging, and
+        the next start reads only the files that were not committed."""
+        total = 6 * STARTUP_CHUNK
+        write_many(stories, total)
+        proc = daemon.spawn(env={"PIPELINED_WRITER_QUEUE": "1"})
+        wait_until(lambda: count_rows(daemon) >= STARTUP_CHUNK, what="the first chunk")
+        proc.send_signal(signal.SIGTERM)
+        daemon.wait_log("daemon.stopping")
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert [e for e in daemon.log_events() if e.get("event") == "daemon.startup_stopped"]
+        committed = count_rows(daemon)
+        assert committed < total
+
+        daemon.start()
+        startup = daemon.wait_log("daemon.startup")
+        assert startup["files_reread"] == total - committed
+        assert folder_matches_db(stories, daemon)
+        assert daemon.stop() == 0
+
+
+def damage_index(db: Path, index: str) -> None:
+    """Overwrite the first bytes of one index's root page, as a bad sector would."""
+    conn = apsw.Connection(str(db))
+    root_page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                             (index,)).fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as handle:
+        handle.seek((root_page - 1) * page_size)
+        handle.write(b"\xff" * 16)
 
 
 class TestReadAtMost:

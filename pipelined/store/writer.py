@@ -25,7 +25,7 @@ from pipelined.logs import get_logger
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
     from pipelined.store.batch import Batch, Compaction
 
-__all__ = ["Writer", "utc_now"]
+__all__ = ["Writer", "WriterStopped", "utc_now"]
 
 log = get_logger("pipelined.writer")
 
@@ -35,6 +35,7 @@ REOPEN_EVERY = 3  # consecutive failures before the connection is opened again
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 30.0
+SUBMIT_POLL_S = 0.2  # a submit blocked on a full queue checks this often that the writer runs
 
 UPSERT_ITEM = """
 INSERT INTO pipeline_items(id, name, stage, agent, retry_count, blocked, depends_on,
@@ -127,6 +128,14 @@ def _write_compaction(conn: apsw.Connection, compaction: Compaction, now: str) -
     conn.execute("DELETE FROM crdt_updates WHERE seq < last_insert_rowid()")
 
 
+class WriterStopped(RuntimeError):
+    """A batch could not be queued: the writer stopped (`cause`: its first error)."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__(f"the writer stopped ({cause or 'abandoned'}); the batch was not queued")
+        self.cause = cause
+
+
 class Writer(threading.Thread):
     """Owns the write connection; commits submitted batches in order."""
 
@@ -172,6 +181,8 @@ class Writer(threading.Thread):
         """Queue a batch; blocks while the queue is full (back-pressure).
 
         Returns a sequence number for `wait_committed`. Only one thread submits.
+        Raises WriterStopped when the queue is full and the writer has stopped
+        or been abandoned: nothing would ever take the batch.
         """
         if batch.is_empty():
             return self._submitted
@@ -179,8 +190,15 @@ class Writer(threading.Thread):
         with self._seq_cond:
             self._submitted += 1
             seq = self._submitted
-        self._queue.put((seq, batch))
-        return seq
+        while True:
+            try:
+                self._queue.put((seq, batch), timeout=SUBMIT_POLL_S)
+                return seq
+            except queue.Full:
+                # A writer that stopped (a failed check, a second SIGTERM) never
+                # frees a slot: waiting on would hang the submitter for good.
+                if self._abandon.is_set() or not self.is_alive():
+                    raise WriterStopped(self.first_error) from None
 
     def wait_committed(self, seq: int, timeout: float | None = None) -> bool:
         """Block until batch `seq` (and all before it) is committed.
