@@ -80,6 +80,7 @@ from harness import (
     check_rows,
     count_crdt_updates,
     db_mib,
+    drain_opens,
     flush_writes,
     git,
     json_list_of,
@@ -144,6 +145,7 @@ def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> Result:
     """Unchanged restarts to READY and to the state loaded while watchdog collects *.md
     opens; the daemon's memory once the state is loaded. The daemon must be stopped."""
     restarts, loaded, rss, hwm, counter = [], [], [], [], OpenCounter()
+    probes = list({path.parent.name: path for path in paths.values()}.values())  # one a stage
     for k in range(RESTART_ROUNDS):
         observer = watch_opens(daemon.root, counter)
         try:
@@ -152,7 +154,7 @@ def measure_restarts(daemon: Daemon, paths: dict[str, Path]) -> Result:
             flush_writes()
             restarts.append(daemon.start())
             loaded.append(daemon.wait_state_loaded())
-            time.sleep(0.3)  # let late inotify events arrive
+            drain_opens(counter, probes)  # every open the restart made is counted now
             rss_now, hwm_now = daemon.rss_mib()
             rss.append(rss_now)
             hwm.append(hwm_now)

@@ -277,8 +277,24 @@ def check_open_counter(counter: OpenCounter, probe: Path) -> None:
         time.sleep(0.01)
     if not counter.opened:
         raise RuntimeError("watchdog reports no FileOpenedEvent here")
-    time.sleep(0.2)
-    counter.opened.clear()
+    counter.opened.clear()  # one read, one open event: nothing more of it can come
+
+
+def drain_opens(counter: OpenCounter, probes: list[Path]) -> None:
+    """Open each probe (one per stage folder) and wait until the observer has seen
+    them all: inotify keeps each folder's events in order, so every earlier open is
+    in `counter` by then. The probes' own opens are taken out again."""
+    seen_before = len(counter.opened)
+    for probe in probes:
+        probe.read_bytes()
+    deadline = time.monotonic() + 10
+    while not all(str(p) in counter.opened[seen_before:] for p in probes):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the probe opens never arrived")
+        time.sleep(0.01)
+    for probe in probes:
+        last = len(counter.opened) - 1 - counter.opened[::-1].index(str(probe))
+        del counter.opened[last]
 
 
 def flush_writes() -> None:
