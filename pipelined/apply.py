@@ -140,11 +140,11 @@ class ApplyLoop(threading.Thread):
         leaves the rest without signatures, and the next start reads only those.
         """
         from pipelined.store.batch import Batch
-        from pipelined.sync import PER_STORY_LOG_MAX, SyncResult
+        from pipelined.sync import SyncResult, logs_each_story
 
         confirm_absent = not self._git_busy()
         ids = sorted(touched | mismatch)
-        log_each = len(ids) + len(reconciler.symlinked) <= PER_STORY_LOG_MAX
+        log_each = logs_each_story(len(ids) + len(reconciler.symlinked))  # the whole catch-up
         totals = SyncResult(Batch())
         seq = None
         for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
@@ -155,11 +155,7 @@ class ApplyLoop(threading.Thread):
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
             self._defer(result)
-            totals.files_read += result.files_read
-            totals.created += result.created
-            totals.updated += result.updated
-            totals.moved += result.moved
-            totals.deleted += result.deleted
+            totals.add_counts(result)
             try:
                 seq = self.writer.submit(result.batch)
             except WriterStopped:

@@ -29,7 +29,7 @@ from pipelined.story import FIELDS, ParsedStory, parse_story, story_number
 if TYPE_CHECKING:  # pycrdt is imported only once the state is loaded
     from pipelined.state import PipelineState
 
-__all__ = ["PER_STORY_LOG_MAX", "KnownFile", "Reconciler", "SyncResult", "changed_story_ids"]
+__all__ = ["KnownFile", "Reconciler", "SyncResult", "changed_story_ids", "logs_each_story"]
 
 log = get_logger("pipelined.sync")
 
@@ -59,6 +59,19 @@ class SyncResult:
     updated: int = 0
     moved: int = 0
     deleted: int = 0
+
+    def add_counts(self, other: SyncResult) -> None:
+        """Add another reconcile's counts (a catch-up done in chunks)."""
+        self.files_read += other.files_read
+        self.created += other.created
+        self.updated += other.updated
+        self.moved += other.moved
+        self.deleted += other.deleted
+
+
+def logs_each_story(count: int) -> bool:
+    """Whether a reconcile of `count` ids logs a story.* line per story at info."""
+    return count <= PER_STORY_LOG_MAX
 
 
 class _Saved(NamedTuple):
@@ -181,7 +194,7 @@ class Reconciler:
         # of lines (and a tenth of the import time); the caller logs the counts.
         # `log_each` decides for a caller that splits one catch-up into chunks.
         if log_each is None:
-            log_each = len(ids) <= PER_STORY_LOG_MAX
+            log_each = logs_each_story(len(ids))
         self._story_log = log.info if log_each else log.debug
         try:
             for story_id in ids:

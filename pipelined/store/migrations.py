@@ -97,15 +97,16 @@ def apply_migrations(
         if migration.name in applied:
             continue
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        checksum = migration.checksum
         with conn:  # one transaction per migration
             # apsw runs a multi-statement script as its rows are consumed.
             conn.execute(migration.sql).fetchall()
             conn.execute(
                 "INSERT INTO schema_migrations(name, checksum, applied_at) VALUES (?, ?, ?)",
-                (migration.name, migration.checksum, now),
+                (migration.name, checksum, now),
             )
         done.append(migration.name)
-        applied[migration.name] = migration.checksum
+        applied[migration.name] = checksum
     with conn:
         conn.execute("INSERT OR REPLACE INTO schema_fingerprint(singleton, crc) VALUES (1, ?)",
                      (_fingerprint(applied, by_name),))
