@@ -16,9 +16,11 @@ from typing import NamedTuple
 
 __all__ = [
     "FileSignature",
+    "RefusedFile",
     "StoryFile",
     "find_git_dir",
     "is_story_name",
+    "open_story",
     "split_rel_path",
     "stat_pass",
     "stat_signatures",
@@ -94,6 +96,48 @@ def _inside(root_real: str, path: str | Path) -> bool:
 
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 S_IFMT, S_IFLNK, S_IFREG = 0o170000, stat_mod.S_IFLNK, stat_mod.S_IFREG
+
+
+class RefusedFile(Exception):
+    """At open time the path was no regular file inside the root (a FIFO, a device,
+    a socket or a symlink out of the root swapped in since the stat): not a story."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {why}")
+
+
+# O_PATH opens nothing: no FIFO waits for a writer, no device driver runs.
+_PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def open_story(path: str, root_real: str) -> int:
+    """A descriptor open for reading on the regular file `path` names, inside `root_real`.
+
+    The checks are made on what was opened, never on the path: any stat or
+    realpath before an open can be raced by a rename (a story file swapped for
+    a FIFO, which would block the open forever, or for a symlink to a file the
+    daemon must never read). The path is first opened with O_PATH, which
+    follows symlinks but opens no file; that descriptor must be a regular file
+    whose real path (/proc/self/fd) lies inside the root; only then is that
+    same inode opened for reading, non-blocking. Raises RefusedFile when the
+    checks fail, OSError when the path cannot be opened.
+    """
+    handle = os.open(path, _PATH_FLAGS)
+    try:
+        if (os.fstat(handle).st_mode & S_IFMT) != S_IFREG:
+            raise RefusedFile(path, "not a regular file")
+        try:
+            real = os.readlink(f"/proc/self/fd/{handle}")
+        except OSError as exc:  # no /proc: where the file is cannot be told
+            raise OSError(exc.errno, "cannot tell where the file is (/proc/self/fd: "
+                          f"{exc.strerror})") from None
+        if not (real.startswith(root_real + os.sep) or real == root_real):
+            raise RefusedFile(path, "a symlink out of the root")
+        return os.open(f"/proc/self/fd/{handle}", _READ_FLAGS)
+    finally:
+        os.close(handle)
 
 
 def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:

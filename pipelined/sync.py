@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pipelined.content import ContentMap
 from pipelined.layout import (
     FileSignature,
+    RefusedFile,
     StoryFile,
+    open_story,
     split_rel_path,
     stat_signatures,
     stat_story,
@@ -29,7 +31,15 @@ from pipelined.story import FIELDS, ParsedStory, parse_story, story_number
 if TYPE_CHECKING:  # pycrdt is imported only once the state is loaded
     from pipelined.state import PipelineState
 
-__all__ = ["KnownFile", "Reconciler", "SyncResult", "changed_story_ids", "logs_each_story"]
+__all__ = [
+    "KnownFile",
+    "Reconciler",
+    "SyncResult",
+    "changed_story_ids",
+    "logs_each_story",
+    "read_at_most",
+    "read_story_file",
+]
 
 log = get_logger("pipelined.sync")
 
@@ -87,25 +97,34 @@ class _Saved(NamedTuple):
     before_broken: tuple[dict[str, Any], dict[str, Any]] | None
 
 
-def read_at_most(path: str, limit: int) -> bytes:
-    """The file's first `limit` bytes (all of it when smaller).
+def read_story_file(path: str, root_real: str, limit: int) -> bytes:
+    """The story file's first `limit` bytes, opened by `layout.open_story` (a regular
+    file inside the root, checked on the opened descriptor; RefusedFile if not)."""
+    fd = open_story(path, root_real)
+    try:
+        return read_at_most(fd, limit)
+    finally:
+        os.close(fd)
 
-    The buffer is sized from fstat, not from `limit`: a buffered
-    `read(limit)` allocates the whole limit (a megabyte) for every 2 KB story.
-    A file that grows while it is read is still cut at `limit`.
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """The first `limit` bytes of an open file (all of it when smaller).
+
+    The buffer is sized from fstat, not from `limit`: reading `limit` at once
+    allocates the whole limit (a megabyte) for every 2 KB story. A file that
+    grows while it is read is still cut at `limit`.
     """
-    with open(path, "rb", buffering=0) as handle:
-        want = min(os.fstat(handle.fileno()).st_size + 1, limit)
-        chunks: list[bytes] = []
-        total = 0
-        while total < limit:
-            chunk = handle.read(min(want, limit - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            want = READ_CHUNK
-        return b"".join(chunks)
+    want = min(os.fstat(fd).st_size + 1, limit)
+    chunks: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = os.read(fd, min(want, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        want = READ_CHUNK
+    return b"".join(chunks)
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
@@ -147,6 +166,7 @@ class Reconciler:
         high_water: int = 0,
     ) -> None:
         self.root = root
+        self._root_real = os.path.realpath(root)
         self.stages = sorted(stages, key=_stage_key)
         self.state = state
         self.content = content
@@ -268,15 +288,15 @@ class Reconciler:
         """Parse the file; None if it vanished since the stat."""
         self.unreadable.discard(story_file.story_id)
         try:
-            raw = read_at_most(story_file.path, self.max_file_bytes + 1)
+            raw = read_story_file(story_file.path, self._root_real, self.max_file_bytes + 1)
             if len(raw) > self.max_file_bytes:
                 size = story_file.signature.size
                 return ParsedStory(
                     dict.fromkeys(FIELDS), content=None, broken=True,
                     errors=(f"file is {max(size, len(raw))} bytes, over the "
                             f"{self.max_file_bytes}-byte limit",))
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, RefusedFile):
+            return None  # gone, or no story any more (a FIFO, a symlink out of the root)
         except OSError as exc:
             self.unreadable.add(story_file.story_id)
             return ParsedStory(dict.fromkeys(FIELDS), content=None, broken=True,

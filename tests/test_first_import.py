@@ -6,6 +6,7 @@ stat pass."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -148,33 +149,43 @@ def damage_index(db: Path, index: str) -> None:
         handle.write(b"\xff" * 16)
 
 
+def read_path(path: str | Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_at_most(fd, limit)
+    finally:
+        os.close(fd)
+
+
 class TestReadAtMost:
     def test_small_file_is_read_whole(self, tmp_path: Path) -> None:
+        """A file under the limit comes back whole."""
         path = tmp_path / "1_story_a.md"
         path.write_bytes(b"x" * 5000)
-        assert read_at_most(str(path), 1_000_000) == b"x" * 5000
+        assert read_path(path, 1_000_000) == b"x" * 5000
 
     def test_empty_file(self, tmp_path: Path) -> None:
+        """An empty file reads as no bytes."""
         path = tmp_path / "1_story_a.md"
         path.write_bytes(b"")
-        assert read_at_most(str(path), 100) == b""
+        assert read_path(path, 100) == b""
 
     def test_large_file_is_cut_at_the_limit(self, tmp_path: Path) -> None:
         """Past the limit only `limit` bytes are read, over several chunks."""
         path = tmp_path / "1_story_a.md"
         data = bytes(range(256)) * 1000  # 256,000 bytes
         path.write_bytes(data)
-        assert read_at_most(str(path), 200_001) == data[:200_001]
-        assert read_at_most(str(path), len(data)) == data
-        assert read_at_most(str(path), len(data) + 1) == data
+        assert read_path(path, 200_001) == data[:200_001]
+        assert read_path(path, len(data)) == data
+        assert read_path(path, len(data) + 1) == data
 
     def test_file_larger_than_its_stat_size(self) -> None:
         """A file that grew since the stat (here /proc/version, whose stat size is 0)
         is still read past that size, in chunks, and still cut at the limit."""
         whole = Path("/proc/version").read_bytes()
         assert len(whole) > 10
-        assert read_at_most("/proc/version", 100_000) == whole
-        assert read_at_most("/proc/version", 10) == whole[:10]
+        assert read_path("/proc/version", 100_000) == whole
+        assert read_path("/proc/version", 10) == whole[:10]
 
 
 class TestWriterBegin:
