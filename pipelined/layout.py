@@ -236,6 +236,27 @@ def stat_pass(root: Path, stages: Iterable[str]) -> Iterator[StoryFile]:
         yield StoryFile(story_id, stage, os.path.join(root, rel_path), FileSignature(*signature))
 
 
+def _read_small_file(path: Path, limit: int = 4096) -> str:
+    """A short text file's stripped text, or "" if it is no regular file when opened.
+
+    Non-blocking and checked on the descriptor, like story files: a named pipe
+    renamed over `.git` between the is_file() and the open must not hang the
+    apply thread, which looks for `.git/index.lock` before each delete.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return ""
+    try:
+        if (os.fstat(fd).st_mode & S_IFMT) != S_IFREG:
+            return ""
+        return os.read(fd, limit).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
 def find_git_dir(root: Path) -> Path | None:
     """The `.git` folder of the checkout holding root, if any (for `index.lock`)."""
     for folder in (root.resolve(), *root.resolve().parents):
@@ -243,7 +264,7 @@ def find_git_dir(root: Path) -> Path | None:
         if dot_git.is_dir():
             return dot_git
         if dot_git.is_file():  # a worktree or submodule: "gitdir: <path>"
-            text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+            text = _read_small_file(dot_git)
             if text.startswith("gitdir:"):
                 target = Path(text.split(":", 1)[1].strip())
                 return target if target.is_absolute() else (folder / target).resolve()

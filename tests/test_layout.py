@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from pipelined.layout import FileSignature, find_git_dir, is_story_name, stat_pass, story_ref
+from pipelined.layout import (
+    FileSignature,
+    _read_small_file,
+    find_git_dir,
+    is_story_name,
+    stat_pass,
+    story_ref,
+)
 
 STAGES = ("1_backlog", "2_current", "4_merge")
 
@@ -266,3 +276,20 @@ class TestFindGitDir:
             pytest.skip("the temporary folder is inside a git checkout")
 
         assert find_git_dir(root) is None
+
+    def test_git_file_read_does_not_block_on_a_pipe(self, tmp_path: Path) -> None:
+        """The `.git` file is read non-blocking and only if it is a regular file: a
+        named pipe renamed over it after the is_file() check reads as no `gitdir:`
+        instead of hanging the apply thread."""
+        fifo = tmp_path / ".git"
+        os.mkfifo(fifo)
+        done: list[str] = []
+        reader = threading.Thread(target=lambda: done.append(_read_small_file(fifo)),
+                                  daemon=True)
+        reader.start()
+        reader.join(10)
+        try:
+            assert done == [""]
+        finally:
+            with contextlib.suppress(OSError):  # frees a reader stuck in open()
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
