@@ -21,6 +21,7 @@ from pipelined.layout import (
     FileSignature,
     find_git_dir,
     split_rel_path,
+    stage_problem,
     stat_signatures,
     symlinked_story_ids,
 )
@@ -31,7 +32,7 @@ from pipelined.store.connection import (
 )
 from pipelined.store.load import Signatures, read_contents, read_signatures, read_state
 from pipelined.store.writer import Writer, WriterStopped
-from pipelined.watch import Coalescer
+from pipelined.watch import Coalescer, Settled
 
 if TYPE_CHECKING:  # the sync, the story parser and batches load after READY, with the state
     from pipelined.sync import Reconciler, SyncResult
@@ -45,11 +46,19 @@ COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
 STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
+STAGE_PROBE_S = 2.0  # an unreadable stage folder is probed this often until it recovers
 
 
 class StartupStopped(Exception):
     """A second SIGTERM/SIGINT stopped the startup catch-up: the chunks committed
     so far stay, and the next start re-reads only the files of the others."""
+
+
+class _Timers:
+    """When the apply loop last did each piece of its periodic work (monotonic s)."""
+
+    def __init__(self, now: float) -> None:
+        self.rescan = self.symlink_check = self.stage_probe = now
 
 
 def _new_client_id() -> int:
@@ -83,6 +92,9 @@ class ApplyLoop(threading.Thread):
         self._snapshot_bytes = 0  # the last snapshot written, or the loaded history
         self._fresh_bytes_per_story: float | None = None
         self._other_contents_owed = False  # the catch-up loaded only the contents it needed
+        # Stage folders that cannot be read, and why: replaced (never mutated) by this
+        # thread, read by the main thread for `status` and STATUS=.
+        self.stage_problems: dict[str, str] = {}
 
     # -- startup -------------------------------------------------------------------
 
@@ -99,7 +111,7 @@ class ApplyLoop(threading.Thread):
         conn = open_read_only(self.db_path)
         try:
             stored = read_signatures(conn)
-            unlistable: set[str] = set()
+            unlistable: dict[str, str] = {}
             seen = stat_signatures(self.root, self.config.stages, unlistable)
             if not unlistable and seen == stored.by_path:
                 touched: set[str] = set()  # every known file there, unchanged (~1 ms)
@@ -119,6 +131,8 @@ class ApplyLoop(threading.Thread):
         finally:
             conn.close()
         # Unreadable and symlinked files are looked at again whatever their signature.
+        for stage, why in unlistable.items():
+            reconciler.note_stage_problem(stage, why)
         totals = self._catch_up(reconciler, touched | reconciler.unreadable, mismatch,
                                 new_client=stored.client_id is None)
         self.stories = len(reconciler.state)
@@ -252,24 +266,44 @@ class ApplyLoop(threading.Thread):
             return
         finally:
             self.loaded.set()
-        last_rescan = last_symlink_check = time.monotonic()
+        timers = _Timers(time.monotonic())
         while True:
+            self.stage_problems = dict(self._reconciler.stage_problems)  # for the main thread
             timeout = DEFERRED_POLL_S if self._deferred else 1.0
             settled = self.coalescer.take(timeout)
             if settled.stopping and self.skip_flush.is_set():
                 return
-            if time.monotonic() - last_rescan >= self.config.rescan_interval_s:
-                settled.rescan = True
-            if (self._reconciler is not None and self._reconciler.symlinked
-                    and time.monotonic() - last_symlink_check >= SYMLINK_CHECK_S):
-                last_symlink_check = time.monotonic()
-                settled.story_ids |= self._reconciler.symlinked
-            if settled.rescan:
-                last_rescan = time.monotonic()
+            self._add_periodic_work(settled, timers)
             if not self._flush_settled(settled.story_ids, settled.rescan, settled.stopping):
                 return
             if settled.stopping:
                 return
+
+    def _add_periodic_work(self, settled: Settled, timers: _Timers) -> None:
+        """The safety-net stat pass, symlinked stories' targets, unreadable folders."""
+        assert self._reconciler is not None
+        now = time.monotonic()
+        if now - timers.rescan >= self.config.rescan_interval_s:
+            settled.rescan = True
+        if self._reconciler.stage_problems and now - timers.stage_probe >= STAGE_PROBE_S:
+            timers.stage_probe = now
+            settled.rescan |= self._stages_recovered()
+        if self._reconciler.symlinked and now - timers.symlink_check >= SYMLINK_CHECK_S:
+            timers.symlink_check = now
+            settled.story_ids |= self._reconciler.symlinked
+        if settled.rescan:
+            timers.rescan = now
+
+    def _stages_recovered(self) -> bool:
+        """Probe the stage folders that could not be read; True if one can be now (a
+        stat pass then catches up on what changed there meanwhile)."""
+        assert self._reconciler is not None
+        problems = self._reconciler.stage_problems
+        recovered = [stage for stage in list(problems) if stage_problem(self.root, stage) is None]
+        for stage in recovered:
+            del problems[stage]
+            log.info("sync.stage_readable", stage=stage, action="a stat pass follows")
+        return bool(recovered)
 
     def _flush_settled(self, story_ids: set[str], rescan: bool, stopping: bool) -> bool:
         """One settled burst; False once nothing more can be committed."""

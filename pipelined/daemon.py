@@ -30,8 +30,15 @@ from types import FrameType
 
 from pipelined.apply import ApplyLoop
 from pipelined.config import Config, resolve
-from pipelined.errors import PipelinedError, RootError
-from pipelined.health import DEFAULT_STALL_S, Liveness, ProgressProbe, WatchdogPinger, status_line
+from pipelined.errors import DatabaseError, PipelinedError, RootError
+from pipelined.health import (
+    DEFAULT_STALL_S,
+    Liveness,
+    PathGuard,
+    ProgressProbe,
+    WatchdogPinger,
+    status_line,
+)
 from pipelined.logs import configure_logging, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
 from pipelined.store.connection import (
@@ -40,7 +47,7 @@ from pipelined.store.connection import (
     open_writer,
 )
 from pipelined.store.heartbeat import Heartbeat
-from pipelined.store.lock import DaemonLock
+from pipelined.store.lock import DaemonLock, lock_path
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.queries import counts_by_stage, meta
 from pipelined.store.writer import Writer
@@ -53,6 +60,7 @@ log = get_logger("pipelined.daemon")
 HEALTH_EVERY_S = 0.5
 EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and again each second
 EXTEND_BY_USEC = 30_000_000
+UNWATCHED_RESCAN_S = 5.0  # a stat pass this often while a stage folder cannot be watched
 RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
 def check_root(config: Config) -> Path:
     """The absolute root, or RootError if it or a stage folder is missing."""
@@ -85,6 +93,7 @@ class Daemon:
         self._started_unix = time.time()
         self._writer: Writer | None = None
         self._heartbeat = Heartbeat(config.db_path)
+        self._guard = PathGuard()
         self._ready_ms = 0
         self._signal_name = ""
         # What systemd hears (see _watch_health, _tick, _reload). SIGHUP reads the
@@ -111,12 +120,18 @@ class Daemon:
         self._reload_requested = True  # only a flag, as above; the health loop reloads
 
     def run(self) -> int:
+        from pipelined.store.preflight import check_before_writing
+
         started = self._started = time.monotonic()
+        root = check_root(self.config)
+        db_path = self.config.db_path
+        # Before the folder, the lock file or a -wal is created: a refused start
+        # (another application's database, a device, a newer schema) leaves the
+        # database's folder exactly as it was.
+        check_before_writing(db_path)
         # Startup builds tens of thousands of long-lived objects at once; the
         # cyclic GC would scan them again and again. Collect once after READY.
         gc.disable()
-        root = check_root(self.config)
-        db_path = self.config.db_path
         lock = DaemonLock(db_path)
         lock.acquire()
         try:
@@ -135,6 +150,7 @@ class Daemon:
             conn.close()
         if applied:
             log.info("db.migrated", db=str(db_path), applied=applied)
+        self._remember_paths(root, db_path)
         writer = self._writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
                                        check=lambda conn: check_integrity(conn, db_path))
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
@@ -182,6 +198,19 @@ class Daemon:
         log.info("daemon.stopped")
         return 0
 
+    def _remember_paths(self, root: Path, db_path: Path) -> None:
+        """What the root, the database and its lock file are now (see PathGuard)."""
+        self._guard.remember(root, lambda what: RootError(
+            root, f"the root folder was {what} while the daemon ran; stopping "
+            "(start pipelined again once the root is back)"))
+        self._guard.remember(db_path, lambda what: DatabaseError(
+            db_path, f"the database file was {what} while the daemon ran; stopping, "
+            "as nothing committed to the old file would ever be read again (a restart "
+            "brings the file at this path up to date with the folders)"))
+        self._guard.remember(lock_path(db_path), lambda what: DatabaseError(
+            db_path, f"its lock file {lock_path(db_path)} was {what} while the daemon ran, "
+            "so a second daemon could start on this database; stopping"))
+
     def _send_ready(self, stories: int) -> None:
         """READY=1: the database equals the folders (called on the apply thread).
 
@@ -220,7 +249,7 @@ class Daemon:
         ])
         self._pinger = WatchdogPinger.from_usec(self.notifier, usec)
 
-    def _tick(self, apply: ApplyLoop, writer: Writer) -> float:
+    def _tick(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher | None = None) -> float:
         """WATCHDOG=1 while healthy, STATUS=, EXTEND_TIMEOUT_USEC= during startup.
 
         Called by the main thread only; returns the seconds until the next tick.
@@ -228,7 +257,7 @@ class Daemon:
         problems = self._liveness()
         self._pinger.tick(healthy=not problems)
         if apply.ready.is_set():
-            self._update_status(problems, writer)
+            self._update_status(problems, writer, self._folder_problems(apply, watcher))
         else:
             self._extend_startup(problems)
         # Kept for the health loop's first wait: READY must not delay a due ping.
@@ -247,7 +276,8 @@ class Daemon:
         self._status = f"starting: reading the stories ({now - self._started:.0f} s)"
         self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_BY_USEC}", f"STATUS={self._status}")
 
-    def _update_status(self, problems: list[str], writer: Writer) -> None:
+    def _update_status(self, problems: list[str], writer: Writer,
+                       folder_problems: list[str]) -> None:
         """STATUS= with the stories per stage and the last sync, sent when it changes."""
         if writer.commits != self._status_commits:
             try:
@@ -261,7 +291,7 @@ class Daemon:
             except Exception as exc:  # STATUS is advisory: try again next tick
                 log.debug("daemon.status_failed", error=str(exc))
         self._send_status(status_line(self._stage_counts, self._last_sync, problems,
-                                      writer.last_error, writer.pending()))
+                                      writer.last_error, writer.pending(), folder_problems))
 
     def _send_status(self, text: str) -> None:
         if text != self._status:
@@ -309,9 +339,14 @@ class Daemon:
     def _health_loop(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
                      coalescer: Coalescer) -> None:
         last_watch_check = time.monotonic()
-        self._beat(apply, writer, coalescer)
+        self._beat(apply, writer, coalescer, watcher)
+        last_unwatched_rescan = time.monotonic()
         while not self._stop.wait(self._tick_in if not self._watches_dirty.is_set() else 0.01):
-            self._beat(apply, writer, coalescer)
+            self._beat(apply, writer, coalescer, watcher)
+            moved = self._guard.check()
+            if moved is not None:
+                apply.failed = apply.failed or moved
+                return
             if not apply.is_alive() or not writer.is_alive():
                 if isinstance(writer.first_error, PipelinedError):  # e.g. a corrupt database
                     apply.failed = apply.failed or writer.first_error
@@ -319,11 +354,14 @@ class Daemon:
                 log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
                 apply.failed = apply.failed or RuntimeError("a daemon thread died")
                 return
-            if watcher.ensure_alive():
-                coalescer.request_rescan()
+            try:
+                if watcher.ensure_alive():
+                    coalescer.request_rescan()
+            except OSError as exc:  # e.g. the root vanished meanwhile: the guard says so
+                log.warning("watch.restart_failed", error=str(exc), action="retried")
             if self._reload_requested:
                 self._reload()
-            self._tick(apply, writer)
+            self._tick(apply, writer, watcher)
             now = time.monotonic()
             if self._watches_dirty.is_set() or now - last_watch_check >= 2.0:
                 self._watches_dirty.clear()
@@ -331,15 +369,30 @@ class Daemon:
                 if watcher.ensure_watches():
                     log.info("watch.stages_rewatched")
                     coalescer.request_rescan()
+            if watcher.problems and now - last_unwatched_rescan >= UNWATCHED_RESCAN_S:
+                last_unwatched_rescan = now  # no event comes from an unwatched folder
+                coalescer.request_rescan()
 
-    def _beat(self, apply: ApplyLoop, writer: Writer, coalescer: Coalescer) -> None:
+    @staticmethod
+    def _folder_problems(apply: ApplyLoop, watcher: StageWatcher | None) -> list[str]:
+        """`<stage>: <why>` for each stage folder that cannot be read or is not watched."""
+        problems = [(stage, f"cannot be read ({why})")
+                    for stage, why in apply.stage_problems.items()]
+        if watcher is not None:
+            problems += watcher.problems.items()
+        return [f"{stage}: {why}" for stage, why in sorted(problems)]
+
+    def _beat(self, apply: ApplyLoop, writer: Writer, coalescer: Coalescer,
+              watcher: StageWatcher | None = None) -> None:
         """Write the heartbeat `pipelined status` reads (outside the database)."""
         failing = writer.failing_since
+        folder_problems = self._folder_problems(apply, watcher)
         self._heartbeat.beat({
             "pid": os.getpid(),
             "started_unix": self._started_unix,
             "ready": apply.ready.is_set(),
-            "degraded": failing is not None,
+            "degraded": failing is not None or bool(folder_problems),
+            "folder_problems": folder_problems,
             "writer_error": writer.last_error,
             "failing_for_s": None if failing is None else round(time.monotonic() - failing, 1),
             "pending_batches": writer.pending(),

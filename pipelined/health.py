@@ -13,12 +13,23 @@ the daemon's main thread calls them (they keep a little state between calls).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
+from pipelined.errors import PipelinedError
 from pipelined.notify import Notifier
 
-__all__ = ["DEFAULT_STALL_S", "Liveness", "ProgressProbe", "WatchdogPinger", "status_line"]
+__all__ = [
+    "DEFAULT_STALL_S",
+    "Liveness",
+    "PathGuard",
+    "ProgressProbe",
+    "WatchdogPinger",
+    "status_line",
+]
 
 DEFAULT_STALL_S = 30.0  # without a systemd watchdog: when STATUS calls a part stalled
 
@@ -132,11 +143,12 @@ class WatchdogPinger:
 
 def status_line(stages: Mapping[str, int], last_sync: str | None,
                 problems: Sequence[str] = (), writer_error: str | None = None,
-                waiting: int = 0) -> str:
+                waiting: int = 0, folder_problems: Sequence[str] = ()) -> str:
     """The text of `STATUS=` once ready, as `systemctl status` shows it.
 
     `in sync: 12 stories (1_backlog 5, 2_current 4, 4_merge 3), last sync <time>`;
-    `degraded: …` while the writer fails, `stalled: …` when the watchdog stops.
+    `degraded: …` while the writer fails or a stage folder cannot be read or
+    watched, `stalled: …` when the watchdog stops.
     """
     total = sum(stages.values())
     counts = ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items()))
@@ -147,4 +159,47 @@ def status_line(stages: Mapping[str, int], last_sync: str | None,
     if writer_error:
         return f"degraded: cannot write the database ({writer_error}), {waiting} batches " \
                f"waiting; {text}"
+    if folder_problems:
+        return f"degraded: {'; '.join(folder_problems)}; {text}"
     return f"in sync: {text}"
+
+
+class _Identity(NamedTuple):
+    device: int
+    inode: int
+
+
+def _identity(path: Path) -> _Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _Identity(st.st_dev, st.st_ino)
+
+
+class PathGuard:
+    """The paths the daemon was started on must keep naming the files it opened.
+
+    A database file deleted or replaced under the daemon would take every
+    later commit with it (SQLite goes on writing the unlinked inode), a lock
+    file deleted lets a second daemon start on the same database, and a root
+    folder moved away leaves the watches on a folder nobody looks for. Checked
+    by the main thread on every health tick (a stat each): the daemon then
+    stops with one line and a non-zero exit, and systemd restarts it on what
+    the paths name now.
+    """
+
+    def __init__(self) -> None:
+        self._watched: list[tuple[Path, _Identity | None, Callable[[str], PipelinedError]]] = []
+
+    def remember(self, path: Path, error: Callable[[str], PipelinedError]) -> None:
+        """Take the file `path` names now; `error(what_happened)` is raised if that changes."""
+        self._watched.append((path, _identity(path), error))
+
+    def check(self) -> PipelinedError | None:
+        """The error for the first path that no longer names its file, or None."""
+        for path, identity, error in self._watched:
+            now = _identity(path)
+            if now != identity:
+                return error("deleted" if now is None else "replaced by another file")
+        return None

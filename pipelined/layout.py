@@ -22,6 +22,7 @@ __all__ = [
     "is_story_name",
     "open_story",
     "split_rel_path",
+    "stage_problem",
     "stat_pass",
     "stat_signatures",
     "stat_story",
@@ -165,15 +166,16 @@ def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:
 
 
 def stat_signatures(
-    root: Path, stages: Iterable[str], unlistable: set[str] | None = None
+    root: Path, stages: Iterable[str], unlistable: dict[str, str] | None = None
 ) -> dict[str, tuple[int, int, int]]:
     """Every story file in the stage folders: '<stage>/<id>.md' -> (mtime_ns, size, inode).
 
     A listing and a stat each, no reads. This is the startup hot path (10,000
     files in about 35 ms here): names are stat-ed relative to the open stage
     folder, values are plain tuples (equal to a FileSignature), no Path objects.
-    A stage folder that exists but cannot be listed is added to `unlistable`:
-    unreadable is not empty, and its stories must not be taken for deleted.
+    A stage folder that exists but cannot be listed (or its entries not
+    stat-ed) is added to `unlistable` with the reason: unreadable is not
+    empty, and its stories must not be taken for deleted.
     """
     found: dict[str, tuple[int, int, int]] = {}
     for stage in stages:
@@ -181,7 +183,7 @@ def stat_signatures(
             _stat_stage(root, stage, found)
         except OSError as exc:
             if exc.errno not in _ABSENT and unlistable is not None:
-                unlistable.add(stage)
+                unlistable[stage] = exc.strerror or str(exc)
     return found
 
 
@@ -208,6 +210,22 @@ def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) 
                 found[prefix + name] = (st.st_mtime_ns, st.st_size, st.st_ino)
     finally:
         os.close(folder)
+
+
+def stage_problem(root: Path, stage: str) -> str | None:
+    """Why the stage folder cannot be listed or searched now, or None if it can
+    (or is absent: a missing folder is the stat pass's business, not a problem).
+
+    Cheap (an open and a stat, no listing): the apply thread probes a folder it
+    found unreadable every few seconds, and a stat pass follows once it is not.
+    """
+    folder = os.path.join(root, stage)
+    try:
+        os.close(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # read
+        os.lstat(os.path.join(folder, "."))  # search: resolving "." needs it
+    except OSError as exc:
+        return None if exc.errno in _ABSENT else (exc.strerror or str(exc))
+    return None
 
 
 def symlinked_story_ids(root: Path, stages: Iterable[str]) -> set[str]:

@@ -9,7 +9,7 @@ stage folder, and the disk decides (DESIGN.md, rules 1-3).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -136,7 +136,7 @@ def changed_story_ids(
     seen: Mapping[str, tuple[int, int, int]],
     known: Mapping[str, tuple[int, int, int]],
     story_ids: set[str],
-    unlistable: set[str] | frozenset[str] = frozenset(),
+    unlistable: Collection[str] = frozenset(),
 ) -> set[str]:
     """Ids to reconcile after a stat pass: a file new, gone or with another signature,
     and every known story that has no file at all. Known files in an `unlistable`
@@ -181,6 +181,10 @@ class Reconciler:
         self.symlinked: set[str] = set()
         # Ids whose file could not be read: a chmod changes no signature.
         self.unreadable: set[str] = set()
+        # Stage folders that could not be listed or searched, and why. Their stories
+        # are kept as they are (unreadable is not empty); the other folders go on.
+        # The apply thread probes them and asks for a stat pass once they recover.
+        self.stage_problems: dict[str, str] = {}
         # id -> (last good file fields, state fields then), while its file is broken
         self._before_broken: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._story_log: Callable[..., Any] = log.info
@@ -274,13 +278,19 @@ class Reconciler:
     def changed_ids(self) -> tuple[set[str], int]:
         """The stat pass: ids whose files differ from the known signatures, and the
         number of files stat-checked. Reads no file."""
-        unlistable: set[str] = set()
+        unlistable: dict[str, str] = {}
         seen = stat_signatures(self.root, self.stages, unlistable)
         known = {path: kf.signature for path, kf in self.known.items()}
-        if unlistable:
-            log.warning("sync.stage_unreadable", stages=sorted(unlistable),
-                        action="its stories are kept as they are")
+        for stage, why in unlistable.items():
+            self.note_stage_problem(stage, why)
         return changed_story_ids(seen, known, self.state.ids(), unlistable), len(seen)
+
+    def note_stage_problem(self, stage: str, why: str) -> None:
+        """Record a stage folder that cannot be read (logged once per new reason)."""
+        if self.stage_problems.get(stage) != why:
+            self.stage_problems[stage] = why
+            log.warning("sync.stage_unreadable", stage=stage, error=why,
+                        action="its stories are kept as they are; retried every few seconds")
 
     # -- one id ------------------------------------------------------------------
 
@@ -303,6 +313,26 @@ class Reconciler:
                                errors=(f"cannot read the file ({exc.strerror})",))
         return parse_story(raw, self.max_file_bytes)
 
+    def _find_files(self, story_id: str) -> list[StoryFile] | None:
+        """The id's files in every stage folder, or None when absence cannot be told.
+
+        A folder that cannot be searched is a problem of that folder alone: an id
+        known to have its file there is left as it is until the folder can be
+        read again (None); for any other id the other folders decide.
+        """
+        found: list[StoryFile] = []
+        for stage in self.stages:
+            try:
+                story_file = stat_story(self.root, stage, story_id)
+            except OSError as exc:
+                self.note_stage_problem(stage, exc.strerror or str(exc))
+                if any(split_rel_path(p)[0] == stage for p in self._paths_by_id.get(story_id, ())):
+                    return None
+                continue
+            if story_file is not None:
+                found.append(story_file)
+        return found
+
     def _reconcile_one(
         self,
         story_id: str,
@@ -313,12 +343,9 @@ class Reconciler:
         removes: list[str],
     ) -> None:
         batch = result.batch
-        try:
-            found = [f for f in (stat_story(self.root, s, story_id) for s in self.stages) if f]
-        except OSError as exc:
-            # Absence cannot be told (an unreadable stage folder): change nothing.
-            log.warning("sync.stat_failed", id=story_id, error=str(exc))
-            return
+        found = self._find_files(story_id)
+        if found is None:
+            return  # its file is in a folder that cannot be searched: kept as it is
         parsed: ParsedStory | None = None
         winner: StoryFile | None = None
         while found:

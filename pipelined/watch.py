@@ -37,7 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from pipelined.errors import InotifyLimitError
-from pipelined.layout import story_ref
+from pipelined.layout import stage_problem, story_ref
 from pipelined.logs import get_logger
 
 __all__ = ["Coalescer", "OverflowHook", "Settled", "StageWatcher", "StoryEventHandler"]
@@ -257,6 +257,9 @@ class StageWatcher:
         self.observer: BaseObserver = self._new_observer()
         self._watches: dict[str, tuple[ObservedWatch, int]] = {}
         self._root_watch: ObservedWatch | None = None
+        # Stage folders that exist but are not watched, and why (unreadable, an
+        # inotify limit); tried again at every ensure_watches (every 2 s).
+        self.problems: dict[str, str] = {}
 
     def _new_observer(self) -> BaseObserver:
         try:
@@ -293,18 +296,42 @@ class StageWatcher:
                 self._unschedule(current[0])
                 del self._watches[stage]
                 changed = True
-            if inode is not None:
-                try:
-                    watch = self.observer.schedule(self.handler, str(folder), recursive=False,
-                                                   event_filter=EVENT_KINDS)
-                except OSError as exc:
-                    limit = inotify_limit_error(folder, exc)
-                    log.warning("watch.schedule_failed", stage=stage,
-                                error=str(limit or exc))
-                    continue
-                self._watches[stage] = (watch, inode)
-                changed = True
+            if inode is None:
+                self.problems.pop(stage, None)  # absent: the stat pass's business
+                continue
+            watch, why = self._schedule(folder)
+            if watch is None:
+                self._note_problem(stage, why)
+                continue
+            if self.problems.pop(stage, None) is not None:
+                log.info("watch.stage_watched", stage=stage, action="a stat pass follows")
+            self._watches[stage] = (watch, inode)
+            changed = True
         return changed
+
+    def _schedule(self, folder: Path) -> tuple[ObservedWatch | None, str]:
+        """Watch one stage folder, or say why it cannot be watched.
+
+        watchdog 7 ignores EACCES from inotify_add_watch and keeps a watch that
+        never fires, so readability is checked first.
+        """
+        why = stage_problem(self.root, folder.name)
+        if why is not None:
+            return None, f"cannot be read ({why})"
+        try:
+            return self.observer.schedule(self.handler, str(folder), recursive=False,
+                                          event_filter=EVENT_KINDS), ""
+        except OSError as exc:
+            limit = inotify_limit_error(folder, exc)
+            return None, str(limit) if limit is not None else (exc.strerror or str(exc))
+
+    def _note_problem(self, stage: str, why: str) -> None:
+        problem = f"not watched: {why}"
+        if self.problems.get(stage) != problem:  # logged once per new reason
+            log.warning("watch.schedule_failed", stage=stage, error=why,
+                        action="a stat pass finds its changes every few seconds; "
+                               "watching it is retried every 2 s")
+        self.problems[stage] = problem
 
     def _unschedule(self, watch: ObservedWatch) -> None:
         with contextlib.suppress(KeyError, OSError):
@@ -339,5 +366,7 @@ class StageWatcher:
         self.start()
 
     def stop(self) -> None:
+        if self.observer.ident is None:
+            return  # never started: a restart that failed (its root gone meanwhile)
         self.observer.stop()
         self.observer.join(timeout=5)
