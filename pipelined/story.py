@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["FIELDS", "ParsedStory", "parse_story", "story_number"]
+__all__ = ["FIELDS", "PARSER_VERSION", "ParsedStory", "parse_story", "story_number"]
+
+# Bump whenever a change of the parse rules changes what is stored for the same
+# file (fields, extra keys, errors): the daemon stores this number and re-reads
+# every story file when it differs. 2: strict field types, duplicate keys.
+PARSER_VERSION = 2
 
 FIELDS = ("name", "agent", "retry_count", "blocked", "depends_on")
 _ID_NUMBER = re.compile(r"^([0-9]+)_")
@@ -22,8 +27,20 @@ MAX_DEPTH = 64
 MAX_INT = 2**53 - 1  # integers above this do not survive pycrdt (floats) or SQLite
 _FRONT_MATTER_START = re.compile(r"^-{3,}[ \t]*\r?\n")
 _FRONT_MATTER_END = re.compile(r"^-{3,}\s*$", re.MULTILINE)
+_PLAIN_IDS = re.compile(r"\w[\w ,]{0,59}")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_DUPLICATE_ERRORS = 10  # messages for duplicated extra or nested keys; known fields always
 
 _handler: Any = None
+
+
+@dataclass(frozen=True)
+class _Duplicate:
+    """A key written twice in one YAML mapping."""
+
+    key: Any
+    top_level: bool  # in the front matter mapping itself, not nested
+    line: int  # of the second occurrence: from 0 in the YAML text, then a line of the file
 
 
 def _front_matter_handler() -> Any:
@@ -34,20 +51,66 @@ def _front_matter_handler() -> Any:
     """
     global _handler  # noqa: PLW0603 - a lazily built module singleton
     if _handler is None:
-        import frontmatter
-        import yaml
-
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
-
-        class Handler(frontmatter.YAMLHandler):  # type: ignore[misc,name-defined]
-            def load(self, fm: str, **kwargs: object) -> Any:
-                loaded = yaml.load(fm, Loader=loader)
-                if loaded is not None and not isinstance(loaded, dict):
-                    raise ValueError("front matter is not a mapping")
-                return loaded
-
-        _handler = Handler()
+        _handler = _build_handler()
     return _handler
+
+
+def _build_handler() -> Any:
+    import frontmatter
+    import yaml
+
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
+
+    class Loader(base):  # type: ignore[misc]
+        """The safe loader, noting keys written twice (PyYAML silently keeps the last)."""
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.root: Any = None
+            self.duplicates: list[_Duplicate] = []
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            pairs = node.value
+            count = len(pairs)
+            mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+            # Without merge keys (`<<`: they shorten or replace node.value), a
+            # mapping with no repeated key has one entry per pair: look for the
+            # duplicates only on a mismatch, so the common case costs nothing.
+            if len(mapping) != count or node.value is not pairs:
+                self._note_duplicates(node, pairs, deep)
+            return mapping
+
+        def _note_duplicates(self, node: Any, pairs: list[Any], deep: bool) -> None:
+            first: dict[Any, Any] = {}  # the key as the mapping holds it: `1` for `true`
+            noted: set[Any] = set()
+            for key_node, _value in pairs:
+                if key_node.tag == _MERGE_TAG:  # merged keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)  # built already: cached
+                if key not in first:
+                    first[key] = key
+                elif key not in noted:
+                    noted.add(key)
+                    self.duplicates.append(
+                        _Duplicate(first[key], node is self.root, key_node.start_mark.line))
+
+    class Handler(frontmatter.YAMLHandler):  # type: ignore[misc,name-defined]
+        def load(self, fm: str, **kwargs: object) -> Any:
+            return self.load_noting_duplicates(fm)[0]
+
+        def load_noting_duplicates(self, fm: str) -> tuple[Any, list[_Duplicate]]:
+            loader = Loader(fm)
+            try:
+                loader.root = loader.get_single_node()
+                loaded = None if loader.root is None else loader.construct_document(loader.root)
+                duplicates: list[_Duplicate] = loader.duplicates
+            finally:
+                loader.dispose()
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValueError("front matter is not a mapping")
+            return loaded, duplicates
+
+    return Handler()
 
 
 @dataclass(frozen=True)
@@ -101,32 +164,45 @@ def _jsonable(value: Any, budget: list[int], depth: int = 0) -> Any:
 
 
 def _typed(key: str, value: Any) -> Any:
-    """Check one known field; raise ValueError with a short reason if it is wrong."""
+    """Check one known field; raise ValueError saying what was expected and what was found.
+
+    No coercion: the contract types are the file's types, so a value that only
+    looks right (`agent: 123`, `depends_on: 12`) is an error the user can fix.
+    """
     if value is None:
         return None
     if key in ("name", "agent"):
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError("expected text")
+        if isinstance(value, str):
+            return value
+        hint = " (put it in quotes)" if isinstance(value, int | float | date) else ""
+        raise ValueError(f"expected text, got {_short(value)}{hint}")
     if key == "retry_count":
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
-            raise ValueError(f"expected an integer from 0 to {MAX_INT}")
+            raise ValueError(f"expected an integer from 0 to {MAX_INT}, got {_short(value)}")
         return value
     if key == "blocked":
         if not isinstance(value, bool):
-            raise ValueError("expected true or false")
+            raise ValueError(f"expected true or false, got {_short(value)}")
         return value
     if key == "depends_on":
-        items = value if isinstance(value, list) else [value]
-        deps: list[int | str] = []
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, int | str):
-                raise ValueError("expected a list of story numbers or ids")
-            if isinstance(item, int) and item < 0:
-                raise ValueError("expected a list of story numbers or ids")
-            deps.append(item)
-        return json.dumps(deps)
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list such as [{_list_example(value)}], "
+                             f"got {_short(value)}")
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int | str) or (
+                    isinstance(item, int) and item < 0):
+                raise ValueError(f"expected a list of story numbers or ids, got {_short(value)}")
+        return json.dumps(value)
     raise AssertionError(key)  # pragma: no cover
+
+
+def _list_example(value: Any) -> str:
+    """What a bare `depends_on` value looks like written as a list (`12` -> `12`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and _PLAIN_IDS.fullmatch(value):
+        return value  # `depends_on: 12, 40_bug_crash` is one string: [12, 40_bug_crash]
+    return "12"
 
 
 def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
@@ -143,7 +219,6 @@ def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
     if len(raw) > max_bytes:
         return ParsedStory(_null_fields(), broken=True, content=None,
                            errors=(f"file is {len(raw)} bytes, over the {max_bytes}-byte limit",))
-    errors: list[str] = []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -161,31 +236,83 @@ def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
         return ParsedStory(_null_fields(), broken=True, content=text,
                            errors=("front matter is not closed by a --- line",))
     try:
-        import frontmatter
-
-        metadata, _body = frontmatter.parse(head, handler=_front_matter_handler())
+        metadata, duplicates = _load_front_matter(head)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         return ParsedStory(_null_fields(), broken=True, content=text,
                            errors=(f"front matter does not parse: {reason}",))
-    fields = _null_fields()
-    extra: dict[str, Any] = {}
-    budget = [MAX_NODES]
     try:
-        for key, value in metadata.items():
-            name = str(key)
-            if name in FIELDS:
-                try:
-                    fields[name] = _typed(name, value)
-                except ValueError as exc:
-                    errors.append(f"{name}: {exc}, got {_short(value)}")
-            else:
-                extra[name] = _jsonable(value, budget)
+        fields, extra, errors = _read_keys(metadata or {}, duplicates)
     except _TooBig:
         return ParsedStory(_null_fields(), broken=True, content=text, errors=(
             f"front matter is too large or too deep (over {MAX_NODES} values or "
             f"{MAX_DEPTH} levels once YAML aliases are expanded)",))
     return ParsedStory(fields, extra=extra, content=text, errors=tuple(errors))
+
+
+def _load_front_matter(head: str) -> tuple[dict[Any, Any] | None, list[_Duplicate]]:
+    """The front matter mapping and its duplicated keys; raises if it is no YAML mapping.
+
+    Split as frontmatter.parse splits, but loaded here: frontmatter.parse copies
+    the mapping, which would lose the duplicates.
+    """
+    handler = _front_matter_handler()
+    normalized = head.replace("\r\n", "\n").strip()
+    try:
+        fm, _body = handler.split(normalized)
+    except ValueError:
+        return None, []  # as frontmatter.parse: no front matter
+    metadata, duplicates = handler.load_noting_duplicates(fm)
+    if any(not d.top_level for d in duplicates):
+        # The YAML text starts on the line that ends the opening ---, or on the
+        # last blank line after it; the loader counts lines from 0 there.
+        opening = handler.FM_BOUNDARY.match(normalized)
+        first_line = normalized.count("\n", 0, opening.end() if opening else 0) + 1
+        duplicates = [replace(d, line=first_line + d.line) for d in duplicates]
+    return metadata, duplicates
+
+
+def _read_keys(metadata: dict[Any, Any], duplicates: list[_Duplicate],
+               ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(typed fields, extra keys, errors) of a loaded front matter; raises _TooBig."""
+    twice = {str(d.key) for d in duplicates if d.top_level}
+    fields = _null_fields()
+    extra: dict[str, Any] = {}
+    errors: list[str] = []
+    duplicate_errors: dict[str, None] = {}  # in order, each once
+    budget = [MAX_NODES]
+    for key, value in metadata.items():
+        name = str(key)
+        if name in FIELDS:
+            if name in twice:  # which value is meant is unclear, e.g. after a git merge
+                errors.append(_duplicate_key(name))
+                continue
+            try:
+                fields[name] = _typed(name, value)
+            except ValueError as exc:
+                errors.append(f"{name}: {exc}")
+        else:
+            if name in twice or name in extra:  # `1:` and `"1":` are both "1"
+                duplicate_errors[_duplicate_key(name)] = None
+            extra[name] = _jsonable(value, budget)
+    for d in sorted(duplicates, key=lambda d: d.line):
+        if not d.top_level:
+            duplicate_errors[_duplicate_key(str(d.key), d.line)] = None
+    return fields, extra, errors + _capped(list(duplicate_errors))
+
+
+def _duplicate_key(name: str, line: int | None = None) -> str:
+    if line is None:
+        return f"duplicate key {_short(name)} in the front matter"
+    return f"duplicate key {_short(name)} in a nested mapping of the front matter (line {line})"
+
+
+def _capped(messages: list[str]) -> list[str]:
+    """At most MAX_DUPLICATE_ERRORS messages: a hostile file must not fill the errors column."""
+    if len(messages) <= MAX_DUPLICATE_ERRORS:
+        return messages
+    more = len(messages) - MAX_DUPLICATE_ERRORS
+    return [*messages[:MAX_DUPLICATE_ERRORS], f"and {more} more duplicate keys"]
 
 
 def _short(value: Any) -> str:

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from pipelined import story
 from pipelined.story import FIELDS, ParsedStory, parse_story, story_number
 
 LIMIT = 1024 * 1024
@@ -57,17 +58,9 @@ class TestParseStory:
 
         assert json.loads(parsed.fields["depends_on"]) == [12, "40_bug_crash"]
 
-    def test_depends_on_single_value_becomes_one_element_array(self) -> None:
-        """A single number for depends_on is read as a list of one."""
-        assert parse("---\ndepends_on: 12\n---\n").fields["depends_on"] == "[12]"
-
     def test_depends_on_empty_list(self) -> None:
         """An empty depends_on list is the JSON text `[]`, not null."""
         assert parse("---\ndepends_on: []\n---\n").fields["depends_on"] == "[]"
-
-    def test_numeric_name_becomes_text(self) -> None:
-        """A name YAML reads as a number is kept as its text."""
-        assert parse("---\nname: 42\n---\n").fields["name"] == "42"
 
     def test_retry_count_zero_is_kept(self) -> None:
         """retry_count 0 is a valid value, not treated as missing."""
@@ -163,12 +156,12 @@ class TestParseStory:
     )
     def test_each_wrong_type_is_one_error(self, line: str, field: str) -> None:
         """A wrong-typed field is null with one error that names it; a good field survives."""
-        parsed = parse(f"---\nagent: keeper\n{line}\n---\n")
+        keeper = "name" if field == "agent" else "agent"  # not written twice: no duplicate
+        parsed = parse(f"---\n{keeper}: keeper\n{line}\n---\n")
 
         assert parsed.fields[field] is None
         assert [e.split(":")[0] for e in parsed.errors] == [field]
-        if field != "agent":
-            assert parsed.fields["agent"] == "keeper"
+        assert parsed.fields[keeper] == "keeper"
 
     def test_several_wrong_fields_are_each_recorded(self) -> None:
         """Two wrong fields give two errors, in file order."""
@@ -290,6 +283,247 @@ class TestParseStory:
         assert isinstance(parsed, ParsedStory)
         assert parsed.fields == NULL_FIELDS
         assert parsed.errors[0].startswith("not UTF-8")
+
+
+class TestStrictFieldTypes:
+    """A known field of the wrong type is null with its error: no coercion (DESIGN.md)."""
+
+    def test_numeric_agent_is_null_with_error(self) -> None:
+        """`agent: 123` is no text: null, one error that says to quote it; others kept."""
+        parsed = parse("---\nname: Login\nagent: 123\nretry_count: 1\n---\n")
+
+        assert parsed.fields == {**NULL_FIELDS, "name": "Login", "retry_count": 1}
+        assert parsed.errors == ("agent: expected text, got 123 (put it in quotes)",)
+        assert parsed.broken is False
+
+    @pytest.mark.parametrize("value", ["12", "1.5", "true", "2024-05-01"])
+    def test_name_that_yaml_reads_as_no_text_is_null(self, value: str) -> None:
+        """A name YAML reads as a number, boolean or date is null with an error to quote it."""
+        parsed = parse(f"---\nname: {value}\nagent: bob\n---\n")
+
+        assert parsed.fields["name"] is None
+        assert parsed.fields["agent"] == "bob"
+        assert len(parsed.errors) == 1
+        assert parsed.errors[0].startswith("name: expected text, got ")
+        assert parsed.errors[0].endswith("(put it in quotes)")
+
+    def test_name_as_list_is_null_without_quote_hint(self) -> None:
+        """`name: [a]` is null; quoting is not the fix, so the error does not suggest it."""
+        parsed = parse("---\nname: [a]\n---\n")
+
+        assert parsed.fields["name"] is None
+        assert parsed.errors == ("name: expected text, got ['a']",)
+
+    def test_quoted_number_is_text(self) -> None:
+        """A quoted number is text and is kept as written."""
+        parsed = parse("---\nname: \"12\"\nagent: '007'\n---\n")
+
+        assert parsed.fields["name"] == "12"
+        assert parsed.fields["agent"] == "007"
+        assert parsed.errors == ()
+
+    @pytest.mark.parametrize(
+        ("value", "error"),
+        [
+            ('"12"', "depends_on: expected a list such as [12], got '12'"),
+            ("12", "depends_on: expected a list such as [12], got 12"),
+            ("40_bug_crash",
+             "depends_on: expected a list such as [40_bug_crash], got '40_bug_crash'"),
+            ("12, 40_bug_crash",
+             "depends_on: expected a list such as [12, 40_bug_crash], got '12, 40_bug_crash'"),
+            ("{a: 1}", "depends_on: expected a list such as [12], got {'a': 1}"),
+        ],
+    )
+    def test_depends_on_bare_value_is_null_with_the_fix(self, value: str, error: str) -> None:
+        """depends_on must be a list: a bare value is null, and the error shows it as a list."""
+        parsed = parse(f"---\nname: kept\ndepends_on: {value}\n---\n")
+
+        assert parsed.fields == {**NULL_FIELDS, "name": "kept"}
+        assert parsed.errors == (error,)
+
+    @pytest.mark.parametrize(
+        ("line", "field"),
+        [
+            ("agent: 123", "agent"),
+            ("name: 12", "name"),
+            ("name: [a]", "name"),
+            ('name: ["first\\nsecond"]', "name"),
+            (f"agent: [{'x' * 200}]", "agent"),
+            ('depends_on: "12"', "depends_on"),
+            ('depends_on: "a\\nb"', "depends_on"),
+            ("depends_on: 12", "depends_on"),
+            ("retry_count: lots", "retry_count"),
+            ("blocked: maybe", "blocked"),
+        ],
+    )
+    def test_error_is_one_short_line_naming_the_field(self, line: str, field: str) -> None:
+        """Every type error is one line (newlines in the value escaped), short, and starts
+        with the field's name."""
+        parsed = parse(f"---\n{line}\n---\n")
+
+        assert len(parsed.errors) == 1
+        error = parsed.errors[0]
+        assert error.startswith(f"{field}: ")
+        assert "\n" not in error and "\r" not in error
+        assert len(error) < 200
+
+
+class TestDuplicateKeys:
+    """A key written twice in the front matter is an error; PyYAML alone keeps the last."""
+
+    def test_duplicated_known_field_is_null(self) -> None:
+        """A known field written twice is null (which value is meant is unclear, e.g. after
+        a git merge), with an error naming it; the other fields are kept."""
+        parsed = parse("---\nname: Login\nagent: alice\nretry_count: 1\nagent: bob\n---\n")
+
+        assert parsed.fields == {**NULL_FIELDS, "name": "Login", "retry_count": 1}
+        assert parsed.errors == ("duplicate key 'agent' in the front matter",)
+        assert parsed.broken is False
+
+    def test_duplicated_known_field_with_a_bad_value_is_one_error(self) -> None:
+        """A duplicated field is reported as duplicated only, not also as wrongly typed."""
+        parsed = parse("---\nretry_count: lots\nretry_count: 2\n---\n")
+
+        assert parsed.fields["retry_count"] is None
+        assert parsed.errors == ("duplicate key 'retry_count' in the front matter",)
+
+    def test_duplicated_extra_key_keeps_the_last_value(self) -> None:
+        """An extra key written twice keeps its last value, with an error naming it."""
+        parsed = parse("---\npriority: low\nname: x\npriority: high\n---\n")
+
+        assert parsed.extra == {"priority": "high"}
+        assert parsed.fields["name"] == "x"
+        assert parsed.errors == ("duplicate key 'priority' in the front matter",)
+
+    def test_key_written_three_times_is_one_error(self) -> None:
+        """Each duplicated key is reported once, however often it is repeated."""
+        parsed = parse("---\nblocked: true\nblocked: false\nblocked: true\n---\n")
+
+        assert parsed.fields["blocked"] is None
+        assert parsed.errors == ("duplicate key 'blocked' in the front matter",)
+
+    def test_every_duplicated_key_is_reported(self) -> None:
+        """Two duplicated keys give two errors: known fields first, then extra keys."""
+        parsed = parse("---\nteam: a\nname: x\nteam: b\nname: y\n---\n")
+
+        assert parsed.errors == ("duplicate key 'name' in the front matter",
+                                 "duplicate key 'team' in the front matter")
+
+    def test_keys_equal_as_text_are_duplicates(self) -> None:
+        """`1:` and `'1':` are both stored under "1": one duplicate, the last value kept."""
+        parsed = parse("---\n1: one\n'1': uno\n---\n")
+
+        assert parsed.extra == {"1": "uno"}
+        assert parsed.errors == ("duplicate key '1' in the front matter",)
+
+        parsed = parse("---\n1: one\n'1': uno\n'1': eins\n---\n")
+
+        assert parsed.extra == {"1": "eins"}
+        assert parsed.errors == ("duplicate key '1' in the front matter",)
+
+    def test_keys_equal_in_yaml_are_duplicates(self) -> None:
+        """`1:` and `true:` are one key once loaded: a duplicate named as the mapping keeps
+        it, the last value kept."""
+        parsed = parse("---\n1: one\ntrue: yes\n---\n")
+
+        assert parsed.extra == {"1": True}
+        assert parsed.errors == ("duplicate key '1' in the front matter",)
+
+    def test_nested_duplicate_names_the_key_and_the_line(self) -> None:
+        """A duplicate inside a nested mapping (block or flow, in a list too) is an error
+        with the line of the file; the last value is kept."""
+        raw = ("---\nname: x\nowner:\n  team: web\n  team: api\n"
+               "history: [{date: a, date: b}]\n---\nBody\n")
+        parsed = parse(raw)
+
+        assert parsed.extra == {"owner": {"team": "api"}, "history": [{"date": "b"}]}
+        assert parsed.fields["name"] == "x"
+        assert parsed.errors == (
+            "duplicate key 'team' in a nested mapping of the front matter (line 5)",
+            "duplicate key 'date' in a nested mapping of the front matter (line 6)",
+        )
+
+    @pytest.mark.parametrize("opening", ["---\n", "---\n\n\n", "---  \n", "\ufeff---\n"])
+    def test_nested_duplicate_line_counts_from_the_top_of_the_file(self, opening: str) -> None:
+        """The line given is the file's line, also after blank lines, trailing spaces or a
+        byte order mark."""
+        raw = f"{opening}owner: {{team: a, team: b}}\n---\n"
+        parsed = parse(raw)
+
+        line = raw.removeprefix("\ufeff").splitlines().index("owner: {team: a, team: b}") + 1
+        assert parsed.errors == (
+            f"duplicate key 'team' in a nested mapping of the front matter (line {line})",)
+
+    def test_crlf_nested_duplicate_line(self) -> None:
+        """Windows line endings give the same line numbers."""
+        parsed = parse("---\r\nname: x\r\nowner: {team: a, team: b}\r\n---\r\n")
+
+        assert parsed.errors == (
+            "duplicate key 'team' in a nested mapping of the front matter (line 3)",)
+
+    def test_merge_key_override_is_no_duplicate(self) -> None:
+        """Overriding a key brought in by a YAML merge (`<<: *base`) is no duplicate; a key
+        written twice next to a merge still is."""
+        parsed = parse("---\nbase: &b {a: 1, b: 2}\nover:\n  <<: *b\n  a: 3\n---\n")
+
+        assert parsed.extra["over"] == {"a": 3, "b": 2}
+        assert parsed.errors == ()
+
+        parsed = parse("---\nbase: &b {a: 1, b: 2}\nover:\n  <<: *b\n  c: 3\n  c: 4\n---\n")
+
+        assert parsed.extra["over"] == {"a": 1, "b": 2, "c": 4}
+        assert parsed.errors == (
+            "duplicate key 'c' in a nested mapping of the front matter (line 6)",)
+
+    def test_many_duplicates_are_capped(self) -> None:
+        """Many duplicated extra keys give at most MAX_DUPLICATE_ERRORS messages and a
+        count of the rest; a duplicated known field is always reported."""
+        keys = "".join(f"k{i}: 1\nk{i}: 2\n" for i in range(story.MAX_DUPLICATE_ERRORS + 5))
+        parsed = parse(f"---\n{keys}agent: a\nagent: b\n---\n")
+
+        assert parsed.errors[0] == "duplicate key 'agent' in the front matter"
+        assert len(parsed.errors) == 1 + story.MAX_DUPLICATE_ERRORS + 1
+        assert parsed.errors[-1] == "and 5 more duplicate keys"
+
+    def test_duplicate_errors_are_single_line(self) -> None:
+        """A key with a line break in it is escaped: the error stays on one line."""
+        parsed = parse('---\n"a\\nb": 1\n"a\\nb": 2\n---\n')
+
+        assert parsed.errors == ("duplicate key 'a\\nb' in the front matter",)
+
+    def test_valid_file_is_unchanged(self) -> None:
+        """A realistic file with no duplicate (anchors, merges, nested maps, lists of maps,
+        quoted numbers) parses with every value and no error."""
+        raw = (
+            "---\n"
+            "name: \"2048\"\n"
+            "agent: coder-1\n"
+            "retry_count: 0\n"
+            "blocked: false\n"
+            "depends_on: [3, 7_story_auth]\n"
+            "defaults: &d {team: web, size: 3}\n"
+            "owner:\n  <<: *d\n  size: 5\n"
+            "history:\n  - {stage: 1_backlog, at: 2024-05-01}\n  - {stage: 2_current}\n"
+            "---\nBody.\n"
+        )
+        parsed = parse(raw)
+
+        assert parsed.errors == ()
+        assert parsed.fields == {"name": "2048", "agent": "coder-1", "retry_count": 0,
+                                 "blocked": False, "depends_on": '[3, "7_story_auth"]'}
+        assert parsed.extra == {
+            "defaults": {"team": "web", "size": 3},
+            "owner": {"team": "web", "size": 5},
+            "history": [{"stage": "1_backlog", "at": "2024-05-01"}, {"stage": "2_current"}],
+        }
+        assert parsed.content == raw
+
+
+class TestParserVersion:
+    def test_parser_version_is_exported(self) -> None:
+        """PARSER_VERSION is public (the daemon stores it) and is 2 since the strict rules."""
+        assert "PARSER_VERSION" in story.__all__
+        assert story.PARSER_VERSION == 2
 
 
 class TestStoryNumber:
