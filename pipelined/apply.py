@@ -8,6 +8,7 @@ the persisted history. Nothing else may touch its `Reconciler`.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -52,6 +53,43 @@ STAGE_PROBE_S = 2.0  # an unreadable stage folder is probed this often until it 
 class StartupStopped(Exception):
     """A second SIGTERM/SIGINT stopped the startup catch-up: the chunks committed
     so far stay, and the next start re-reads only the files of the others."""
+
+
+def stored_with_settings(config: Config) -> str:
+    """The settings that shape what is stored for a file, as recorded in daemon_meta.
+
+    The parser's rules (`PARSER_VERSION`) and the size limit decide a row's
+    fields, content and errors; a row made under other values is stale even
+    though its file did not change.
+    """
+    from pipelined.story import PARSER_VERSION
+
+    return json.dumps({"max_file_bytes": config.max_file_bytes,
+                       "parser_version": PARSER_VERSION}, sort_keys=True)
+
+
+def reread_for_settings(before: str | None, now: str,
+                        by_path: dict[str, tuple[int, int, int]]) -> set[str]:
+    """Ids whose rows the change of settings from `before` to `now` makes stale.
+
+    Another parser version (or none recorded: a database older than the
+    record) affects every story; another size limit only the files larger
+    than the smaller of the two limits.
+    """
+    every = {split_rel_path(path)[1] for path in by_path}
+    try:
+        old = json.loads(before) if before is not None else None
+    except ValueError:
+        old = None
+    new = json.loads(now)
+    if not isinstance(old, dict) or old.get("parser_version") != new["parser_version"]:
+        return every
+    old_limit = old.get("max_file_bytes")
+    if not isinstance(old_limit, int):
+        return every
+    smaller = min(old_limit, new["max_file_bytes"])
+    return {split_rel_path(path)[1] for path, (_mtime, size, _inode) in by_path.items()
+            if size > smaller}
 
 
 class _Timers:
@@ -121,7 +159,12 @@ class ApplyLoop(threading.Thread):
                 known_ids = {split_rel_path(path)[1] for path in stored.by_path}
                 touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
             stat_ms = int((time.monotonic() - started) * 1000)
-            in_sync_early = not touched and stored.client_id is not None
+            stored_with = stored_with_settings(self.config)
+            reread = (set() if stored.stored_with == stored_with
+                      else reread_for_settings(stored.stored_with, stored_with, stored.by_path))
+            touched |= reread
+            in_sync_early = (not touched and stored.client_id is not None
+                             and stored.stored_with == stored_with)
             if in_sync_early:
                 self.stories = stored.story_count
                 self._set_ready()
@@ -133,8 +176,13 @@ class ApplyLoop(threading.Thread):
         # Unreadable and symlinked files are looked at again whatever their signature.
         for stage, why in unlistable.items():
             reconciler.note_stage_problem(stage, why)
-        totals = self._catch_up(reconciler, touched | reconciler.unreadable, mismatch,
-                                new_client=stored.client_id is None)
+        totals = self._catch_up(reconciler, touched | reconciler.unreadable, mismatch | reread,
+                                new_client=stored.client_id is None,
+                                stored_with=None if stored.stored_with == stored_with
+                                else stored_with)
+        if reread:
+            log.info("startup.settings_changed", reread=len(reread), now=stored_with,
+                     before=stored.stored_with)
         self.stories = len(reconciler.state)
         log.info("daemon.startup", stories_loaded=stored.story_count, crdt_updates=applied,
                  files_stat_checked=len(seen), files_reread=totals.files_read,
@@ -144,7 +192,7 @@ class ApplyLoop(threading.Thread):
         return reconciler
 
     def _catch_up(self, reconciler: Reconciler, touched: set[str], mismatch: set[str],
-                  *, new_client: bool) -> SyncResult:
+                  *, new_client: bool, stored_with: str | None = None) -> SyncResult:
         """Reconcile what changed while the daemon was stopped; wait until it is committed.
 
         In chunks of STARTUP_CHUNK ids, each its own pycrdt transaction and batch
@@ -152,6 +200,11 @@ class ApplyLoop(threading.Thread):
         commits one chunk while this thread parses the next: a first import
         takes the longer of the two instead of their sum. A crash in between
         leaves the rest without signatures, and the next start reads only those.
+        `stored_with` (the settings the rows are now made with) is recorded with
+        the first chunk, or with the last when rows are to be rewritten
+        (`mismatch`: stale under changed settings, or disagreeing with the
+        state): a crash before it then leaves the old value, and the next start
+        re-reads again what the change affects.
         """
         from pipelined.store.batch import Batch
         from pipelined.sync import SyncResult, logs_each_story
@@ -161,6 +214,7 @@ class ApplyLoop(threading.Thread):
         log_each = logs_each_story(len(ids) + len(reconciler.symlinked))  # the whole catch-up
         totals = SyncResult(Batch())
         seq = None
+        last_begin = max(0, len(ids) - 1) // STARTUP_CHUNK * STARTUP_CHUNK
         for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
             chunk = ids[begin:begin + STARTUP_CHUNK]
             result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
@@ -168,6 +222,8 @@ class ApplyLoop(threading.Thread):
                                           log_each=log_each)
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
+            if stored_with is not None and begin == (last_begin if mismatch else 0):
+                result.batch.meta["stored_with"] = stored_with
             self._defer(result)
             totals.add_counts(result)
             try:

@@ -26,6 +26,7 @@ class Signatures(NamedTuple):
     by_path: dict[str, tuple[int, int, int]]  # path -> (mtime_ns, size, inode)
     high_water: int
     story_count: int  # distinct ids among the files
+    stored_with: str | None  # the data-shaping settings the rows were made with (JSON)
 
 
 class StoredState(NamedTuple):
@@ -42,8 +43,10 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
         "SELECT path, mtime_ns, size, inode FROM file_signatures")}
     count = conn.execute("SELECT count(DISTINCT story_id) FROM file_signatures").fetchone()
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
+    shaped = conn.execute("SELECT value FROM daemon_meta WHERE key = 'stored_with'").fetchone()
     return Signatures(int(row[0]) if row is not None else None, by_path,
-                      int(hw[0]) if hw else 0, int(count[0]) if count else 0)
+                      int(hw[0]) if hw else 0, int(count[0]) if count else 0,
+                      str(shaped[0]) if shaped is not None else None)
 
 
 def read_state(conn: apsw.Connection) -> StoredState:
