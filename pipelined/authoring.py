@@ -11,6 +11,11 @@ folders once claimed, and released once the story file exists. The story file
 itself is written to a hidden temporary file in the stage folder and then
 hard-linked to its final name (which also fails if the name exists), so the
 final name never shows a half-written file.
+
+`new` exits 0 only once the story is on disk for good: every byte written (a
+write on a nearly full disk may be short), the file synced, and the stage
+folder synced after the link. Any error on the way removes what was written
+and raises RootError; no file is left under its final name.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelined.durable import fsync_folder, write_all
 from pipelined.errors import (
     AmbiguousStory,
     PipelinedError,
@@ -208,9 +214,7 @@ def create_story(root: Path, stages: Sequence[str], stage: str, title: str, stor
                     continue
                 story_id = f"{number}_{story_type}_{slug}"
                 final = folder / f"{story_id}.md"
-                try:
-                    os.link(temp, final)
-                except FileExistsError:
+                if not _publish(folder, temp, final):
                     number += 1
                     continue
                 return NewStory(story_id, number, stage, final)
@@ -230,17 +234,43 @@ def _write_temp(folder: Path, text: bytes) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise RootError(folder, f"cannot write a story file ({exc.strerror})") from None
+            raise _cannot_write(folder, exc) from None
         try:
-            os.write(fd, text)
-            os.fsync(fd)
+            try:
+                write_all(fd, text)
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # some file systems report a failed write only here
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            raise RootError(folder, f"cannot write a story file ({exc.strerror})") from None
-        finally:
-            os.close(fd)
+            raise _cannot_write(folder, exc) from None
         return temp
     raise RootError(folder, "cannot create a temporary file")  # pragma: no cover
+
+
+def _publish(folder: Path, temp: Path, final: Path) -> bool:
+    """Give the complete temp file its final name, durably; False if the name is taken.
+
+    One sync of the folder makes both the new name and the temp name's removal
+    survive a power cut. On an error the final name is removed again.
+    """
+    linked = False
+    try:
+        os.link(temp, final)
+        linked = True
+        temp.unlink()
+        fsync_folder(folder)
+    except FileExistsError:
+        return False  # only the link raises it: the number was taken meanwhile
+    except OSError as exc:
+        if linked:
+            final.unlink(missing_ok=True)
+        raise _cannot_write(folder, exc) from None
+    return True
+
+
+def _cannot_write(folder: Path, exc: OSError) -> RootError:
+    return RootError(folder, f"cannot write a story file ({exc.strerror or exc})")
 
 
 def find_story_file(root: Path, stages: Sequence[str], ref: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 import apsw
 
 from pipelined.errors import DatabaseError
+from pipelined.store.connection import transaction
 
 __all__ = [
     "entry_line",
@@ -197,15 +198,12 @@ def _round(value: float | None) -> float | None:
 
 def stats(conn: apsw.Connection, stages: Sequence[str]) -> dict[str, Any]:
     """Counts per stage, time in each stage (median, p90), stories finished per week."""
-    conn.execute("BEGIN")  # one snapshot for the counts and the history
-    try:
+    with transaction(conn, "DEFERRED"):  # one snapshot for the counts and the history
         counts = {str(stage): int(count) for stage, count in conn.execute(
             "SELECT stage, count(*) FROM pipeline_items GROUP BY stage")}
         entries = [_entry(r) for r in conn.execute(
             f"SELECT {_COLUMNS} FROM story_history WHERE kind IN ('created', 'moved', 'deleted') "
             "ORDER BY seq")]
-    finally:
-        conn.execute("COMMIT")
     durations = stage_durations(entries)
     order = list(stages) + sorted((set(counts) | set(durations)) - set(stages))
     finish_stage = stages[-1]

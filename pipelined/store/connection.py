@@ -1,14 +1,21 @@
-"""Opening the database: the writer's connection and read-only connections."""
+"""Opening the database (the writer's connection, read-only connections) and
+the one way the package runs a transaction on them.
+
+Every transaction goes through `transaction()`, never apsw's `with conn:`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import apsw
 
 from pipelined.errors import DatabaseCorrupt, DatabaseError
 
-__all__ = ["as_corrupt", "check_integrity", "open_read_only", "open_writer"]
+__all__ = ["as_corrupt", "check_integrity", "open_read_only", "open_writer", "transaction"]
 
 REBUILD_HINT = ("stop the daemon and run `pipelined rebuild` to build a fresh one from the "
                 "folders (the old file is kept beside it)")
@@ -76,3 +83,32 @@ def open_read_only(path: Path) -> apsw.Connection:
     except apsw.Error as exc:
         raise DatabaseError(path, f"cannot read it ({exc})") from None
     return conn
+
+
+@contextmanager
+def transaction(conn: apsw.Connection,
+                mode: Literal["IMMEDIATE", "DEFERRED"] = "IMMEDIATE") -> Iterator[None]:
+    """BEGIN, then COMMIT; on any error a ROLLBACK that never hides the error.
+
+    SQLite rolls a transaction back by itself on some errors (SQLITE_FULL,
+    SQLITE_IOERR, SQLITE_NOMEM, SQLITE_BUSY, an `INSERT OR ROLLBACK` conflict).
+    apsw's `with conn:` then still runs its rollback, which fails with "cannot
+    rollback - no transaction is active" and is raised instead of the disk-full
+    error that caused it. Here the rollback runs only while a transaction is
+    still open, and the error raised is always the original one (a failed
+    rollback is added to it as a note). A failed COMMIT is rolled back too.
+
+    IMMEDIATE (for writers) takes the write lock at BEGIN, so a busy database
+    fails there, before any work; DEFERRED is for read snapshots.
+    """
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if not conn.getautocommit():  # still open: SQLite did not roll it back itself
+            try:
+                conn.execute("ROLLBACK")
+            except apsw.Error as failed:
+                exc.add_note(f"the rollback failed too: {type(failed).__name__}: {failed}")
+        raise

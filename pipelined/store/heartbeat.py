@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelined.durable import pwrite_all
+
 __all__ = ["Heartbeat", "heartbeat_path", "read_heartbeat"]
 
 STALE_AFTER_S = 10.0  # a heartbeat older than this means the daemon is not responding
@@ -39,9 +41,10 @@ class Heartbeat:
                                "degraded": info.get("degraded")}).encode()
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                # Not through a symbolic link: the rewrite would clobber its target.
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 os.ftruncate(self._fd, BLOCK)
-            os.pwrite(self._fd, data.ljust(BLOCK), 0)
+            pwrite_all(self._fd, data.ljust(BLOCK), 0)  # a pwrite may be short
         except OSError:
             pass  # advisory: status then reports the heartbeat as stale
 

@@ -8,11 +8,14 @@ without taking it, so `status` never races a starting daemon.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import stat
 import struct
 from pathlib import Path
 
+from pipelined.durable import write_all
 from pipelined.errors import DatabaseBusy, DatabaseError
 
 __all__ = ["DaemonLock", "holder", "lock_path"]
@@ -29,8 +32,8 @@ def lock_path(db_path: Path) -> Path:
 def holder(db_path: Path) -> int | None:
     """The pid of the daemon holding the database's lock, or None."""
     path = lock_path(db_path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # a FIFO put there must not block `status`; a symlink is not ours
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -55,17 +58,36 @@ class DaemonLock:
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a symbolic link: the pid written below would
+            # overwrite whatever it points to (see store.preflight).
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise DatabaseError(self.db_path, f"cannot create lock file ({exc})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DatabaseError(self.db_path, f"{self.path} is not a plain file; move it away")
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise DatabaseBusy(self.db_path, holder(self.db_path)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        self._write_pid(fd)
+
+    @staticmethod
+    def _write_pid(fd: int) -> None:
+        """The pid, for people reading the file; all of it or nothing.
+
+        Only the kernel's lock matters (`holder()` asks the kernel), so a disk
+        too full for these few bytes must not stop the daemon; but a cut pid
+        would name the wrong process, so a failed write leaves the file empty.
+        """
+        try:
+            os.ftruncate(fd, 0)
+            write_all(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # shrinking needs no space
 
     def release(self) -> None:
         if self._fd is not None:

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import apsw
 
 from pipelined.errors import MigrationError
+from pipelined.store.connection import transaction
 
 __all__ = ["Migration", "apply_migrations", "known_migrations", "migrations_folder"]
 
@@ -98,7 +99,7 @@ def apply_migrations(
             continue
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         checksum = migration.checksum
-        with conn:  # one transaction per migration
+        with transaction(conn):  # one transaction per migration
             # apsw runs a multi-statement script as its rows are consumed.
             conn.execute(migration.sql).fetchall()
             conn.execute(
@@ -107,7 +108,7 @@ def apply_migrations(
             )
         done.append(migration.name)
         applied[migration.name] = checksum
-    with conn:
+    with transaction(conn):
         conn.execute("INSERT OR REPLACE INTO schema_fingerprint(singleton, crc) VALUES (1, ?)",
                      (_fingerprint(applied, by_name),))
     return done

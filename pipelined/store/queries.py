@@ -12,6 +12,8 @@ from typing import Any
 
 import apsw
 
+from pipelined.store.connection import transaction
+
 __all__ = [
     "conflicts",
     "counts_by_stage",
@@ -39,11 +41,8 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
 @contextmanager
 def snapshot(conn: apsw.Connection) -> Iterator[None]:
     """One read transaction: every query inside sees the same committed state (WAL)."""
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn, "DEFERRED"):  # an error inside is raised, not hidden by the end
         yield
-    finally:
-        conn.execute("COMMIT")
 
 
 def list_stories(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from pipelined.logs import get_logger
+from pipelined.store.connection import transaction
 
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
     from pipelined.store.batch import Batch, Compaction
@@ -71,7 +72,7 @@ def utc_now() -> str:
 def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
     """Commit batches in order in one transaction (rolled back whole on error)."""
     now = utc_now()
-    with conn:
+    with transaction(conn):
         for batch in batches:
             if batch.crdt_update:
                 conn.execute(
