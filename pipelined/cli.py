@@ -5,7 +5,13 @@ only when that command is looked up (to run it, complete it, or list it in
 `--help`): `pipelined run` loads no read command and `pipelined ls` no daemon.
 This module must stay cheap to import (click and the errors, nothing else).
 Every `PipelinedError` becomes one `Error: ...` line and a non-zero exit
-here, in `PipelinedGroup.invoke`, and nowhere else.
+here, in `PipelinedGroup.invoke`, and nowhere else. That line is written even
+if stderr has gone, and the exit code stays the error's.
+
+A closed pipe is a clean end (exit 0) only on stdout, and only for the
+commands that print there (`pipelined ls | head`). The daemon prints nothing
+on stdout, and a broken pipe that ends it is a failure: systemd's
+`Restart=on-failure` must bring it back.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import click
 from pipelined import __version__
 from pipelined.errors import PipelinedError
 
-__all__ = ["COMMANDS", "LazyCommands", "PipelinedGroup", "main"]
+__all__ = ["COMMANDS", "DAEMON_COMMANDS", "LazyCommands", "PipelinedGroup", "main"]
 
 # Command name -> "module:function". `--help` lists them sorted by name.
 COMMANDS: Mapping[str, str] = {
@@ -40,6 +46,8 @@ COMMANDS: Mapping[str, str] = {
     "move": "pipelined.commands.authoring:move",
     "init": "pipelined.commands.authoring:init",
 }
+# Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
+DAEMON_COMMANDS = frozenset({"run"})
 
 
 class LazyCommands(MutableMapping[str, click.Command]):
@@ -95,15 +103,46 @@ class PipelinedGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PipelinedError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            from pipelined.terminal import one_line  # the message may quote a file name
+
+            _error_line(one_line(f"Error: {exc}"))
             sys.exit(exc.exit_code)
         except click.UsageError as exc:  # a bad flag or value: one line, not a usage block
             sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
             command = f"pipelined {sub}" if sub else "pipelined"
-            click.echo(f"Error: {exc.format_message()} (see `{command} --help`)", err=True)
+            _error_line(f"Error: {exc.format_message()} (see `{command} --help`)")
             sys.exit(exc.exit_code)
-        except BrokenPipeError:  # `pipelined ls | head`
-            sys.exit(0)
+        except BrokenPipeError:
+            if ctx.invoked_subcommand not in DAEMON_COMMANDS and _reader_gone(sys.stdout):
+                from pipelined.terminal import discard_output
+
+                discard_output(sys.stdout)  # `pipelined ls | head`: the reader has read enough
+                sys.exit(0)
+            _error_line("Error: an output stream was closed (broken pipe)")
+            sys.exit(1)
+
+
+def _error_line(line: str) -> None:
+    """`line` on stderr; if stderr has gone, the caller's exit code must still be the one."""
+    try:
+        click.echo(line, err=True)
+    except OSError:
+        from pipelined.terminal import discard_output
+
+        discard_output(sys.stderr)
+
+
+def _reader_gone(stream: Any) -> bool:
+    """True when `stream` is a pipe or socket whose reading end has been closed."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (AttributeError, OSError, ValueError):  # no real file descriptor
+        return False
+    return any(flags & (select.POLLERR | select.POLLHUP) for _fd, flags in events)
 
 
 @click.group(cls=PipelinedGroup, lazy_commands=COMMANDS,

@@ -2,6 +2,12 @@
 
 Logs go to stderr. Under journald no timestamp is added (it keeps its own).
 
+Values come from story files (ids are file names): the console and logfmt
+renderers print them as they are, so their string values are escaped first
+(`pipelined.terminal.one_line`; JSON escapes by itself). Losing stderr never
+stops the daemon: `LineSink` drops a line it cannot write, counts it, and
+never raises into the code that logged.
+
 structlog (with the asyncio it imports) is an eighth of the daemon's start-up
 time, and a restart with nothing changed logs nothing before READY. So modules
 take a `get_logger()` proxy, and structlog is imported and configured on the
@@ -10,18 +16,128 @@ first log call, which is after READY on that path.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
-__all__ = ["configure_logging", "get_logger"]
+from pipelined.terminal import block, discard_output, one_line
+
+if TYPE_CHECKING:
+    from structlog.typing import ExcInfo
+
+__all__ = ["LineSink", "configure_logging", "dropped_lines", "get_logger"]
 
 _settings = {"fmt": "auto", "level": "info"}
 _configured = False
 _generation = 0  # bumped at every (re)configuration: proxies then fetch a fresh logger
 _lock = threading.RLock()
+_sink: LineSink | None = None  # kept across reconfigurations while stderr is the same stream
+
+
+class LineSink:
+    """Where rendered log lines go: a text stream whose reader may go away.
+
+    structlog's PrintLogger raises the stream's errors into whatever logged:
+    the apply thread, the writer, the main loop. When journald restarts, the
+    daemon's stderr socket has no reader any more, and a `BrokenPipeError`
+    from a log call would end the sync. Here a line that cannot be written is
+    dropped and counted, and nothing is raised.
+
+    A line goes to the stream's file descriptor in one `os.write`, not through
+    the stream's buffer: a failed line is then gone, not kept in a buffer that
+    fails again at every later write and at exit. A pipe or socket whose
+    reader has gone never comes back, so its descriptor is pointed at
+    /dev/null (Python's flush at exit, faulthandler and thread tracebacks then
+    write into nothing too) and every later line is counted without a write.
+    A stream without a descriptor (a test's capture) is written as a stream.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.dropped = 0
+        self.lost = False
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._lock = threading.Lock()  # one line at a time, from any thread
+
+    def __repr__(self) -> str:
+        return f"LineSink({self.stream!r}, dropped={self.dropped}, lost={self.lost})"
+
+    def msg(self, message: str) -> None:
+        line = message + "\n"
+        with self._lock:
+            if self.lost:
+                self.dropped += 1
+                return
+            try:
+                if self._fd is None:
+                    self.stream.write(line)
+                    self.stream.flush()
+                else:
+                    data = line.encode(self._encoding, "backslashreplace")
+                    while data:  # a pipe or terminal may take a long line in parts
+                        data = data[os.write(self._fd, data):]
+            except (BrokenPipeError, ConnectionResetError):
+                self.lost = True
+                self.dropped += 1
+                discard_output(self.stream)
+            except (OSError, ValueError):  # a full disk, a closed file: this line only
+                self.dropped += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def dropped_lines() -> int:
+    """Log lines that could not be written to stderr since it was configured."""
+    return _sink.dropped if _sink is not None else 0
+
+
+class _Printable:
+    """A log value other than str or a number: printed escaped by str() or repr()."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return one_line(str(self.value))
+
+    def __repr__(self) -> str:
+        return one_line(repr(self.value))
+
+
+def _printable_values(_logger: object, _method: str,
+                      event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Escape control and bidi characters in the values (for console and logfmt).
+
+    A traceback or stack keeps its newlines; every other string is one line.
+    `exc_info` is left to the renderer, whose traceback is escaped too.
+    """
+    for key, value in event_dict.items():
+        if key == "exc_info":
+            continue
+        if isinstance(value, str):
+            event_dict[key] = block(value) if key in ("exception", "stack") else one_line(value)
+        elif value is not None and not isinstance(value, bool | int | float):
+            event_dict[key] = _Printable(value)
+    return event_dict
+
+
+def _printable_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
+    """The console renderer's traceback, plain, with its text escaped like the values."""
+    import structlog
+
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    sio.write(block(text.getvalue()))
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
@@ -33,7 +149,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
 
 
 def _apply() -> None:
-    global _configured, _generation  # noqa: PLW0603 - one process-wide logging setup
+    global _configured, _generation, _sink  # noqa: PLW0603 - one process-wide logging setup
     with _lock:
         if _configured:
             return
@@ -51,18 +167,24 @@ def _apply() -> None:
             processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
         if fmt == "console":
             processors.append(structlog.dev.set_exc_info)
-            processors.append(structlog.dev.ConsoleRenderer())
+            processors.append(_printable_values)
+            processors.append(structlog.dev.ConsoleRenderer(
+                exception_formatter=_printable_traceback))
         else:
             processors.append(structlog.processors.format_exc_info)
             if fmt == "logfmt":
+                processors.append(_printable_values)
                 processors.append(structlog.processors.LogfmtRenderer(key_order=["event"]))
-            else:
+            else:  # json.dumps escapes every control and non-ASCII character itself
                 processors.append(structlog.processors.JSONRenderer())
+        if _sink is None or _sink.stream is not sys.stderr:
+            _sink = LineSink(sys.stderr)
+        sink = _sink
         structlog.configure(
             processors=processors,
             wrapper_class=structlog.make_filtering_bound_logger(
                 getattr(logging, level.upper(), logging.INFO)),
-            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+            logger_factory=lambda *_args: sink,
             cache_logger_on_first_use=True,
         )
         _configured = True

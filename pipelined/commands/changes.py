@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pipelined.commands.common import (
+    echo_lines,
     json_option,
     load_config,
     print_json,
@@ -18,6 +19,7 @@ from pipelined.commands.common import (
     settings_options,
     table,
 )
+from pipelined.terminal import discard_output, json_text, one_line
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,8 +59,7 @@ def log_command(root: Path | None, db: Path | None, stages: str | None,
     if as_json:
         print_json(entries)
         return
-    for entry in entries:
-        click.echo(history.entry_line(entry))
+    echo_lines([history.entry_line(entry) for entry in entries])
 
 
 @click.command()
@@ -95,15 +96,15 @@ def events(root: Path | None, db: Path | None, stages: str | None, config_file: 
     try:
         while True:
             for entry in history.rows_after(conn, last):
-                line = json.dumps(entry, ensure_ascii=False) if as_json else \
-                    history.entry_line(entry)
+                line = json_text(json.dumps(entry, ensure_ascii=False)) if as_json else \
+                    one_line(history.entry_line(entry))
                 sys.stdout.write(line + "\n")
                 last = entry["seq"]
             sys.stdout.flush()
             if stop is None or stop() or not wait(0.05) or stop():
                 return
     except BrokenPipeError:  # the reader went away: a clean end
-        _silence_stdout()
+        discard_output(sys.stdout)
 
 
 def _stop_on_signals() -> Callable[[], bool]:
@@ -128,15 +129,6 @@ def _stdout_waiter() -> Callable[[float], bool]:
 
         return sleep
     return lambda seconds: not poller.poll(int(seconds * 1000))
-
-
-def _silence_stdout() -> None:
-    """No 'Exception ignored' noise when Python flushes a closed pipe at exit."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 @click.command()

@@ -1,24 +1,40 @@
 """What several commands share: the settings options, `--json`, the config,
-the read-only database, JSON and table output.
+the read-only database, JSON, table and line output.
 
-Kept cheap to import (click only; the config and json load on first use):
-every command, `--help` and each shell-completion request import it.
+Every output helper here makes story text safe for a terminal (see
+`pipelined.terminal`): a read command prints through them, never with a bare
+`click.echo` of story text.
+
+Kept cheap to import (click and `pipelined.terminal`, which is `re` only; the
+config and json load on first use): every command, `--help` and each
+shell-completion request import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from pipelined.errors import DatabaseError
+from pipelined.terminal import block, has_unsafe, json_text, one_line
 
 if TYPE_CHECKING:
     from pipelined.config import Config
 
-__all__ = ["json_option", "load_config", "print_json", "read_conn", "settings_options", "table"]
+__all__ = [
+    "echo_block",
+    "echo_line",
+    "echo_lines",
+    "json_option",
+    "load_config",
+    "print_json",
+    "read_conn",
+    "settings_options",
+    "table",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,20 +84,58 @@ def print_json(value: object) -> None:
 
     json's C encoder is used only without `indent`: an indented list of 100,000
     stories took 1.5 s in the pure-Python one. One compact element per line is
-    as easy to read and grep, and still one JSON document.
+    as easy to read and grep, and still one JSON document. Non-ASCII text stays
+    readable, but DEL, C1 and bidi characters are escaped (`json_text`).
     """
     import json
 
     if isinstance(value, list) and value:
         encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every line
         lines = ",\n".join("  " + encode(item) for item in value)
-        click.echo(f"[\n{lines}\n]")
+        click.echo(json_text(f"[\n{lines}\n]"))
     else:
-        click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+        click.echo(json_text(json.dumps(value, indent=2, ensure_ascii=False)))
+
+
+def echo_line(text: str) -> None:
+    """Print `text` as one line, story text escaped (`terminal.one_line`)."""
+    click.echo(one_line(text))
+
+
+def echo_lines(lines: Sequence[str]) -> None:
+    """Print each of `lines` as one line, story text escaped (`terminal.one_line`).
+
+    One scan of the joined text finds the rare line that needs escaping, so a
+    `log` of 100,000 rows pays one regular-expression pass, not one per line.
+    """
+    if not lines:
+        return
+    text = "\n".join(lines)
+    if has_unsafe(text, newlines_ok=True) or text.count("\n") != len(lines) - 1:
+        text = "\n".join(one_line(line) for line in lines)
+    click.echo(text)
+
+
+def echo_block(text: str) -> None:
+    """Print multi-line text (a story's content): newlines and tabs kept, controls escaped."""
+    click.echo(block(text))
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    """Left-aligned columns two spaces apart, no trailing blanks."""
+    """Left-aligned columns two spaces apart, no trailing blanks; cells safe to print.
+
+    A cell with a control character (a newline, ESC...) is escaped before the
+    widths are measured, so the columns still line up. The check is one scan
+    of the finished table: the usual table is laid out once.
+    """
+    text = _layout(rows, headers)
+    if has_unsafe(text, newlines_ok=True) or text.count("\n") != len(rows):
+        text = _layout([[one_line(cell) for cell in row] for row in rows],
+                       [one_line(header) for header in headers])
+    return text
+
+
+def _layout(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]

@@ -1,7 +1,9 @@
 """`ls`, `show`, `board` and `search`: the stories as they are now, read-only.
 
 They must start fast: no watchdog, no pycrdt, and rich only for the board's
-text output.
+text output. Text output goes through the helpers in `commands.common` (or,
+for the board, `terminal.one_line`), which escape control characters from
+story files.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import TYPE_CHECKING
 import click
 
 from pipelined.commands.common import (
+    echo_block,
+    echo_lines,
     json_option,
     load_config,
     print_json,
@@ -101,18 +105,19 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     if as_json:
         print_json(story)
         return
-    for key in ("id", "stage", "name", "agent", "retry_count", "blocked", "depends_on",
-                "created_at", "updated_at"):
-        value = story[key]
-        click.echo(f"{key + ':':<13} {'' if value is None else value}")
+    lines = [f"{key + ':':<13} {'' if story[key] is None else story[key]}"
+             for key in ("id", "stage", "name", "agent", "retry_count", "blocked",
+                         "depends_on", "created_at", "updated_at")]
     if story["extra"]:
         import json
 
-        click.echo(f"{'extra:':<13} {json.dumps(story['extra'], ensure_ascii=False)}")
-    for error in story["errors"]:
-        click.echo(f"{'error:':<13} {error}")
-    click.echo("")
-    click.echo(story["content"] if story["content"] is not None
+        from pipelined.terminal import json_text
+
+        extra = json_text(json.dumps(story["extra"], ensure_ascii=False))
+        lines.append(f"{'extra:':<13} {extra}")
+    lines += [f"{'error:':<13} {error}" for error in story["errors"]]
+    echo_lines([*lines, ""])
+    echo_block(story["content"] if story["content"] is not None
                else "(content not copied: file over the size limit)")
 
 
@@ -167,8 +172,8 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
     if as_json:
         print_json([hit.as_dict() for hit in hits])
         return
-    for hit in hits:
-        click.echo(f"{hit.id}  {hit.stage}  {hit.name or ''}".rstrip())
-        click.echo(f"    {hit.snippet}")
+    echo_lines([line for hit in hits
+                for line in (f"{hit.id}  {hit.stage}  {hit.name or ''}".rstrip(),
+                             f"    {hit.snippet}")])
     if not hits:
         click.echo("no match", err=True)

@@ -1,0 +1,118 @@
+r"""Story text made safe to print: no character from a story file drives a terminal.
+
+Anyone who can write a story file chooses its id (the file name), name, agent,
+extra keys and content, and the read commands print them and the daemon logs
+them. A control character among them could clear the reader's screen (ESC
+`[2J`), ring the bell, start a C1 escape sequence (U+009B is CSI on many
+terminals) or reorder what a line shows (the bidi overrides and isolates). So
+every text output of pipelined passes through one of these:
+
+- `one_line`: a table cell, a field, a log value, an `Error:` line. Every C0
+  control (newline and tab too), DEL, every C1 control and the bidi
+  overrides/isolates (U+202A-U+202E, U+2066-U+2069) become visible escapes.
+- `block`: a story's content, printed as a block of lines: the same, but
+  newlines, tabs and CR LF line ends are kept.
+- `json_text`: JSON already encoded with `ensure_ascii=False`, which leaves
+  DEL, C1 and the bidi characters raw; they become `\u007f`-style escapes,
+  which decode to the same value.
+
+The escapes read like Python's: `\n`, `\t`, `\r`, `\x1b`, `\x9b`, `\u202e`. A
+reader sees that something is there and what; nothing is silently dropped.
+Text without such characters comes back unchanged (the same object), after
+one scan by a compiled pattern: the common case costs almost nothing.
+
+`discard_output` is the other half of printing to a stream nobody reads any
+more: after a broken pipe, the file descriptor is pointed at /dev/null.
+
+Imports only `re` (and `os` when discarding): the CLI's error path and the
+daemon's log setup use it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["block", "discard_output", "has_unsafe", "json_text", "one_line"]
+
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+# DEL, C1 and the bidi characters: what JSON with ensure_ascii=False leaves raw.
+_RAW_IN_JSON = f"\x7f-\x9f{_BIDI}"
+_UNSAFE_IN_LINE = re.compile(f"[\x00-\x1f{_RAW_IN_JSON}]")
+# A lone CR moves the cursor back over the line; CR LF (a Windows line end) is harmless.
+_UNSAFE_IN_BLOCK = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_RAW_IN_JSON}]|\r(?!\n)")
+# Lines joined by newlines: only the joins may be newlines (see `has_unsafe`).
+_UNSAFE_IN_LINES = re.compile(f"[\x00-\x09\x0b-\x1f{_RAW_IN_JSON}]")
+_UNSAFE_IN_JSON = re.compile(f"[{_RAW_IN_JSON}]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def one_line(text: str) -> str:
+    """`text` as one line: control and bidi characters, newlines and tabs escaped."""
+    if _UNSAFE_IN_LINE.search(text) is None:
+        return text
+    return _UNSAFE_IN_LINE.sub(_escape, text)
+
+
+def block(text: str) -> str:
+    """`text` as lines: like `one_line`, but newlines, tabs and CR LF are kept."""
+    if _UNSAFE_IN_BLOCK.search(text) is None:
+        return text
+    return _UNSAFE_IN_BLOCK.sub(_escape, text)
+
+
+def has_unsafe(text: str, newlines_ok: bool = False) -> bool:
+    """True if `one_line` would change `text`, or, with `newlines_ok`, one of its lines.
+
+    With `newlines_ok` the caller, who joined lines with newlines, must still
+    count them: a newline inside one of the lines is not seen here.
+    """
+    pattern = _UNSAFE_IN_LINES if newlines_ok else _UNSAFE_IN_LINE
+    return pattern.search(text) is not None
+
+
+def json_text(encoded: str) -> str:
+    """JSON text with DEL, C1 and bidi characters as `\\uXXXX` escapes.
+
+    Valid for any JSON document: outside strings JSON is ASCII without DEL,
+    so these characters only occur inside strings, where the escape stands for
+    the same character.
+    """
+    if encoded.isascii() and "\x7f" not in encoded:  # isascii() is a flag, `in` a memchr
+        return encoded
+    if _UNSAFE_IN_JSON.search(encoded) is None:
+        return encoded
+    return _UNSAFE_IN_JSON.sub(_json_escape, encoded)
+
+
+def discard_output(stream: Any) -> None:
+    """Point `stream`'s file descriptor at /dev/null once its reader has gone.
+
+    What is still buffered then flushes into nothing, instead of failing again
+    at exit (an "Exception ignored" message, and exit status 120). A stream
+    without a file descriptor (a test's capture) is left alone.
+    """
+    import os
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
