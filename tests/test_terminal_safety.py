@@ -121,6 +121,13 @@ class TestTextOutput:
         assert RAW.search(result.stderr) is None, repr(result.stderr)
         assert f"1_backlog/14_twin{SHOWN}.md" in result.stderr
 
+    def test_move_names_the_story_escaped(self, hostile: list[str]) -> None:
+        """`move` prints the id it found (here: already in that stage) escaped."""
+        result = CliRunner().invoke(main, ["move", "12", "1_backlog", *hostile])
+        assert result.exit_code == 0, result.output
+        assert RAW.search(result.stdout) is None, repr(result.stdout)
+        assert f"12_dep{SHOWN} is already in 1_backlog" in result.stdout
+
 
 class TestJsonOutput:
     @pytest.mark.parametrize("args", TEXT_COMMANDS, ids=lambda a: a[0])

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from pipelined.commands.common import (
+    echo_line,
     json_option,
     load_config,
     print_json,
@@ -75,7 +76,7 @@ def new(root: Path | None, db: Path | None, stages: str | None, config_file: Pat
         print_json({"id": made.story_id, "path": str(made.path.absolute()),
                     "number": made.number, "stage": made.stage})
         return
-    click.echo(made.story_id)
+    echo_line(made.story_id)
 
 
 @click.command()
@@ -110,9 +111,9 @@ def move(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
                     "synced": synced})
         return
     if moved.from_stage == moved.to_stage:
-        click.echo(f"{moved.story_id} is already in {stage}")
+        echo_line(f"{moved.story_id} is already in {stage}")
     else:
-        click.echo(f"moved {moved.story_id}: {moved.from_stage} -> {moved.to_stage}")
+        echo_line(f"moved {moved.story_id}: {moved.from_stage} -> {moved.to_stage}")
 
 
 @click.command()
@@ -139,7 +140,7 @@ def init(directory: Path, stages: str | None, example: bool, as_json: bool) -> N
         print_json(asdict(result))
         return
     for rel in result.created:
-        click.echo(f"created {rel}")
+        echo_line(f"created {rel}")
     for rel in result.kept:
-        click.echo(f"kept    {rel}")
-    click.echo(f"start the daemon: pipelined run --config {result.config}")
+        echo_line(f"kept    {rel}")
+    echo_line(f"start the daemon: pipelined run --config {result.config}")
