@@ -27,8 +27,12 @@ def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
     return state.to_dict()
 
 
-def diagnose(conn: apsw.Connection, root: Path | None, stages: tuple[str, ...]) -> dict[str, Any]:
+def diagnose(conn: apsw.Connection, root: Path, stages: tuple[str, ...]) -> dict[str, Any]:
     """Every problem found, grouped; `ok` is False when any group is not empty.
+
+    `root` is the checked root (`daemon.check_root`): a missing root or stage
+    folder is an error for the caller to report, never an empty folder that
+    would make every story look deleted or, skipped, make "ok" a lie.
 
     All reads happen in one read transaction: while the daemon commits, the
     rows and the pycrdt updates must come from the same snapshot.
@@ -37,8 +41,7 @@ def diagnose(conn: apsw.Connection, root: Path | None, stages: tuple[str, ...]) 
         return _diagnose(conn, root, stages)
 
 
-def _diagnose(conn: apsw.Connection, root: Path | None,
-              stages: tuple[str, ...]) -> dict[str, Any]:
+def _diagnose(conn: apsw.Connection, root: Path, stages: tuple[str, ...]) -> dict[str, Any]:
     rows = queries.story_rows(conn)
     state = _state_from_db(conn)
     mismatch: list[dict[str, str]] = []
@@ -58,24 +61,23 @@ def _diagnose(conn: apsw.Connection, root: Path | None,
                 mismatch.append({"id": story_id,
                                  "problem": f"{key}: row has {row_value!r}, state {value!r}"})
     drift: list[dict[str, str]] = []
-    if root is not None:
-        known = {path: (sid, mtime, size, inode) for path, sid, mtime, size, inode in
-                 conn.execute("SELECT path, story_id, mtime_ns, size, inode FROM file_signatures")}
-        seen: set[str] = set()
-        for story_file in stat_pass(root, stages):
-            path = story_file.rel_path
-            seen.add(path)
-            sig = story_file.signature
-            record = known.get(path)
-            if record is None:
-                drift.append({"path": path, "problem": "file not in the database"})
-            elif record[1:] != (sig.mtime_ns, sig.size, sig.inode):
-                drift.append({"path": path, "problem": "file changed since the last sync"})
-        drift.extend({"path": path, "problem": "in the database, no such file"}
-                     for path in sorted(set(known) - seen))
-        with_files = {known[p][0] for p in seen if p in known}
-        drift.extend({"path": story_id, "problem": "story has no file"}
-                     for story_id in sorted(set(rows) - with_files) if rows[story_id])
+    known = {path: (sid, mtime, size, inode) for path, sid, mtime, size, inode in
+             conn.execute("SELECT path, story_id, mtime_ns, size, inode FROM file_signatures")}
+    seen: set[str] = set()
+    for story_file in stat_pass(root, stages):
+        path = story_file.rel_path
+        seen.add(path)
+        sig = story_file.signature
+        record = known.get(path)
+        if record is None:
+            drift.append({"path": path, "problem": "file not in the database"})
+        elif record[1:] != (sig.mtime_ns, sig.size, sig.inode):
+            drift.append({"path": path, "problem": "file changed since the last sync"})
+    drift.extend({"path": path, "problem": "in the database, no such file"}
+                 for path in sorted(set(known) - seen))
+    with_files = {known[p][0] for p in seen if p in known}
+    drift.extend({"path": story_id, "problem": "story has no file"}
+                 for story_id in sorted(set(rows) - with_files) if rows[story_id])
     report = {
         "conflicts": queries.conflicts(conn),
         "parse_errors": queries.parse_errors(conn),

@@ -3,6 +3,8 @@
 `rebuild` needs the daemon stopped (it takes the daemon's lock): it moves the
 old database aside, never deleting it, and builds a fresh one from the folders,
 keeping the story-number high-water mark of the old one when it can be read.
+What is not pipelined's (another application's database, a file that is not
+SQLite, a device) it refuses before it creates or moves anything.
 `backup` runs beside a live daemon: SQLite's online backup copies one
 consistent snapshot through a read-only connection.
 """
@@ -22,6 +24,7 @@ from pipelined.errors import DatabaseError
 from pipelined.store.connection import open_read_only, open_writer
 from pipelined.store.lock import DaemonLock
 from pipelined.store.migrations import apply_migrations
+from pipelined.store.preflight import check_before_reading, check_before_writing
 from pipelined.store.writer import write_batches
 
 __all__ = ["BackupResult", "RebuildResult", "backup", "rebuild"]
@@ -69,11 +72,19 @@ def _old_high_water(db_path: Path) -> int:
 
 
 def _move_aside(db_path: Path) -> Path | None:
-    """Rename the database and its -wal/-shm to `<db>.old-<time>`; the new name."""
+    """Rename the database and its -wal/-shm to `<db>.old-<time>`; the new name.
+
+    A name already taken (two rebuilds within a second) gets a number: an
+    earlier kept database is never replaced.
+    """
     if not db_path.exists():
         return None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     target = db_path.with_name(f"{db_path.name}.old-{stamp}")
+    number = 1
+    while any(os.path.lexists(target.with_name(target.name + s)) for s in ("", "-wal", "-shm")):
+        number += 1
+        target = db_path.with_name(f"{db_path.name}.old-{stamp}-{number}")
     for suffix in ("", "-wal", "-shm"):
         source = db_path.with_name(db_path.name + suffix)
         if source.exists():
@@ -89,6 +100,8 @@ def rebuild(config: Config) -> RebuildResult:
 
     root = check_root(config)
     db_path = config.db_path
+    # Before the lock file: another application's file is never moved aside.
+    check_before_writing(db_path, rebuilding=True)
     lock = DaemonLock(db_path)
     lock.acquire()  # DatabaseBusy, naming the pid, while a daemon runs
     try:
@@ -117,23 +130,48 @@ def rebuild(config: Config) -> RebuildResult:
 
 
 def backup(db_path: Path, target: Path) -> BackupResult:
-    """A consistent copy of the database, taken while the daemon may be running."""
-    if target.exists():
+    """A consistent copy of the database, taken while the daemon may be running.
+
+    TARGET must be a new name: an existing file, a device (`/dev/null`), a FIFO
+    or a symbolic link is refused, and the file is created exclusively, so two
+    backups never write into one file. A copy that fails is removed.
+    """
+    if os.path.lexists(target):
         raise DatabaseError(target, "already exists; choose a new file name")
+    check_before_reading(db_path)  # another application's database is not backed up
     source = open_read_only(db_path)
     try:
+        _create_new(target)
         try:
-            dest = apsw.Connection(str(target))
-        except apsw.Error as exc:
-            raise DatabaseError(target, f"cannot create it ({exc})") from None
-        try:
-            with dest.backup("main", source, "main") as copy:
-                copy.step(-1)  # every page in one step: one consistent snapshot
-            problems = [str(r[0]) for r in dest.execute("PRAGMA quick_check(1)")]
-            if problems != ["ok"]:
-                raise DatabaseError(target, f"the copy failed its check: {problems[0]}")
-        finally:
-            dest.close()
+            _copy_into(source, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
     finally:
         source.close()
     return BackupResult(str(db_path), str(target), target.stat().st_size)
+
+
+def _create_new(target: Path) -> None:
+    """Create TARGET empty, or DatabaseError if anything is at that name now."""
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except FileExistsError:
+        raise DatabaseError(target, "already exists; choose a new file name") from None
+    except OSError as exc:
+        raise DatabaseError(target, f"cannot create it ({exc.strerror or exc})") from None
+
+
+def _copy_into(source: apsw.Connection, target: Path) -> None:
+    try:
+        dest = apsw.Connection(str(target))
+    except apsw.Error as exc:
+        raise DatabaseError(target, f"cannot create it ({exc})") from None
+    try:
+        with dest.backup("main", source, "main") as copy:
+            copy.step(-1)  # every page in one step: one consistent snapshot
+        problems = [str(r[0]) for r in dest.execute("PRAGMA quick_check(1)")]
+        if problems != ["ok"]:
+            raise DatabaseError(target, f"the copy failed its check: {problems[0]}")
+    finally:
+        dest.close()

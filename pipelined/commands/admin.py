@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pipelined.commands.common import (
+    echo_line,
     json_option,
     load_config,
     print_json,
@@ -50,6 +51,7 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
         "writer_error": beat.get("writer_error") if beat else None,
         "pending_batches": beat.get("pending_batches") if beat else None,
         "stat_pass_owed": beat.get("stat_pass_owed") if beat else None,
+        "folder_problems": beat.get("folder_problems", []) if beat else [],
         "stories": sum(counts.values()),
         "stages": counts,
         "last_sync": info.get("last_sync"),
@@ -60,15 +62,17 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
     daemon_line = f"{result['state']} (pid {pid})" if pid else "not running"
     if result["uptime_s"] is not None:
         daemon_line += f", up {result['uptime_s']} s"
-    click.echo(f"daemon:    {daemon_line}")
+    echo_line(f"daemon:    {daemon_line}")
     if result["writer_error"]:
-        click.echo(f"degraded:  {result['writer_error']} "
-                   f"({result['pending_batches']} batches waiting in memory)")
-    click.echo(f"database:  {config.db_path}")
-    click.echo(f"last sync: {result['last_sync'] or 'never'}")
+        echo_line(f"degraded:  {result['writer_error']} "
+                  f"({result['pending_batches']} batches waiting in memory)")
+    for problem in result["folder_problems"]:
+        echo_line(f"degraded:  {problem}")
+    echo_line(f"database:  {config.db_path}")
+    echo_line(f"last sync: {result['last_sync'] or 'never'}")
     click.echo(f"stories:   {result['stories']}")
     for stage, count in counts.items():
-        click.echo(f"  {stage:<12} {count}")
+        echo_line(f"  {stage:<12} {count}")
 
 
 def _daemon_state(pid: int | None, beat: dict[str, Any] | None, stale_after_s: float) -> str:
@@ -96,23 +100,27 @@ def doctor(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     Example: pipelined doctor --json
     """
+    from pipelined.daemon import check_root
     from pipelined.doctor import diagnose
+    from pipelined.store.preflight import check_before_reading
 
     config = load_config(root, db, stages, config_file)
-    root_path = config.root if config.root.is_dir() else None
+    # It compares the folders with the database: without them "ok" would be a lie.
+    root_path = check_root(config)
+    check_before_reading(config.db_path)  # a foreign file: one line, no -wal/-shm beside it
     report = diagnose(read_conn(config), root_path, config.stages)
     if as_json:
         print_json(report)
     else:
         for c in report["conflicts"]:
-            click.echo(f"conflict     {c['id']}: following {c['winner']}, "
-                       f"also in {', '.join(c['others'])}")
+            echo_line(f"conflict     {c['id']}: following {c['winner']}, "
+                      f"also in {', '.join(c['others'])}")
         for e in report["parse_errors"]:
-            click.echo(f"parse error  {e['path'] or e['id']}: {'; '.join(e['errors'])}")
+            echo_line(f"parse error  {e['path'] or e['id']}: {'; '.join(e['errors'])}")
         for d in report["drift"]:
-            click.echo(f"drift        {d['path']}: {d['problem']}")
+            echo_line(f"drift        {d['path']}: {d['problem']}")
         for m in report["state_mismatch"]:
-            click.echo(f"state        {m['id']}: {m['problem']}")
+            echo_line(f"state        {m['id']}: {m['problem']}")
         if report["ok"]:
             click.echo(f"ok: {report['stories']} stories, no problem found")
     if not report["ok"]:

@@ -24,7 +24,7 @@ BLOCK = 4096
 
 
 def heartbeat_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".heartbeat")
+    return db_path.parent / (db_path.name + ".heartbeat")  # with_name() raises on "." or "/"
 
 
 class Heartbeat:

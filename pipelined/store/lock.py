@@ -26,7 +26,7 @@ _FLOCK = "hhqqixxxx"
 
 
 def lock_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".lock")
+    return db_path.parent / (db_path.name + ".lock")  # with_name() raises on "." or "/"
 
 
 def holder(db_path: Path) -> int | None:

@@ -1,0 +1,260 @@
+"""What a database path holds, found out before anything is created beside it.
+
+`pipelined run` and `pipelined rebuild` create files around the path they are
+given (its folder, `<db>.lock`, `<db>.heartbeat`, `-wal` and `-shm`) and then
+write into it. `check_before_writing` runs first and refuses what is not
+pipelined's to write: a device, a FIFO, a folder, a file that is not SQLite,
+another application's SQLite database, a database a newer pipelined wrote.
+`check_before_reading` does the same for the read commands.
+
+This module must never create, lock, truncate or write a file, nor open one
+in a way that makes SQLite do so: a refused start leaves the folder exactly
+as it was. SQLite is read through the `unix-none` VFS in exclusive locking
+mode, which keeps the WAL index in the process's memory instead of creating
+a `-shm` file, so tables that a crashed daemon left only in its `-wal` are
+seen too (`immutable=1` would hide them behind an empty-looking main file).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from pipelined.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError, MigrationError
+from pipelined.store.connection import REBUILD_HINT
+from pipelined.store.heartbeat import heartbeat_path
+from pipelined.store.lock import holder, lock_path
+
+__all__ = ["DatabaseSurvey", "check_before_reading", "check_before_writing", "survey"]
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SHOWN_TABLES = 8  # an error line names at most this many tables
+# The table apply_migrations creates first, in its own commit: every database
+# pipelined has written to holds it, with these columns.
+MIGRATIONS_TABLE = "schema_migrations"
+MIGRATIONS_COLUMNS = frozenset({"name", "checksum", "applied_at"})
+
+
+@dataclass(frozen=True)
+class DatabaseSurvey:
+    """What is at a database path, as far as it can be seen without changing it."""
+
+    exists: bool
+    sqlite: bool = False  # empty, or starts with the SQLite header
+    tables: tuple[str, ...] = ()  # tables and views, sorted; SQLite's own left out
+    migrations: tuple[str, ...] | None = None  # recorded in our schema_migrations; None: none
+    damage: str | None = None  # SQLite's error when the schema could not be read
+
+    @property
+    def ours(self) -> bool:
+        """It holds pipelined's schema_migrations table."""
+        return self.migrations is not None
+
+    @property
+    def foreign(self) -> bool:
+        """It holds tables but not pipelined's: another application's database."""
+        return not self.ours and bool(self.tables)
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    for test, words in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                        (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _tables(conn: apsw.Connection) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    names = tuple(sorted(str(r[0]) for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")))
+    if MIGRATIONS_TABLE not in names:
+        return names, None
+    columns = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({MIGRATIONS_TABLE})")}
+    if not columns >= MIGRATIONS_COLUMNS:  # Rails, golang-migrate, … use the same name
+        return names, None
+    recorded = tuple(sorted(str(r[0]) for r in conn.execute(
+        f"SELECT name FROM {MIGRATIONS_TABLE}")))
+    return names, recorded
+
+
+def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """The tables and recorded migrations, read without creating or locking a file.
+
+    With `wal`, through `unix-none` in exclusive mode: the -wal is read into
+    memory, no -shm is made, no lock is taken (a read racing a writer may
+    fail; the caller then reads the main file alone). Without, `immutable=1`:
+    the main file only, as it was at its last checkpoint.
+    """
+    if wal:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none")
+    else:
+        conn = apsw.Connection(path.absolute().as_uri() + "?immutable=1",
+                               flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    try:
+        if wal:  # before the first read: the WAL index then lives in this process
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
+        return _tables(conn)
+    finally:
+        conn.close()
+
+
+def _check_file_or_missing(path: Path) -> bool:
+    """True if a regular file is at `path`, False if nothing; else DatabaseError."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DatabaseError(path, f"it is a symbolic link to {os.readlink(path)}, which "
+                                "does not exist; give --db the real path") from None
+        return False
+    except OSError as exc:
+        raise DatabaseError(path, f"cannot look at it ({exc.strerror or exc})") from None
+    kind = _kind(info.st_mode)
+    if kind is not None:
+        raise DatabaseError(path, f"it is {kind}, not a database file; give --db the path "
+                            "of a file (it is created if missing)")
+    return True
+
+
+def survey(path: Path) -> DatabaseSurvey:
+    """What is at `path`; DatabaseError if it is not a file or cannot be read.
+
+    A missing path is a survey with `exists` False. A file that is not SQLite
+    is one with `sqlite` False. A schema SQLite cannot read (damaged pages)
+    is one with `damage` set: whose database it was cannot be told then.
+    """
+    if not _check_file_or_missing(path):
+        return DatabaseSurvey(exists=False)
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise DatabaseError(path, f"cannot read it ({exc.strerror or exc})") from None
+    if header and header != SQLITE_HEADER:
+        return DatabaseSurvey(exists=True)
+    # An empty main file may still have a -wal (a daemon killed during its
+    # first start), so SQLite reads even an empty file here.
+    attempts = (True, False) if "unix-none" in apsw.vfs_names() else (False,)
+    error: apsw.Error | None = None
+    for wal in attempts:
+        try:
+            tables, migrations = _read(path, wal)
+        except apsw.Error as exc:  # a hot journal, an unreadable -wal, a racing writer
+            error = error or exc
+            continue
+        return DatabaseSurvey(exists=True, sqlite=True, tables=tables, migrations=migrations)
+    assert error is not None
+    if isinstance(error, apsw.CorruptError | apsw.NotADBError):
+        return DatabaseSurvey(exists=True, sqlite=True, damage=str(error))
+    raise DatabaseError(path, f"cannot read it ({error})")
+
+
+def _listed(tables: tuple[str, ...]) -> str:
+    shown = ", ".join(tables[:SHOWN_TABLES])
+    more = len(tables) - SHOWN_TABLES
+    return f"{shown}, … {more} more" if more > 0 else shown
+
+
+def _not_sqlite(path: Path) -> DatabaseError:
+    return DatabaseError(path, "not a SQLite database (it does not start with the SQLite "
+                         "header); give --db another file, or if it is pipelined's own "
+                         "database, damaged, move it aside and run `pipelined rebuild`")
+
+
+def _check_beside(db_path: Path) -> None:
+    """The files pipelined keeps beside the database, where they exist, are plain files.
+
+    The lock and the heartbeat are opened with O_CREAT and rewritten: through
+    a symbolic link that would overwrite whatever it points to.
+    """
+    for companion in (lock_path(db_path), heartbeat_path(db_path),
+                      *(db_path.parent / (db_path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            info = companion.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise DatabaseError(db_path, f"cannot look at {companion} "
+                                f"({exc.strerror or exc})") from None
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else _kind(info.st_mode)
+        if kind is not None:
+            raise DatabaseError(db_path, f"{companion} beside it is {kind}, not a file "
+                                "pipelined made; move it away")
+
+
+def _check_folder_can_be_made(db_path: Path) -> None:
+    """The database's folder exists or can be created (nothing is created here)."""
+    folder = db_path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DatabaseError(db_path, f"its folder cannot be created: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseError(db_path, f"cannot create it: the folder {folder} is not writable")
+
+
+def _check_migrations_known(db_path: Path, recorded: tuple[str, ...]) -> None:
+    from pipelined.store.migrations import known_migrations
+
+    unknown = sorted(set(recorded) - {m.name for m in known_migrations()})
+    if unknown:  # the same words as apply_migrations, which checks again under the lock
+        raise MigrationError(
+            db_path, f"it has migration {unknown[-1]} that this pipelined does not know "
+            "(written by a newer version); upgrade pipelined")
+
+
+def check_before_writing(db_path: Path, *, rebuilding: bool = False) -> None:
+    """Raise unless pipelined may create its files beside `db_path` and write into it.
+
+    Accepted: no file yet (its folder can be created), an empty file, a SQLite
+    database without tables, and pipelined's own database whose migrations
+    this code knows. `rebuilding` also accepts a damaged SQLite database:
+    `pipelined rebuild` moves it aside. Reads only; see the module docstring.
+    """
+    _check_file_or_missing(db_path)  # first: a device or a folder is never opened
+    _check_beside(db_path)
+    pid = holder(db_path)
+    if pid is not None:  # before reading it: a read racing the daemon's writes may fail
+        raise DatabaseBusy(db_path, pid)
+    found = survey(db_path)
+    if not found.exists:
+        _check_folder_can_be_made(db_path)
+        return
+    if not found.sqlite:
+        raise _not_sqlite(db_path)
+    if found.damage is not None:
+        if rebuilding:
+            return
+        raise DatabaseCorrupt(db_path, f"{found.damage}; {REBUILD_HINT}")
+    if found.foreign:
+        raise DatabaseError(db_path, f"it is another application's database (tables: "
+                            f"{_listed(found.tables)}); pipelined only uses its own")
+    if found.migrations:
+        _check_migrations_known(db_path, found.migrations)
+
+
+def check_before_reading(db_path: Path) -> None:
+    """Raise unless `db_path` is missing or pipelined's own database.
+
+    A read command calls it before it opens the database read-only, which on a
+    WAL database would create -wal and -shm files beside a foreign file. A
+    missing file, and damage, are left to the opening, which names them.
+    """
+    if _check_file_or_missing(db_path) and holder(db_path) is not None:
+        return  # a daemon runs on it, so it is pipelined's; reading now could race it
+    found = survey(db_path)
+    if not found.exists or found.damage is not None:
+        return
+    if not found.sqlite:
+        raise _not_sqlite(db_path)
+    if not found.ours:
+        held = (f"another application's tables: {_listed(found.tables)}" if found.tables
+                else "no tables")
+        raise DatabaseError(db_path, f"not a pipelined database (it holds {held})")
