@@ -331,3 +331,18 @@ class TestReadCommands:
             f"Error: database {source}: not a pipelined database (it holds another "
             "application's tables: customers, invoices, notes)"]
         assert listing(folder) == before
+
+    @pytest.mark.parametrize("command", [("ls",), ("status",), ("show", "1"), ("log",)])
+    def test_read_commands_leave_a_foreign_wal_database_alone(
+            self, stories: Stories, folder: Path, command: tuple[str, ...]) -> None:
+        """Every read command on another application's WAL database: one line naming it,
+        exit 1, and no -wal or -shm file created beside it."""
+        source = folder / "app.db"
+        make_foreign(source, wal=True)
+        before = listing(folder)
+        result = cli(*command, "--root", str(stories.root), "--db", str(source))
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"Error: database {source}: not a pipelined database (it holds another "
+            "application's tables: customers, invoices, notes)"]
+        assert listing(folder) == before
