@@ -38,8 +38,13 @@ class Heartbeat:
         data = json.dumps({**info, "heartbeat_unix": time.time()}).encode()
         if len(data) >= BLOCK:
             data = json.dumps({"pid": info.get("pid"), "heartbeat_unix": time.time(),
-                               "degraded": info.get("degraded")}).encode()
+                               "degraded": info.get("degraded"), "ready": info.get("ready"),
+                               "folder_problems": [str(p)[:200] for p in
+                                                   info.get("folder_problems", [])[:5]],
+                               }).encode()
         try:
+            if self._fd is not None and not self._still_at_path(self._fd):
+                self.close()  # deleted or replaced: `status` reads the path, not our inode
             if self._fd is None:
                 # Not through a symbolic link: the rewrite would clobber its target.
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -47,6 +52,14 @@ class Heartbeat:
             pwrite_all(self._fd, data.ljust(BLOCK), 0)  # a pwrite may be short
         except OSError:
             pass  # advisory: status then reports the heartbeat as stale
+
+    def _still_at_path(self, fd: int) -> bool:
+        try:
+            at_path = os.lstat(self.path)
+        except OSError:
+            return False
+        mine = os.fstat(fd)
+        return (at_path.st_dev, at_path.st_ino) == (mine.st_dev, mine.st_ino)
 
     def close(self) -> None:
         if self._fd is not None:
