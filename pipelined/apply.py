@@ -8,7 +8,6 @@ the persisted history. Nothing else may touch its `Reconciler`.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -27,6 +26,7 @@ from pipelined.layout import (
     symlinked_story_ids,
 )
 from pipelined.logs import get_logger
+from pipelined.shaping import reread_for_settings, stored_with_settings
 from pipelined.store.connection import (
     as_corrupt,
     open_read_only,
@@ -53,43 +53,6 @@ STAGE_PROBE_S = 2.0  # an unreadable stage folder is probed this often until it 
 class StartupStopped(Exception):
     """A second SIGTERM/SIGINT stopped the startup catch-up: the chunks committed
     so far stay, and the next start re-reads only the files of the others."""
-
-
-def stored_with_settings(config: Config) -> str:
-    """The settings that shape what is stored for a file, as recorded in daemon_meta.
-
-    The parser's rules (`PARSER_VERSION`) and the size limit decide a row's
-    fields, content and errors; a row made under other values is stale even
-    though its file did not change.
-    """
-    from pipelined.story import PARSER_VERSION
-
-    return json.dumps({"max_file_bytes": config.max_file_bytes,
-                       "parser_version": PARSER_VERSION}, sort_keys=True)
-
-
-def reread_for_settings(before: str | None, now: str,
-                        by_path: dict[str, tuple[int, int, int]]) -> set[str]:
-    """Ids whose rows the change of settings from `before` to `now` makes stale.
-
-    Another parser version (or none recorded: a database older than the
-    record) affects every story; another size limit only the files larger
-    than the smaller of the two limits.
-    """
-    every = {split_rel_path(path)[1] for path in by_path}
-    try:
-        old = json.loads(before) if before is not None else None
-    except ValueError:
-        old = None
-    new = json.loads(now)
-    if not isinstance(old, dict) or old.get("parser_version") != new["parser_version"]:
-        return every
-    old_limit = old.get("max_file_bytes")
-    if not isinstance(old_limit, int):
-        return every
-    smaller = min(old_limit, new["max_file_bytes"])
-    return {split_rel_path(path)[1] for path, (_mtime, size, _inode) in by_path.items()
-            if size > smaller}
 
 
 class _Timers:
@@ -159,7 +122,7 @@ class ApplyLoop(threading.Thread):
                 known_ids = {split_rel_path(path)[1] for path in stored.by_path}
                 touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
             stat_ms = int((time.monotonic() - started) * 1000)
-            stored_with = stored_with_settings(self.config)
+            stored_with = stored_with_settings(self.config.max_file_bytes)
             reread = (set() if stored.stored_with == stored_with
                       else reread_for_settings(stored.stored_with, stored_with, stored.by_path))
             touched |= reread
@@ -222,10 +185,13 @@ class ApplyLoop(threading.Thread):
                                           log_each=log_each)
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
-            if stored_with is not None and begin == (last_begin if mismatch else 0):
-                result.batch.meta["stored_with"] = stored_with
             self._defer(result)
             totals.add_counts(result)
+            if (stored_with is not None and begin == (last_begin if mismatch else 0)
+                    and not totals.skipped & mismatch):
+                # Not while a story to re-read sits in a folder that cannot be read:
+                # the next start re-reads what the new settings affect again.
+                result.batch.meta["stored_with"] = stored_with
             try:
                 seq = self.writer.submit(result.batch)
             except WriterStopped:

@@ -39,6 +39,7 @@ from pipelined.health import (
     WatchdogPinger,
     status_line,
 )
+from pipelined.layout import check_root
 from pipelined.logs import configure_logging, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
 from pipelined.store.connection import (
@@ -53,7 +54,7 @@ from pipelined.store.queries import counts_by_stage, meta
 from pipelined.store.writer import Writer
 from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
 
-__all__ = ["ApplyLoop", "Daemon", "check_root"]  # ApplyLoop re-exported
+__all__ = ["ApplyLoop", "Daemon"]  # ApplyLoop re-exported
 
 log = get_logger("pipelined.daemon")
 
@@ -62,21 +63,6 @@ EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and agai
 EXTEND_BY_USEC = 30_000_000
 UNWATCHED_RESCAN_S = 5.0  # a stat pass this often while a stage folder cannot be watched
 RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
-def check_root(config: Config) -> Path:
-    """The absolute root, or RootError if it or a stage folder is missing."""
-    root = config.root.expanduser()
-    if not root.is_dir():
-        raise RootError(root, "no such folder (set --root or PIPELINED_ROOT)")
-    root = root.resolve()
-    for stage in config.stages:
-        folder = root / stage
-        if not folder.is_dir():
-            raise RootError(folder, "stage folder is missing "
-                            f"(create it, or set --stages; watched: {','.join(config.stages)})")
-        if not folder.resolve().is_relative_to(root):
-            raise RootError(folder, f"stage folder is a symlink out of the root "
-                            f"(to {folder.resolve()}); symlinks are not followed out of it")
-    return root
 
 
 class Daemon:
@@ -123,7 +109,7 @@ class Daemon:
         from pipelined.store.preflight import check_before_writing
 
         started = self._started = time.monotonic()
-        root = check_root(self.config)
+        root = check_root(self.config.root, self.config.stages)
         db_path = self.config.db_path
         # Before the folder, the lock file or a -wal is created: a refused start
         # (another application's database, a device, a newer schema) leaves the

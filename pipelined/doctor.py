@@ -30,7 +30,7 @@ def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
 def diagnose(conn: apsw.Connection, root: Path, stages: tuple[str, ...]) -> dict[str, Any]:
     """Every problem found, grouped; `ok` is False when any group is not empty.
 
-    `root` is the checked root (`daemon.check_root`): a missing root or stage
+    `root` is the checked root (`layout.check_root`): a missing root or stage
     folder is an error for the caller to report, never an empty folder that
     would make every story look deleted or, skipped, make "ok" a lie.
 

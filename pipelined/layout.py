@@ -14,10 +14,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from pipelined.errors import RootError
+
 __all__ = [
     "FileSignature",
     "RefusedFile",
     "StoryFile",
+    "check_readable_stages",
+    "check_root",
     "find_git_dir",
     "is_story_name",
     "open_story",
@@ -273,6 +277,35 @@ def _read_small_file(path: Path, limit: int = 4096) -> str:
         return ""
     finally:
         os.close(fd)
+
+
+def check_root(root: Path, stages: Iterable[str]) -> Path:
+    """The absolute root, or RootError if it or a stage folder is missing (or a
+    stage folder is a symlink out of the root)."""
+    stages = tuple(stages)
+    root = root.expanduser()
+    if not root.is_dir():
+        raise RootError(root, "no such folder (set --root or PIPELINED_ROOT)")
+    root = root.resolve()
+    for stage in stages:
+        folder = root / stage
+        if not folder.is_dir():
+            raise RootError(folder, "stage folder is missing "
+                            f"(create it, or set --stages; watched: {','.join(stages)})")
+        if not folder.resolve().is_relative_to(root):
+            raise RootError(folder, f"stage folder is a symlink out of the root "
+                            f"(to {folder.resolve()}); symlinks are not followed out of it")
+    return root
+
+
+def check_readable_stages(root: Path, stages: Iterable[str]) -> None:
+    """RootError for the first stage folder that cannot be listed or searched: for
+    commands that must see every story (`rebuild`), unreadable is not empty."""
+    for stage in stages:
+        why = stage_problem(root, stage)
+        if why is not None:
+            raise RootError(root / stage, f"cannot read the stage folder ({why}); "
+                            "its stories would be left out")
 
 
 def find_git_dir(root: Path) -> Path | None:

@@ -21,6 +21,8 @@ import apsw
 from pipelined.config import Config
 from pipelined.content import ContentMap
 from pipelined.errors import DatabaseError
+from pipelined.layout import check_readable_stages, check_root
+from pipelined.shaping import stored_with_settings
 from pipelined.store.connection import open_read_only, open_writer
 from pipelined.store.lock import DaemonLock
 from pipelined.store.migrations import apply_migrations
@@ -94,11 +96,11 @@ def _move_aside(db_path: Path) -> Path | None:
 
 def rebuild(config: Config) -> RebuildResult:
     """A fresh database from the folders; the old file is kept beside it."""
-    from pipelined.daemon import check_root
     from pipelined.state import PipelineState
     from pipelined.sync import Reconciler
 
-    root = check_root(config)
+    root = check_root(config.root, config.stages)
+    check_readable_stages(root, config.stages)  # before the old file is moved aside
     db_path = config.db_path
     # Before the lock file: another application's file is never moved aside.
     check_before_writing(db_path, rebuilding=True)
@@ -117,6 +119,7 @@ def rebuild(config: Config) -> RebuildResult:
             result = reconciler.reconcile(touched, confirm_absent=True)
             batch = result.batch
             batch.meta["client_id"] = str(state.doc.client_id)
+            batch.meta["stored_with"] = stored_with_settings(config.max_file_bytes)
             batch.high_water = max(high_water, reconciler.high_water)
             write_batches(conn, [batch])
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -64,6 +64,7 @@ class SyncResult:
 
     batch: Batch
     absent: set[str] = field(default_factory=set)
+    skipped: set[str] = field(default_factory=set)  # left as they were: folder unreadable
     files_read: int = 0
     created: int = 0
     updated: int = 0
@@ -72,6 +73,7 @@ class SyncResult:
 
     def add_counts(self, other: SyncResult) -> None:
         """Add another reconcile's counts (a catch-up done in chunks)."""
+        self.skipped |= other.skipped
         self.files_read += other.files_read
         self.created += other.created
         self.updated += other.updated
@@ -316,11 +318,14 @@ class Reconciler:
     def _find_files(self, story_id: str) -> list[StoryFile] | None:
         """The id's files in every stage folder, or None when absence cannot be told.
 
-        A folder that cannot be searched is a problem of that folder alone: an id
-        known to have its file there is left as it is until the folder can be
-        read again (None); for any other id the other folders decide.
+        A folder that cannot be searched is a problem of that folder alone, but
+        it may hold the id's file: an id known to have its file there, or found
+        in no other folder (it may have moved in there), is left as it is until
+        the folder can be read again (None); unreadable is not absent. An id
+        found elsewhere and not known there is decided by the other folders.
         """
         found: list[StoryFile] = []
+        unsearchable = False
         for stage in self.stages:
             try:
                 story_file = stat_story(self.root, stage, story_id)
@@ -328,10 +333,11 @@ class Reconciler:
                 self.note_stage_problem(stage, exc.strerror or str(exc))
                 if any(split_rel_path(p)[0] == stage for p in self._paths_by_id.get(story_id, ())):
                     return None
+                unsearchable = True
                 continue
             if story_file is not None:
                 found.append(story_file)
-        return found
+        return None if unsearchable and not found else found
 
     def _reconcile_one(
         self,
@@ -345,7 +351,8 @@ class Reconciler:
         batch = result.batch
         found = self._find_files(story_id)
         if found is None:
-            return  # its file is in a folder that cannot be searched: kept as it is
+            result.skipped.add(story_id)  # maybe in a folder that cannot be searched: kept
+            return
         parsed: ParsedStory | None = None
         winner: StoryFile | None = None
         while found:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,32 @@ class TestUnreadableStageFolder:
         wait_until(lambda: status(daemon)["state"] == "ready", timeout=10, what="ready again")
         assert daemon.stop() == 0
 
+    def test_story_moved_into_an_unreadable_folder_is_not_deleted(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """A story moved (while the daemon was stopped) into a folder that is then
+        unreadable is not taken for deleted at the next start: it may be in there.
+        Once the folder is readable it shows in its new stage."""
+        if os.geteuid() == 0:
+            daemon.prefix = NO_DAC
+        stories.write("1_backlog", "15_story_moving", name="moving")
+        daemon.start()
+        daemon.wait_row("15_story_moving")
+        assert daemon.stop() == 0
+        stories.move("15_story_moving", "1_backlog", "2_current")  # as a git pull would
+        folder = stories.root / "2_current"
+        folder.chmod(0)
+        try:
+            daemon.start()
+            stories.write("1_backlog", "16_story_marker", name="after the catch-up")
+            daemon.wait_row("16_story_marker", timeout=10)
+            assert daemon.row("15_story_moving") is not None
+            assert daemon.query("SELECT count(*) FROM story_history WHERE story_id = ? AND "
+                                "kind = 'deleted'", ("15_story_moving",)) == [(0,)]
+        finally:
+            folder.chmod(0o755)
+        daemon.wait_row("15_story_moving", lambda r: r["stage"] == "2_current", timeout=10)
+        assert daemon.stop() == 0
+
     def test_started_while_unreadable_watches_it_once_readable(self, stories: Stories,
                                                                daemon: DaemonProcess) -> None:
         """A daemon started while a stage folder is unreadable starts, reports it, and
@@ -165,6 +192,32 @@ class TestUnreadableStageFolder:
         stories.write("2_current", "13_story_b", story_text(name="b"))
         daemon.wait_row("13_story_b", timeout=10)
         assert daemon.stop() == 0
+
+
+@needs_permissions
+def test_rebuild_refuses_an_unreadable_stage_folder(stories: Stories,
+                                                    daemon: DaemonProcess) -> None:
+    """`rebuild` must see every story: an unreadable stage folder is one line and exit 1,
+    and the old database is not moved aside."""
+    stories.write("2_current", "17_story_hidden", name="hidden")
+    daemon.start()
+    daemon.wait_row("17_story_hidden")
+    assert daemon.stop() == 0
+    folder = stories.root / "2_current"
+    folder.chmod(0)
+    try:
+        done = subprocess.run(
+            [*(NO_DAC if os.geteuid() == 0 else []), sys.executable, "-m", "pipelined",
+             "rebuild", "--root", str(stories.root), "--db", str(daemon.db)],
+            capture_output=True, text=True, check=False, timeout=DEADLINE_S)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"Error: {folder}: cannot read the stage folder (Permission denied); its stories "
+        "would be left out"]
+    assert not list(daemon.db.parent.glob("*.old-*"))
+    assert daemon.row("17_story_hidden") is not None
 
 
 def _userns_inotify_limits() -> bool:

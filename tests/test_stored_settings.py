@@ -13,7 +13,7 @@ from typing import ClassVar
 import apsw
 from conftest import DaemonProcess, Stories, story_text
 
-from pipelined.apply import reread_for_settings
+from pipelined.shaping import reread_for_settings
 
 BIG = story_text(name="big one", body="x" * 3000 + "\n")
 
@@ -106,3 +106,14 @@ class TestRereadForSettings:
         now = json.dumps({"max_file_bytes": 1000, "parser_version": 2})
         assert reread_for_settings(None, now, self.BY_PATH) == {"1_a", "2_b", "3_c"}
         assert reread_for_settings("{oops", now, self.BY_PATH) == {"1_a", "2_b", "3_c"}
+
+
+def test_rebuild_records_the_settings(stories: Stories, daemon: DaemonProcess) -> None:
+    """A database made by `rebuild` records the settings it was made with, so the next
+    start re-reads nothing."""
+    for number in range(1, 4):
+        stories.write("1_backlog", f"{number}_story_r", name=f"r{number}")
+    assert daemon.cli("rebuild").returncode == 0
+    daemon.start()
+    assert startup(daemon, 1)["files_reread"] == 0
+    assert daemon.stop() == 0

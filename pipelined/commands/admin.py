@@ -100,14 +100,12 @@ def doctor(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     Example: pipelined doctor --json
     """
-    from pipelined.daemon import check_root
     from pipelined.doctor import diagnose
-    from pipelined.store.preflight import check_before_reading
+    from pipelined.layout import check_root
 
     config = load_config(root, db, stages, config_file)
     # It compares the folders with the database: without them "ok" would be a lie.
-    root_path = check_root(config)
-    check_before_reading(config.db_path)  # a foreign file: one line, no -wal/-shm beside it
+    root_path = check_root(config.root, config.stages)
     report = diagnose(read_conn(config), root_path, config.stages)
     if as_json:
         print_json(report)

@@ -1,0 +1,48 @@
+"""The settings that shape what is stored for a file, and what a change of them makes stale.
+
+The parse rules (`story.PARSER_VERSION`) and the size limit decide a row's
+fields, content and errors; a row made under other values is stale though its
+file did not change. They are recorded in `daemon_meta.stored_with` by every
+import (the daemon's, `rebuild`'s) and compared at each start. Pure: no
+filesystem, no database.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipelined.layout import split_rel_path
+
+__all__ = ["reread_for_settings", "stored_with_settings"]
+
+
+def stored_with_settings(max_file_bytes: int) -> str:
+    """The value recorded in `daemon_meta.stored_with` (JSON, keys sorted)."""
+    from pipelined.story import PARSER_VERSION  # the parser loads after READY otherwise
+
+    return json.dumps({"max_file_bytes": max_file_bytes, "parser_version": PARSER_VERSION},
+                      sort_keys=True)
+
+
+def reread_for_settings(before: str | None, now: str,
+                        by_path: dict[str, tuple[int, int, int]]) -> set[str]:
+    """Ids whose rows the change of settings from `before` to `now` makes stale.
+
+    Another parser version (or none recorded: a database older than the
+    record) affects every story; another size limit only the files larger
+    than the smaller of the two limits.
+    """
+    every = {split_rel_path(path)[1] for path in by_path}
+    try:
+        old = json.loads(before) if before is not None else None
+    except ValueError:
+        old = None
+    new = json.loads(now)
+    if not isinstance(old, dict) or old.get("parser_version") != new["parser_version"]:
+        return every
+    old_limit = old.get("max_file_bytes")
+    if not isinstance(old_limit, int):
+        return every
+    smaller = min(old_limit, new["max_file_bytes"])
+    return {split_rel_path(path)[1] for path, (_mtime, size, _inode) in by_path.items()
+            if size > smaller}
