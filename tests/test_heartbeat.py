@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from pipelined.store.heartbeat import Heartbeat, heartbeat_path, read_heartbeat
@@ -59,4 +60,22 @@ class TestHeartbeat:
         assert found is not None
         assert (found["pid"], found["ready"], found["degraded"]) == (5, True, True)
         assert found["folder_problems"] == ["2_current: cannot be read (Permission denied)"]
+        beat.close()
+
+    def test_fifo_in_its_place_hangs_neither_side(self, tmp_path: Path) -> None:
+        """A named pipe renamed over the heartbeat: the daemon's beat does not keep it
+        open, and reading the heartbeat (`status`) returns at once with nothing."""
+        db = tmp_path / "p.db"
+        beat = Heartbeat(db)
+        beat.beat({"pid": 1})
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        os.rename(fifo, heartbeat_path(db))
+        beat.beat({"pid": 6})
+        assert beat._fd is None
+        done: list[object] = []
+        reader = threading.Thread(target=lambda: done.append(read_heartbeat(db)), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert done == [None]
         beat.close()

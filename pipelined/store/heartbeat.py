@@ -9,8 +9,10 @@ needs no free space on a full disk. Only the daemon's main thread writes it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,12 @@ class Heartbeat:
                 self.close()  # deleted or replaced: `status` reads the path, not our inode
             if self._fd is None:
                 # Not through a symbolic link: the rewrite would clobber its target.
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, 0o644)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO put in its place
+                    os.close(fd)
+                    return
+                self._fd = fd
                 os.ftruncate(self._fd, BLOCK)
             pwrite_all(self._fd, data.ljust(BLOCK), 0)  # a pwrite may be short
         except OSError:
@@ -67,11 +74,23 @@ class Heartbeat:
             self._fd = None
 
 
+def _read_block(path: Path) -> bytes:
+    """The heartbeat's bytes: non-blocking, never through a symlink, a regular file
+    only (a FIFO or a link to /dev/zero put there must not hang `status`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.read(fd, BLOCK).strip()
+    finally:
+        os.close(fd)
+
+
 def read_heartbeat(db_path: Path) -> dict[str, Any] | None:
     """The last heartbeat, with `age_s` added, or None if there is none."""
     for _attempt in range(3):  # a read racing the in-place rewrite is retried
         try:
-            text = heartbeat_path(db_path).read_bytes().strip()
+            text = _read_block(heartbeat_path(db_path))
             info: dict[str, Any] = json.loads(text)
         except OSError:
             return None
