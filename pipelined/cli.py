@@ -108,9 +108,11 @@ class PipelinedGroup(click.Group):
             _error_line(one_line(f"Error: {exc}"))
             sys.exit(exc.exit_code)
         except click.UsageError as exc:  # a bad flag or value: one line, not a usage block
+            from pipelined.terminal import one_line  # it quotes what was typed
+
             sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
             command = f"pipelined {sub}" if sub else "pipelined"
-            _error_line(f"Error: {exc.format_message()} (see `{command} --help`)")
+            _error_line(one_line(f"Error: {exc.format_message()} (see `{command} --help`)"))
             sys.exit(exc.exit_code)
         except BrokenPipeError:
             if ctx.invoked_subcommand not in DAEMON_COMMANDS and _reader_gone(sys.stdout):
@@ -119,6 +121,16 @@ class PipelinedGroup(click.Group):
                 discard_output(sys.stdout)  # `pipelined ls | head`: the reader has read enough
                 sys.exit(0)
             _error_line("Error: an output stream was closed (broken pipe)")
+            sys.exit(1)
+        except Exception as exc:
+            if type(exc).__module__ != "apsw" or ctx.invoked_subcommand in DAEMON_COMMANDS:
+                raise
+            # SQLite failing under a read command (its -wal deleted under a running
+            # daemon, an I/O error): one line, not a traceback.
+            from pipelined.terminal import one_line
+
+            _error_line(one_line(f"Error: the database cannot be read now "
+                                 f"({type(exc).__name__}: {exc}); see `pipelined status`"))
             sys.exit(1)
 
 

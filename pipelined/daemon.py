@@ -193,6 +193,10 @@ class Daemon:
             db_path, f"the database file was {what} while the daemon ran; stopping, "
             "as nothing committed to the old file would ever be read again (a restart "
             "brings the file at this path up to date with the folders)"))
+        wal = db_path.with_name(db_path.name + "-wal")  # kept for the daemon's life
+        self._guard.remember(wal, lambda what: DatabaseError(
+            db_path, f"its write-ahead log {wal} was {what} while the daemon ran; stopping "
+            "(the last checkpoint saves what it held into the database file)"))
         self._guard.remember(lock_path(db_path), lambda what: DatabaseError(
             db_path, f"its lock file {lock_path(db_path)} was {what} while the daemon ran, "
             "so a second daemon could start on this database; stopping"))

@@ -81,6 +81,31 @@ class TestDatabaseReplaced:
         daemon.wait_row("2_story_after")
         assert daemon.stop() == 0
 
+    def test_wal_deleted_stops_the_daemon_and_loses_nothing(self, stories: Stories,
+                                                            daemon: DaemonProcess) -> None:
+        """The -wal file deleted under the daemon (committed frames would go with it):
+        the daemon stops with one line, its last checkpoint saves what the log held,
+        and a restart shows every story, the newest included."""
+        daemon.start()
+        stories.write("1_backlog", "5_story_in_the_wal", name="in the log only")
+        daemon.wait_row("5_story_in_the_wal")
+        os.unlink(daemon.db.with_name(daemon.db.name + "-wal"))
+        exits_with_one_error_line(daemon, "write-ahead log")
+        daemon.start()
+        daemon.wait_row("5_story_in_the_wal", lambda r: r["name"] == "in the log only")
+        assert daemon.stop() == 0
+
+    def test_wal_kept_across_the_daemons_own_reopen(self, stories: Stories,
+                                                    daemon: DaemonProcess) -> None:
+        """The daemon's own connections closing (migrations at start) never delete the
+        -wal file, so the check above cannot fire on the daemon's own doing."""
+        daemon.start()
+        stories.write("1_backlog", "6_story_fine", name="fine")
+        daemon.wait_row("6_story_fine")
+        assert daemon.proc is not None and daemon.proc.poll() is None
+        assert daemon.stop() == 0
+        assert daemon.db.with_name(daemon.db.name + "-wal").exists()
+
     def test_lock_file_deleted_stops_the_daemon(self, daemon: DaemonProcess) -> None:
         """Deleting `<db>.lock` would let a second daemon start on the same database:
         the first one stops with one line."""

@@ -56,6 +56,18 @@ class TestIntegrity:
         assert synced.spawn().wait(30) == 1
         assert "pipelined rebuild" in synced.log_tail(1)
 
+    @pytest.mark.parametrize("command", [("ls",), ("show", "3"), ("board",)])
+    def test_read_commands_on_damaged_pages_give_one_line(self, synced: DaemonProcess,
+                                                          command: tuple[str, ...]) -> None:
+        """A read command whose query hits a damaged page: one `Error:` line, exit 1,
+        no traceback."""
+        corrupt_pages(synced.db)
+        result = synced.cli(*command)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+
     def test_rebuild_recovers_and_keeps_numbers(self, synced: DaemonProcess,
                                                 stories: Stories) -> None:
         """rebuild makes a fresh database from the folders, keeps the old file and the
