@@ -349,7 +349,10 @@ class ApplyLoop(threading.Thread):
             return story_ids
         assert self._reconciler is not None
         changed, checked = self._reconciler.changed_ids()
-        log.info("sync.rescan", files_stat_checked=checked, changed=len(changed))
+        # At info only when it found something: a folder that cannot be watched
+        # gets a stat pass every few seconds, which must not flood the journal.
+        (log.info if changed else log.debug)("sync.rescan", files_stat_checked=checked,
+                                             changed=len(changed))
         return story_ids | changed
 
     def _flush_each(self, story_ids: set[str]) -> None:

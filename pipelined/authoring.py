@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelined.durable import fsync_folder, write_all
+from pipelined.durable import fsync_folder, rename_no_replace, write_all
 from pipelined.errors import (
     AmbiguousStory,
     PipelinedError,
@@ -309,11 +309,20 @@ def move_story(root: Path, stages: Sequence[str], ref: str, to_stage: str) -> Mo
     if from_stage == to_stage:
         return MovedStory(story_id, from_stage, to_stage, target)
     try:
-        os.rename(source, target)
+        rename_no_replace(source, target)
+    except FileExistsError:
+        raise RootError(target, "already exists (the story is in two stages; see "
+                        "`pipelined doctor`)") from None
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise StoryNotFound(ref) from None  # moved by someone else meanwhile
         raise RootError(source, f"cannot move it ({exc.strerror})") from None
+    try:
+        fsync_folder(folder)  # exit 0 means the move survives a power cut
+        fsync_folder(source.parent)
+    except OSError as exc:
+        raise RootError(target, f"moved, but the folders cannot be synced ({exc.strerror})"
+                        ) from None
     return MovedStory(story_id, from_stage, to_stage, target)
 
 

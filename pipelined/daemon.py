@@ -324,6 +324,10 @@ class Daemon:
                 return True
             if not apply.is_alive() or not writer.is_alive():
                 return False
+            moved = self._guard.check()  # a long first import is no time to lose the file
+            if moved is not None:
+                apply.failed = apply.failed or moved
+                return False
         return False
 
     def _health_loop(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,

@@ -51,3 +51,32 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def rename_no_replace(source: Path, target: Path) -> None:
+    """Rename `source` to `target`; FileExistsError instead of replacing a file there.
+
+    renameat2(RENAME_NOREPLACE) makes the check and the rename one step: a
+    plain rename would silently replace a file of that name made meanwhile
+    (by another `move`). Where the kernel or the file system lacks it, the
+    name is checked first (a small window, as before).
+    """
+    import ctypes  # only `move` needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        done = renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                         _RENAME_NOREPLACE)
+        if done == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), str(source), None, str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)

@@ -10,11 +10,13 @@ as it was (every name, size and modification time). `rebuild`, `backup` and
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +25,9 @@ import apsw
 import pytest
 from conftest import DaemonProcess, Stories
 
+from pipelined.errors import DatabaseError
 from pipelined.store.migrations import apply_migrations
-from pipelined.store.preflight import check_before_writing, survey
+from pipelined.store.preflight import _read_header, check_before_writing, survey
 
 Listing = dict[str, tuple[int, int, int]]
 
@@ -346,3 +349,26 @@ class TestReadCommands:
             f"Error: database {source}: not a pipelined database (it holds another "
             "application's tables: customers, invoices, notes)"]
         assert listing(folder) == before
+
+
+def test_header_read_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    """The header is read non-blocking and checked on the descriptor: a FIFO renamed
+    over the database after its stat is refused at once, never waited on."""
+    fifo = tmp_path / "p.db"
+    os.mkfifo(fifo)
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            _read_header(fifo)
+        except DatabaseError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    try:
+        assert outcome and "a FIFO (named pipe), not a database file" in outcome[0]
+    finally:
+        with contextlib.suppress(OSError):  # frees a reader stuck in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

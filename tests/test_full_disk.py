@@ -185,3 +185,21 @@ class TestLockFileOnAFullDisk:
             assert proc.stderr is not None
             proc.stderr.close()
         assert proc.returncode == 0
+
+
+class TestMoveNeverReplaces:
+    def test_a_file_made_in_the_target_meanwhile_is_not_replaced(self, tmp_path: Path) -> None:
+        """The rename of a move never replaces a file of the same name in the target
+        stage (made by a racing `move`): FileExistsError, both files kept."""
+        from pipelined.durable import rename_no_replace
+
+        source = tmp_path / "a.md"
+        target = tmp_path / "b.md"
+        source.write_text("moving")
+        target.write_text("already there")
+        with pytest.raises(FileExistsError):
+            rename_no_replace(source, target)
+        assert (source.read_text(), target.read_text()) == ("moving", "already there")
+        target.unlink()
+        rename_no_replace(source, target)
+        assert target.read_text() == "moving" and not source.exists()

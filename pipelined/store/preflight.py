@@ -123,6 +123,18 @@ def _check_file_or_missing(path: Path) -> bool:
     return True
 
 
+def _read_header(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise DatabaseError(path, f"it is {kind}, not a database file; give --db the "
+                                "path of a file (it is created if missing)")
+        return os.read(fd, len(SQLITE_HEADER))
+    finally:
+        os.close(fd)
+
+
 def survey(path: Path) -> DatabaseSurvey:
     """What is at `path`; DatabaseError if it is not a file or cannot be read.
 
@@ -132,9 +144,8 @@ def survey(path: Path) -> DatabaseSurvey:
     """
     if not _check_file_or_missing(path):
         return DatabaseSurvey(exists=False)
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+    try:  # non-blocking, checked on the descriptor: a FIFO renamed in since the stat
+        header = _read_header(path)
     except OSError as exc:
         raise DatabaseError(path, f"cannot read it ({exc.strerror or exc})") from None
     if header and header != SQLITE_HEADER:
