@@ -19,6 +19,7 @@ from pipelined.errors import RootError
 __all__ = [
     "FileSignature",
     "RefusedFile",
+    "StageDirs",
     "StoryFile",
     "check_readable_stages",
     "check_root",
@@ -143,6 +144,62 @@ def open_story(path: str, root_real: str) -> int:
         return os.open(f"/proc/self/fd/{handle}", _READ_FLAGS)
     finally:
         os.close(handle)
+
+
+class StageDirs:
+    """The stage folders, opened once for a batch of reads and checked on their
+    descriptors; story files are opened relative to them.
+
+    This is `open_story`'s check at half its cost (a first import opens every
+    file): a folder descriptor whose real path is inside the root cannot be
+    redirected by renames, so a file opened in it with O_NOFOLLOW, non-blocking,
+    and found to be a regular file by fstat is inside the root. A story file
+    that is a symlink (ELOOP) goes through `open_story`, which checks where it
+    leads. Owned by one thread; `close()` when the batch is done.
+    """
+
+    def __init__(self, root_real: str) -> None:
+        self._root_real = root_real
+        self._folders: dict[str, int] = {}
+
+    def open(self, stage: str, story_id: str) -> int:
+        """A descriptor open for reading on `<stage>/<story_id>.md`; RefusedFile if it
+        is no regular file inside the root, OSError if it cannot be opened."""
+        name = story_id + ".md"
+        try:
+            fd = os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self._folder(stage))
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket (or a device without its driver)
+                raise RefusedFile(os.path.join(stage, name), "not a regular file") from None
+            if exc.errno != errno.ELOOP:
+                raise
+            return open_story(os.path.join(self._root_real, stage, name), self._root_real)
+        if (os.fstat(fd).st_mode & S_IFMT) != S_IFREG:
+            os.close(fd)
+            raise RefusedFile(os.path.join(stage, name), "not a regular file")
+        return fd
+
+    def _folder(self, stage: str) -> int:
+        fd = self._folders.get(stage)
+        if fd is None:
+            fd = os.open(os.path.join(self._root_real, stage),
+                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError as exc:
+                os.close(fd)
+                raise OSError(exc.errno, "cannot tell where the folder is (/proc/self/fd: "
+                              f"{exc.strerror})") from None
+            if not real.startswith(self._root_real + os.sep):
+                os.close(fd)
+                raise RefusedFile(stage, "the stage folder is a symlink out of the root")
+            self._folders[stage] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._folders.values():
+            os.close(fd)
+        self._folders.clear()
 
 
 def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:

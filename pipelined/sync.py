@@ -18,6 +18,7 @@ from pipelined.content import ContentMap
 from pipelined.layout import (
     FileSignature,
     RefusedFile,
+    StageDirs,
     StoryFile,
     open_story,
     split_rel_path,
@@ -102,7 +103,10 @@ class _Saved(NamedTuple):
 def read_story_file(path: str, root_real: str, limit: int) -> bytes:
     """The story file's first `limit` bytes, opened by `layout.open_story` (a regular
     file inside the root, checked on the opened descriptor; RefusedFile if not)."""
-    fd = open_story(path, root_real)
+    return _read_fd(open_story(path, root_real), limit)
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
     try:
         return read_at_most(fd, limit)
     finally:
@@ -168,7 +172,7 @@ class Reconciler:
         high_water: int = 0,
     ) -> None:
         self.root = root
-        self._root_real = os.path.realpath(root)
+        self._dirs = StageDirs(os.path.realpath(root))  # open during a reconcile only
         self.stages = sorted(stages, key=_stage_key)
         self.state = state
         self.content = content
@@ -235,6 +239,8 @@ class Reconciler:
                 self._restore(entry)
             self.high_water = high_water
             raise
+        finally:
+            self._dirs.close()  # a stage folder replaced later is opened afresh
         return result
 
     def _save(self, story_id: str) -> _Saved:
@@ -300,7 +306,8 @@ class Reconciler:
         """Parse the file; None if it vanished since the stat."""
         self.unreadable.discard(story_file.story_id)
         try:
-            raw = read_story_file(story_file.path, self._root_real, self.max_file_bytes + 1)
+            raw = _read_fd(self._dirs.open(story_file.stage, story_file.story_id),
+                           self.max_file_bytes + 1)
             if len(raw) > self.max_file_bytes:
                 size = story_file.signature.size
                 return ParsedStory(

@@ -23,7 +23,7 @@ import pytest
 from conftest import STAGES, DaemonProcess, Stories, story_text, wait_until
 
 from pipelined.content import ContentMap
-from pipelined.layout import FileSignature, RefusedFile, StoryFile, open_story
+from pipelined.layout import FileSignature, RefusedFile, StageDirs, StoryFile, open_story
 from pipelined.state import PipelineState
 from pipelined.sync import Reconciler, read_story_file
 
@@ -115,6 +115,23 @@ class TestOpenChecksTheDescriptor:
         with pytest.raises(RefusedFile):
             open_story(str(stories.root / "4_merge" / "9_story_x.md"),
                        str(stories.root.resolve()))
+
+
+    def test_stage_folder_swapped_for_a_symlink_out_is_refused(self, tmp_path: Path) -> None:
+        """Reads of a batch open the stage folder once and check where it really is: a
+        stage folder swapped for a symlink to an outside folder lets nothing in."""
+        stories = Stories(tmp_path / "root")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "9_story_x.md").write_text(story_text(name=SECRET), encoding="utf-8")
+        os.rename(stories.root / "4_merge", tmp_path / "old_merge")
+        (stories.root / "4_merge").symlink_to(elsewhere)
+        dirs = StageDirs(str(stories.root.resolve()))
+        try:
+            with pytest.raises(RefusedFile, match="symlink out of the root"):
+                dirs.open("4_merge", "9_story_x")
+        finally:
+            dirs.close()
 
 
 class Flipper(threading.Thread):
