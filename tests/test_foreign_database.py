@@ -372,3 +372,20 @@ def test_header_read_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(OSError):  # frees a reader stuck in open()
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_check_leaves_our_own_stopped_database_as_it_was(tmp_path: Path) -> None:
+    """The start-up check of pipelined's own database (stopped, its -wal kept empty by
+    the daemon) changes nothing beside it: SQLite would delete an empty -wal when the
+    last connection closes, and the check's connection is the last one."""
+    from pipelined.store.connection import open_writer
+
+    folder = tmp_path / "state"
+    db = folder / "p.db"
+    conn = open_writer(db)
+    apply_migrations(conn, db)
+    conn.close()
+    assert db.with_name("p.db-wal").exists()
+    before = listing(folder)
+    check_before_writing(db)
+    assert listing(folder) == before

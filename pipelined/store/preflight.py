@@ -17,6 +17,7 @@ seen too (`immutable=1` would hide them behind an empty-looking main file).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | Non
     fail; the caller then reads the main file alone). Without, `immutable=1`:
     the main file only, as it was at its last checkpoint.
     """
+    had_wal = wal and os.path.lexists(f"{path}-wal")
     if wal:
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none")
     else:
@@ -100,6 +102,11 @@ def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | Non
     try:
         if wal:  # before the first read: the WAL index then lives in this process
             conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
+            # The read makes a -wal if there was none and deletes it on close, as the
+            # last connection; one that was there (the daemon keeps its own, empty
+            # when stopped) must stay.
+            keep = ctypes.c_int(1 if had_wal else 0)
+            conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(keep))
         return _tables(conn)
     finally:
         conn.close()
