@@ -138,7 +138,8 @@ class Daemon:
             log.info("db.migrated", db=str(db_path), applied=applied)
         self._remember_paths(root, db_path)
         writer = self._writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
-                                       check=lambda conn: check_integrity(conn, db_path))
+                                       check=lambda conn: check_integrity(conn, db_path),
+                                       path=db_path)
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
         overflow = OverflowHook(coalescer)

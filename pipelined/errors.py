@@ -11,6 +11,7 @@ from pathlib import Path
 
 __all__ = [
     "AmbiguousStory",
+    "CommitFailed",
     "ConfigError",
     "DatabaseBusy",
     "DatabaseCorrupt",
@@ -151,3 +152,14 @@ class SearchQueryError(PipelinedError):
         self.query = query
         super().__init__(f"bad search query {query!r}: {why} (plain words need no quoting; "
                          "see `pipelined search --help`)")
+
+
+class CommitFailed(PipelinedError):
+    """The writer met an error that does not pass by itself (a constraint, a bug):
+    retrying would hide it behind a 'degraded' that never ends."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"the database writer cannot commit ({type(cause).__name__}: "
+                         f"{cause}), an error that does not pass by itself; stopping so that "
+                         "a restart catches up from the folders (please report it)")

@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from pipelined.errors import CommitFailed, DatabaseCorrupt
 from pipelined.logs import get_logger
-from pipelined.store.connection import transaction
+from pipelined.store.connection import as_corrupt, transaction
 
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
     from pipelined.store.batch import Batch, Compaction
@@ -129,6 +131,16 @@ def _write_compaction(conn: apsw.Connection, compaction: Compaction, now: str) -
     conn.execute("DELETE FROM crdt_updates WHERE seq < last_insert_rowid()")
 
 
+# Errors a retry can outlive: another program's lock, a full disk, an I/O error,
+# a file that cannot be opened or written for now. Anything else stops the writer.
+TRANSIENT = (apsw.BusyError, apsw.LockedError, apsw.FullError, apsw.IOError,
+             apsw.CantOpenError, apsw.ReadOnlyError, apsw.ProtocolError, apsw.NoMemError)
+
+
+def _passes_by_itself(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT)
+
+
 class WriterStopped(RuntimeError):
     """A batch could not be queued: the writer stopped (`cause`: its first error)."""
 
@@ -146,10 +158,12 @@ class Writer(threading.Thread):
         queue_size: int,
         sleep: Callable[[float], None] = time.sleep,
         check: Callable[[apsw.Connection], None] | None = None,
+        path: Path | None = None,
     ) -> None:
         super().__init__(name="pipelined-writer", daemon=True)
         self._connect = connect
         self._check = check
+        self._path = path  # for DatabaseCorrupt's message
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._sleep = sleep
         self._conn: apsw.Connection | None = None
@@ -292,8 +306,17 @@ class Writer(threading.Thread):
             started = time.monotonic()
             try:
                 write_batches(self._conn, group)
-            except Exception as exc:  # apsw errors, and anything else: never die
+            except Exception as exc:  # apsw errors, and anything else
                 self.attempts += 1
+                if not _passes_by_itself(exc):
+                    # A constraint, a bug: retrying forever would look like a full disk.
+                    self.first_error = as_corrupt(self._path, exc) if self._path else exc
+                    if not isinstance(self.first_error, DatabaseCorrupt):
+                        self.first_error = CommitFailed(exc)
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("writer.failed", error=self.last_error, batches=len(group),
+                              action="stopping; a restart catches up from the folders")
+                    return False
                 failures += 1
                 now = time.monotonic()
                 if self.failing_since is None:
