@@ -1,6 +1,6 @@
 """The settings that shape what is stored for a file, and what a change of them makes stale.
 
-The parse rules (`story.PARSER_VERSION`) and the size limit decide a row's
+The parse rules (their version, `PARSER_VERSION`) and the size limit decide a row's
 fields, content and errors; a row made under other values is stale though its
 file did not change. They are recorded in `daemon_meta.stored_with` by every
 import (the daemon's, `rebuild`'s) and compared at each start. Pure: no
@@ -13,13 +13,17 @@ import json
 
 from pipelined.layout import split_rel_path
 
-__all__ = ["reread_for_settings", "stored_with_settings"]
+__all__ = ["PARSER_VERSION", "reread_for_settings", "stored_with_settings"]
+
+# Bump whenever a change of the parse rules (`pipelined.story`) changes what is
+# stored for the same file (fields, extra keys, errors): the daemon stores this
+# number and re-reads every story file when it differs.
+# 2: strict field types, duplicate keys are errors.
+PARSER_VERSION = 2
 
 
 def stored_with_settings(max_file_bytes: int) -> str:
     """The value recorded in `daemon_meta.stored_with` (JSON, keys sorted)."""
-    from pipelined.story import PARSER_VERSION  # the parser loads after READY otherwise
-
     return json.dumps({"max_file_bytes": max_file_bytes, "parser_version": PARSER_VERSION},
                       sort_keys=True)
 
