@@ -275,6 +275,17 @@ def state_matches_rows(daemon: DaemonProcess) -> bool:
     return True
 
 
+DAEMON_FIXTURES = frozenset({"daemon", "notified", "synced"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start the real daemon are `e2e` (`pytest -m "not e2e"` runs the rest
+    in seconds): those using a daemon fixture, and modules that mark themselves."""
+    for item in items:
+        if DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture
 def stories(tmp_path: Path) -> Stories:
     return Stories(tmp_path / "root")

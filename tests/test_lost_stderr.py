@@ -27,6 +27,8 @@ from pipelined.config import resolve
 from pipelined.logs import LineSink, configure_logging
 from pipelined.maintenance import rebuild
 
+pytestmark = pytest.mark.e2e  # the real daemon as a subprocess
+
 
 class PipedDaemon(DaemonProcess):
     """The daemon with stdout and stderr on one pipe whose read end the test closes,

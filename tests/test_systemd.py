@@ -25,6 +25,8 @@ import pytest
 from conftest import DEADLINE_S, Stories
 from test_notify import NotifiedDaemon
 
+pytestmark = pytest.mark.e2e  # the real daemon, or the units' commands, as subprocesses
+
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 SYSTEM_UNIT = UNITS / "pipelined.service"
 USER_UNIT = UNITS / "pipelined-user.service"
