@@ -116,13 +116,16 @@ class UnknownStage(PipelinedError):
 
 
 class AmbiguousStory(PipelinedError):
-    """A story reference that matches more than one file."""
+    """A story reference that matches more than one story (a bare number two ids
+    share) or file (one id in two stages: a conflict)."""
 
     def __init__(self, ref: str, paths: Sequence[str]) -> None:
         self.ref = ref
         self.paths = tuple(paths)
+        hint = ("give the full id" if ref.isdigit()
+                else "the same id in two stages is a conflict; remove one copy")
         super().__init__(f"{ref!r} matches more than one story file: {', '.join(paths)} "
-                         "(give the full id; `pipelined doctor` shows conflicts)")
+                         f"({hint}; `pipelined doctor` shows conflicts)")
 
 
 class TitleError(PipelinedError):

@@ -16,6 +16,7 @@ from typing import Any
 import apsw
 
 from pipelined.errors import DatabaseError
+from pipelined.store import queries
 from pipelined.store.connection import transaction
 
 __all__ = [
@@ -44,8 +45,7 @@ def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def has_history(conn: apsw.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                        "AND name = 'story_history'").fetchone() is not None
+    return queries.table_exists(conn, "story_history")
 
 
 def require_history(conn: apsw.Connection, db_path: Path) -> None:
@@ -72,18 +72,9 @@ def normalize_since(value: str) -> str:
 
 
 def resolve_ids(conn: apsw.Connection, ref: str) -> list[str]:
-    """The ids a `log` argument means: the id itself, or every id with that number.
-
-    Looks in the history too, so a deleted story is still found.
-    """
-    if not ref.isdigit():
-        return [ref]
-    pattern = f"{int(ref)}_*"
-    found = {str(r[0]) for r in conn.execute(
-        "SELECT DISTINCT story_id FROM story_history WHERE story_id GLOB ?", (pattern,))}
-    found |= {str(r[0]) for r in conn.execute(
-        "SELECT id FROM pipeline_items WHERE id GLOB ?", (pattern,))}
-    return sorted(found) or [ref]
+    """The ids a `log` argument means: the id itself, or every id with that number,
+    deleted stories included (`queries.resolve_ref`); the reference itself if none."""
+    return queries.resolve_ref(conn, ref, deleted=True) or [ref]
 
 
 def history(conn: apsw.Connection, story_ids: Sequence[str] | None = None,

@@ -22,6 +22,7 @@ from typing import Any
 import apsw
 
 from pipelined.errors import SearchQueryError
+from pipelined.store import queries
 
 __all__ = ["SearchHit", "fts_query", "search", "uses_fts_syntax"]
 
@@ -74,9 +75,7 @@ def fts_query(query: str) -> str:
 def search(conn: apsw.Connection, query: str, stage: str | None = None,
            limit: int | None = 20) -> list[SearchHit]:
     """Stories matching `query`, best first (bm25), each with a snippet."""
-    tables = {r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE name = 'pipeline_search'")}
-    if "pipeline_search" not in tables:
+    if not queries.table_exists(conn, "pipeline_search"):
         raise SearchQueryError(query, "this database has no search index yet (start "
                                "`pipelined run` once with this version to add it)")
     match = fts_query(query)

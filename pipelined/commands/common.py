@@ -70,13 +70,13 @@ def load_config(root: Path | None, db: Path | None, stages: str | None,
 
 def read_conn(config: Config) -> Any:
     """A read-only connection to the database; DatabaseError if it is not ours."""
+    from pipelined.store import queries
     from pipelined.store.connection import open_read_only
     from pipelined.store.preflight import check_before_reading
 
     check_before_reading(config.db_path)  # a foreign WAL file: no -wal/-shm made beside it
     conn = open_read_only(config.db_path)
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "pipeline_items" not in tables:
+    if not queries.table_exists(conn, "pipeline_items"):
         raise DatabaseError(config.db_path, "not a pipelined database (no pipeline_items)")
     return conn
 

@@ -22,7 +22,7 @@ from pipelined.commands.common import (
     settings_options,
     table,
 )
-from pipelined.errors import StoryNotFound
+from pipelined.errors import AmbiguousStory, StoryNotFound
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -94,12 +94,10 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
 
     config = load_config(root, db, stages, config_file)
     conn = read_conn(config)
-    story = queries.get_story(conn, story_id)
-    if story is None and story_id.isdigit():
-        match = conn.execute("SELECT id FROM pipeline_items WHERE id GLOB ? ORDER BY id",
-                             (f"{int(story_id)}_*",)).fetchall()
-        if len(match) == 1:
-            story = queries.get_story(conn, match[0][0])
+    ids = queries.resolve_ref(conn, story_id)
+    if len(ids) > 1:
+        raise AmbiguousStory(story_id, ids)
+    story = queries.get_story(conn, ids[0]) if ids else None
     if story is None:
         raise StoryNotFound(story_id)
     if as_json:

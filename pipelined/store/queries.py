@@ -22,9 +22,11 @@ __all__ = [
     "list_stories",
     "meta",
     "parse_errors",
+    "resolve_ref",
     "snapshot",
     "story_rows",
     "story_stage",
+    "table_exists",
 ]
 
 _ITEM_COLUMNS = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
@@ -137,10 +139,40 @@ def parse_errors(conn: apsw.Connection) -> list[dict[str, Any]]:
     ]
 
 
+def table_exists(conn: apsw.Connection, name: str) -> bool:
+    """Whether the database has this table (virtual tables included): older databases
+    lack what later migrations add, and a foreign file lacks everything."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None
+
+
+def resolve_ref(conn: apsw.Connection, ref: str, *, deleted: bool = False) -> list[str]:
+    """The ids a story reference names, sorted: the id itself if it has a row, or every
+    id with that number when `ref` is a bare number (`12`, `012`).
+
+    With `deleted`, ids known only from the history (deleted stories) count too.
+    Callers decide what none or several mean (`show`: not found, ambiguous; `log`:
+    all of them).
+    """
+    history = deleted and table_exists(conn, "story_history")
+    if not ref.isdigit():
+        found = conn.execute("SELECT 1 FROM pipeline_items WHERE id = ?", (ref,)).fetchone()
+        if found is None and history:
+            found = conn.execute("SELECT 1 FROM story_history WHERE story_id = ? LIMIT 1",
+                                 (ref,)).fetchone()
+        return [ref] if found is not None else []
+    pattern = f"{int(ref)}_*"
+    ids = {str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items WHERE id GLOB ?",
+                                           (pattern,))}
+    if history:
+        ids |= {str(r[0]) for r in conn.execute(
+            "SELECT DISTINCT story_id FROM story_history WHERE story_id GLOB ?", (pattern,))}
+    return sorted(ids)
+
+
 def high_water(conn: apsw.Connection) -> int:
     """The highest story number the daemon ever saw, deleted stories included (0 if none)."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "story_numbers" not in tables:
+    if not table_exists(conn, "story_numbers"):
         return 0
     row = conn.execute("SELECT max(high_water) FROM story_numbers").fetchone()
     return int(row[0]) if row and row[0] is not None else 0

@@ -1,0 +1,95 @@
+"""`store.queries` helpers on a database built by the real import code (rebuild's):
+one resolver for ids and bare numbers, one table-exists check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+from click.testing import CliRunner
+from conftest import Stories
+
+from pipelined.cli import main
+from pipelined.config import resolve
+from pipelined.logs import configure_logging
+from pipelined.maintenance import rebuild
+from pipelined.store import queries
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stories, Path]:
+    """Stories 12 (two ids share the number), 15, and 30 (deleted since the import)."""
+    tmp = tmp_path_factory.mktemp("queries")
+    stories = Stories(tmp / "root")
+    stories.write("1_backlog", "12_story_login", name="login")
+    stories.write("2_current", "12_bug_login_crash", name="crash")
+    stories.write("2_current", "15_story_export", name="export")
+    stories.write("4_merge", "30_story_gone", name="gone")
+    db = tmp / "p.db"
+    rebuild(resolve({"root": stories.root, "db": db}, env={}))
+    configure_logging()  # rebuild logged to this module's stderr
+    writer = apsw.Connection(str(db))
+    writer.execute("DELETE FROM pipeline_items WHERE id = '30_story_gone'")  # history: deleted
+    writer.close()
+    stories.path("4_merge", "30_story_gone").unlink()
+    return stories, db
+
+
+@pytest.fixture
+def conn(built: tuple[Stories, Path]) -> Iterator[apsw.Connection]:
+    connection = apsw.Connection(str(built[1]), flags=apsw.SQLITE_OPEN_READONLY)
+    yield connection
+    connection.close()
+
+
+class TestResolveRef:
+    def test_a_full_id_names_itself(self, conn: apsw.Connection) -> None:
+        """An id with a row resolves to itself; an unknown id to nothing."""
+        assert queries.resolve_ref(conn, "15_story_export") == ["15_story_export"]
+        assert queries.resolve_ref(conn, "16_story_nope") == []
+
+    def test_a_bare_number_names_every_id_with_it(self, conn: apsw.Connection) -> None:
+        """`12` names both ids numbered 12; `015` is 15; a number nobody has, nothing."""
+        assert queries.resolve_ref(conn, "12") == ["12_bug_login_crash", "12_story_login"]
+        assert queries.resolve_ref(conn, "015") == ["15_story_export"]
+        assert queries.resolve_ref(conn, "99") == []
+
+    def test_deleted_stories_only_when_asked(self, conn: apsw.Connection) -> None:
+        """A deleted story is found through the history with `deleted`, by id or number."""
+        assert queries.resolve_ref(conn, "30") == []
+        assert queries.resolve_ref(conn, "30", deleted=True) == ["30_story_gone"]
+        assert queries.resolve_ref(conn, "30_story_gone", deleted=True) == ["30_story_gone"]
+
+
+class TestTableExists:
+    def test_tables_and_virtual_tables(self, conn: apsw.Connection) -> None:
+        """The story table, the history and the search index exist; a made-up one not."""
+        for name in ("pipeline_items", "story_history", "pipeline_search"):
+            assert queries.table_exists(conn, name)
+        assert not queries.table_exists(conn, "no_such_table")
+
+
+class TestShowAndLogUseIt:
+    def run(self, built: tuple[Stories, Path], *args: str) -> tuple[int, str, str]:
+        stories, db = built
+        result = CliRunner().invoke(main, [*args, "--root", str(stories.root), "--db", str(db)])
+        return result.exit_code, result.stdout, result.stderr
+
+    def test_show_of_a_shared_number_is_ambiguous(self, built: tuple[Stories, Path]) -> None:
+        """`show 12` when two ids have number 12: one line naming both, exit 1 (it used
+        to say 'no story')."""
+        code, _out, err = self.run(built, "show", "12")
+        assert code == 1
+        assert err.splitlines() == [
+            "Error: '12' matches more than one story file: 12_bug_login_crash, "
+            "12_story_login (give the full id; `pipelined doctor` shows conflicts)"]
+
+    def test_show_by_number_and_log_of_a_deleted_story(self,
+                                                       built: tuple[Stories, Path]) -> None:
+        """`show 15` finds its one story; `log 30` finds the deleted one's history."""
+        code, out, _err = self.run(built, "show", "15")
+        assert code == 0 and "15_story_export" in out
+        code, out, _err = self.run(built, "log", "30", "--json")
+        assert code == 0 and '"kind": "deleted"' in out.replace('":"', '": "')
