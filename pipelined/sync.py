@@ -532,6 +532,7 @@ class Reconciler:
                 content=parsed.content,
                 extra=parsed.extra,
                 errors=parsed.errors,
+                unreadable=story_id in self.unreadable,
             ))
             if parsed.errors:
                 log.warning("story.parse_error", id=story_id, path=winner.rel_path,

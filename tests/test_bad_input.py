@@ -477,6 +477,9 @@ class TestDoctorExitCode:
         good.check()
 
 
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+
+
 def _permissions_apply() -> bool:
     """False where this process reads a mode-000 file anyway (root with CAP_DAC_OVERRIDE)."""
     import tempfile
@@ -492,9 +495,30 @@ def _permissions_apply() -> bool:
         return False
 
 
+def _dac_can_be_dropped() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("setpriv") is not None and subprocess.run(
+        [*NO_DAC, "true"], capture_output=True, check=False).returncode == 0
+
+
+PERMISSIONS_APPLY = _permissions_apply()
 NOT_AS_ROOT = pytest.mark.skipif(
-    not _permissions_apply(),
-    reason="this user reads any file whatever its mode (root); run without CAP_DAC_OVERRIDE")
+    not PERMISSIONS_APPLY and not _dac_can_be_dropped(),
+    reason="this user reads any file whatever its mode (root) and cannot drop "
+           "CAP_DAC_OVERRIDE (setpriv)")
+
+
+@pytest.fixture
+def daemon_bound_by_modes(stories: Stories, daemon: DaemonProcess) -> Baseline:
+    """`good`, with the daemon bound by file modes: as root, without CAP_DAC_OVERRIDE."""
+    if not PERMISSIONS_APPLY:
+        daemon.prefix = NO_DAC
+    baseline = Baseline(stories, daemon)
+    daemon.start()
+    baseline.snapshot()
+    return baseline
 
 
 def write_unreadable(path: Path, text: str) -> None:
@@ -508,7 +532,7 @@ def write_unreadable(path: Path, text: str) -> None:
 class TestUnreadableFile:
     @NOT_AS_ROOT
     def test_file_without_read_permission_is_tracked_with_an_error(
-        self, stories: Stories, daemon: DaemonProcess, good: Baseline
+        self, stories: Stories, daemon: DaemonProcess, daemon_bound_by_modes: Baseline
     ) -> None:
         """A story file with mode 000 is tracked with a 'cannot read' error and no content,
         and doctor names it and exits 1."""
@@ -521,11 +545,11 @@ class TestUnreadableFile:
             "cannot read the file (Permission denied)"]
         code, report = doctor_json(daemon)
         assert code == 1 and [e["id"] for e in report["parse_errors"]] == ["80_story_locked"]
-        good.check()
+        daemon_bound_by_modes.check()
 
     @NOT_AS_ROOT
     def test_file_made_readable_again_is_read(self, stories: Stories, daemon: DaemonProcess,
-                                              good: Baseline) -> None:
+                                              daemon_bound_by_modes: Baseline) -> None:
         """Once the unreadable file gets its read permission back (chmod only: mtime, size and
         inode unchanged), its content and fields arrive, the error goes, doctor exits 0."""
         path = stories.path("2_current", "81_story_unlocked")
@@ -538,6 +562,26 @@ class TestUnreadableFile:
         assert row["name"] == "unlocked"
         assert errors_of(daemon, "81_story_unlocked") == []
         doctor_clean(daemon)
+
+    @NOT_AS_ROOT
+    def test_made_readable_while_stopped_is_read_at_the_next_start(
+        self, stories: Stories, daemon: DaemonProcess, daemon_bound_by_modes: Baseline
+    ) -> None:
+        """A chmod changes no signature: the database remembers which files could not be
+        read (a column, not the error's wording) and the next start reads them again."""
+        path = stories.path("2_current", "82_story_later")
+        text = story_text(name="later")
+        write_unreadable(path, text)
+        daemon.wait_row("82_story_later")
+        assert daemon.query("SELECT unreadable FROM story_extras WHERE id = ?",
+                            ("82_story_later",)) == [(1,)]
+        assert daemon.stop() == 0
+        os.chmod(path, 0o644)
+        daemon.start()
+        row = daemon.wait_row("82_story_later", lambda r: r["content"] == text, timeout=10)
+        assert row["name"] == "later"
+        assert daemon.query("SELECT unreadable FROM story_extras WHERE id = ?",
+                            ("82_story_later",)) == [(0,)]
 
 
 class TestSymlinkTargetOutsideStages:

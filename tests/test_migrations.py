@@ -243,3 +243,37 @@ class TestApplyMigrations:
         apply_migrations(conn, db_path, [migration])
 
         assert {"a", "b"} <= tables(conn)
+
+
+class TestUnreadableColumn:
+    def test_0005_marks_the_rows_whose_file_could_not_be_read(
+            self, conn: apsw.Connection, db_path: Path) -> None:
+        """Migration 0005 turns the old 'cannot read the file' errors into the
+        `unreadable` column; other rows are 0."""
+        apply_migrations(conn, db_path, [m for m in known_migrations() if m.name < "0005"])
+        for story_id, errors in (("1_story_locked", '["cannot read the file (Permission '
+                                                    'denied)"]'),
+                                 ("2_story_bad", '["retry_count: expected an integer"]'),
+                                 ("3_story_fine", None)):
+            conn.execute("INSERT INTO pipeline_items(id, stage) VALUES (?, '1_backlog')",
+                         (story_id,))
+            conn.execute("INSERT INTO story_extras(id, errors) VALUES (?, ?)",
+                         (story_id, errors))
+        assert "0005_unreadable.sql" in apply_migrations(conn, db_path)
+        assert conn.execute("SELECT id, unreadable FROM story_extras ORDER BY id").fetchall() \
+            == [("1_story_locked", 1), ("2_story_bad", 0), ("3_story_fine", 0)]
+
+    def test_startup_reads_the_column_not_the_wording(self, conn: apsw.Connection,
+                                                      db_path: Path) -> None:
+        """What startup re-reads as unreadable comes from the column, whatever the
+        error's wording."""
+        from pipelined.store.load import read_state
+
+        apply_migrations(conn, db_path)
+        conn.execute("INSERT INTO pipeline_items(id, stage) VALUES ('4_story_x', '1_backlog')")
+        conn.execute("INSERT INTO story_extras(id, errors, unreadable) VALUES "
+                     "('4_story_x', '[\"reworded: no access\"]', 1)")
+        conn.execute("INSERT INTO pipeline_items(id, stage) VALUES ('5_story_y', '1_backlog')")
+        conn.execute("INSERT INTO story_extras(id, errors, unreadable) VALUES "
+                     "('5_story_y', '[\"cannot read the file (old text)\"]', 0)")
+        assert read_state(conn).unreadable == {"4_story_x"}

@@ -18,6 +18,7 @@ class RowUpsert:
     content: str | None
     extra: dict[str, Any]
     errors: tuple[str, ...]
+    unreadable: bool = False  # the file could not be read (its errors say why)
 
 
 @dataclass(frozen=True, slots=True)

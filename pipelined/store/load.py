@@ -58,7 +58,7 @@ def read_state(conn: apsw.Connection) -> StoredState:
         ).fetchall()),
         row_ids={str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items")},
         unreadable={str(r[0]) for r in conn.execute(
-            "SELECT id FROM story_extras WHERE errors LIKE '%cannot read the file%'")},
+            "SELECT id FROM story_extras WHERE unreadable = 1")},
     )
 
 

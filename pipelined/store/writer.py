@@ -53,8 +53,9 @@ ON CONFLICT(id) DO UPDATE SET
 """
 
 UPSERT_EXTRA = """
-INSERT INTO story_extras(id, extra, errors) VALUES (?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET extra=excluded.extra, errors=excluded.errors
+INSERT INTO story_extras(id, extra, errors, unreadable) VALUES (?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET extra=excluded.extra, errors=excluded.errors,
+  unreadable=excluded.unreadable
 """
 
 UPSERT_SIGNATURE = """
@@ -92,6 +93,7 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                 conn.execute(UPSERT_EXTRA, (
                     row.story_id, json.dumps(row.extra, ensure_ascii=False),
                     json.dumps(list(row.errors), ensure_ascii=False) if row.errors else None,
+                    int(row.unreadable),
                 ))
             for story_id in batch.deletes:
                 conn.execute("DELETE FROM story_extras WHERE id = ?", (story_id,))
