@@ -65,3 +65,51 @@ class TestFailedReconcile:
         assert reconciler.high_water == 0
         result = reconciler.reconcile({"7_b"}, confirm_absent=True)
         assert result.created == 1 and reconciler.high_water == 7
+
+
+def memory(reconciler: Reconciler) -> dict[str, Any]:
+    """Everything the reconciler keeps between reconciles (every attribute, the content
+    map's texts), deep-copied; the pycrdt document is compared through its contents."""
+    import copy
+
+    kept: dict[str, Any] = {}
+    for name, value in vars(reconciler).items():
+        if name in ("state", "_story_log", "_dirs"):
+            continue
+        kept[name] = copy.deepcopy(dict(value._texts) if name == "content" else value)
+    kept["state"] = reconciler.state.to_dict()
+    return kept
+
+
+class TestFailedReconcileRestoresEverything:
+    def test_every_attribute_is_put_back(self, tmp_path: Path) -> None:
+        """After a reconcile that fails at its end, every attribute of the reconciler
+        equals what it was before, whatever the burst did: a create, an edit, a move, a
+        delete, a conflict, a symlinked story, a broken file, a higher number. A per-story
+        field added later and forgotten by the restore makes this test fail."""
+        stories = Stories(tmp_path / "root")
+        stories.write("1_backlog", "1_a", name="a")
+        stories.write("1_backlog", "2_b", name="b", retry_count=2)
+        stories.write("2_current", "3_c", name="c")
+        stories.write("4_merge", "4_d", name="d")
+        stories.write("1_backlog", "5_e", name="e")
+        reconciler, state, _content = make(stories)
+        reconciler.reconcile({"1_a", "2_b", "3_c", "4_d", "5_e"}, confirm_absent=True)
+        stories.write("1_backlog", "5_e", text="---\nname: [unclosed\n---\n")  # broken
+        reconciler.reconcile({"5_e"}, confirm_absent=True)
+        before = memory(reconciler)
+
+        stories.write("1_backlog", "1_a", name="a edited", body="new\n")  # edit
+        stories.move("2_b", "1_backlog", "2_current")  # move (resets retry_count)
+        stories.path("2_current", "3_c").unlink()  # delete
+        stories.write("2_current", "4_d", name="d copy")  # conflict with 4_merge/4_d
+        target = stories.root / "notes.md"
+        target.write_text("---\nname: linked\n---\n")
+        stories.path("1_backlog", "60_f").symlink_to(target)  # symlinked create
+        stories.write("1_backlog", "5_e", name="e fixed")  # broken file repaired
+        stories.write("4_merge", "900_g", name="g")  # a new high-water mark
+        state.fail_next = True
+        with pytest.raises(RuntimeError, match="injected"):
+            reconciler.reconcile({"1_a", "2_b", "3_c", "4_d", "5_e", "60_f", "900_g"},
+                                 confirm_absent=True)
+        assert memory(reconciler) == before
