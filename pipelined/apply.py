@@ -115,7 +115,7 @@ class ApplyLoop(threading.Thread):
             unlistable: dict[str, str] = {}
             seen = stat_signatures(self.root, self.config.stages, unlistable)
             if not unlistable and seen == stored.by_path:
-                touched: set[str] = set()  # every known file there, unchanged (~1 ms)
+                touched: set[str] = set()  # every known file there, unchanged
             else:
                 from pipelined.sync import changed_story_ids
 
@@ -224,11 +224,11 @@ class ApplyLoop(threading.Thread):
 
         With `touched` (files changed while stopped: READY waits for this load)
         the content map holds only what the catch-up reconciles; the rest is
-        read after READY (`_load_other_contents`), before the first flush. At
-        100,000 stories that is 200 MB not read before READY.
+        read after READY (`_load_other_contents`), before the first flush: a
+        large catalogue's contents are not read before READY.
         """
         from pipelined.content import ContentMap
-        from pipelined.state import PipelineState  # pycrdt: a third of the import time
+        from pipelined.state import PipelineState  # pycrdt: loaded only with the state
         from pipelined.sync import KnownFile, Reconciler
 
         full = read_state(conn)

@@ -231,8 +231,8 @@ def stat_signatures(
 ) -> dict[str, tuple[int, int, int]]:
     """Every story file in the stage folders: '<stage>/<id>.md' -> (mtime_ns, size, inode).
 
-    A listing and a stat each, no reads. This is the startup hot path (10,000
-    files in about 35 ms here): names are stat-ed relative to the open stage
+    A listing and a stat each, no reads. This is the startup hot path (its cost
+    is in the README's benchmark section): names are stat-ed relative to the open stage
     folder, values are plain tuples (equal to a FileSignature), no Path objects.
     A stage folder that exists but cannot be listed (or its entries not
     stat-ed) is added to `unlistable` with the reason: unreadable is not

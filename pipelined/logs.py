@@ -8,7 +8,7 @@ renderers print them as they are, so their string values are escaped first
 stops the daemon: `LineSink` drops a line it cannot write, counts it, and
 never raises into the code that logged.
 
-structlog (with the asyncio it imports) is an eighth of the daemon's start-up
+structlog (with the asyncio it imports) is a large part of the daemon's start-up
 time, and a restart with nothing changed logs nothing before READY. So modules
 take a `get_logger()` proxy, and structlog is imported and configured on the
 first log call, which is after READY on that path.

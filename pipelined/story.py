@@ -48,7 +48,8 @@ def _front_matter_handler() -> Any:
     """python-frontmatter's YAML handler with libyaml's safe loader, built on first use.
 
     Imported lazily: a restart with nothing changed parses no file, and these
-    imports are a tenth of the daemon's start-up time.
+    imports are a large part of the daemon's start-up time (see the README's
+    benchmark section).
     """
     global _handler  # noqa: PLW0603 - a lazily built module singleton
     if _handler is None:

@@ -151,7 +151,7 @@ def changed_story_ids(
     if unlistable:
         hidden = {split_rel_path(p)[1] for p in known if split_rel_path(p)[0] in unlistable}
         known = {p: s for p, s in known.items() if split_rel_path(p)[0] not in unlistable}
-    changed = seen.items() ^ known.items()  # set operations in C: 10,000 paths in ~2 ms
+    changed = seen.items() ^ known.items()  # set operations, in C
     touched = {split_rel_path(path)[1] for path, _signature in changed}
     with_files = {path[path.index("/") + 1:-3] for path in seen}
     touched.update(story_ids - with_files - hidden)
@@ -221,7 +221,7 @@ class Reconciler:
         high_water = self.high_water
         ids = sorted(set(story_ids) | repair_set | self.symlinked)
         # A first import or a big checkout: one line per story would be thousands
-        # of lines (and a tenth of the import time); the caller logs the counts.
+        # of lines (and a good part of an import's time); the caller logs the counts.
         # `log_each` decides for a caller that splits one catch-up into chunks.
         if log_each is None:
             log_each = logs_each_story(len(ids))
