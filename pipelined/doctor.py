@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from pipelined.layout import stat_pass
+from pipelined.schema import REFS_FIELDS
 from pipelined.store import queries
 
 __all__ = ["diagnose"]
@@ -55,7 +56,7 @@ def _diagnose(conn: apsw.Connection, root: Path, stages: tuple[str, ...]) -> dic
             continue
         for key, doc_value in doc.items():
             row_value, value = row.get(key), doc_value
-            if key == "depends_on":  # the row holds a list, the state its JSON text
+            if key in REFS_FIELDS:  # the row reads as a list, the state holds JSON text
                 value = json.loads(doc_value) if doc_value else None
             if row_value != value:
                 mismatch.append({"id": story_id,

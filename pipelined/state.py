@@ -15,14 +15,13 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
+from pipelined.schema import KIND, STATE_KEYS
+
 __all__ = ["STATE_KEYS", "PipelineState"]
-
-STATE_KEYS = ("stage", "name", "agent", "retry_count", "blocked", "depends_on")
-
 
 def _coerce(key: str, value: Any) -> Any:
     # pycrdt hands integers back as floats (0 -> 0.0).
-    if key == "retry_count" and isinstance(value, float):
+    if isinstance(value, float) and KIND.get(key) == "count":
         return int(value)
     return value
 

@@ -16,12 +16,12 @@ from typing import Any
 # The version of these rules (bump it there when they change what is stored) is
 # defined beside the other settings that shape stored rows: a restart compares
 # it without importing the parser.
+from pipelined.schema import FIELDS, KIND  # FIELDS re-exported: the parser's fields
 from pipelined.shaping import PARSER_VERSION
 
 __all__ = ["FIELDS", "PARSER_VERSION", "ParsedStory", "parse_story", "story_number"]
 
 
-FIELDS = ("name", "agent", "retry_count", "blocked", "depends_on")
 _ID_NUMBER = re.compile(r"^([0-9]+)_")
 MAX_NODES = 50_000  # values in one front matter, aliases expanded
 MAX_DEPTH = 64
@@ -173,20 +173,21 @@ def _typed(key: str, value: Any) -> Any:
     """
     if value is None:
         return None
-    if key in ("name", "agent"):
+    kind = KIND[key]
+    if kind == "text":
         if isinstance(value, str):
             return value
         hint = " (put it in quotes)" if isinstance(value, int | float | date) else ""
         raise ValueError(f"expected text, got {_short(value)}{hint}")
-    if key == "retry_count":
+    if kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
             raise ValueError(f"expected an integer from 0 to {MAX_INT}, got {_short(value)}")
         return value
-    if key == "blocked":
+    if kind == "flag":
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {_short(value)}")
         return value
-    if key == "depends_on":
+    if kind == "refs":
         if not isinstance(value, list):
             raise ValueError(f"expected a list such as [{_list_example(value)}], "
                              f"got {_short(value)}")

@@ -26,8 +26,9 @@ from pipelined.layout import (
     stat_story,
 )
 from pipelined.logs import get_logger
+from pipelined.schema import FIELDS, RESET_ON_MOVE
 from pipelined.store.batch import Batch, RowUpsert, SignatureRow
-from pipelined.story import FIELDS, ParsedStory, parse_story, story_number
+from pipelined.story import ParsedStory, parse_story, story_number
 
 if TYPE_CHECKING:  # pycrdt is imported only once the state is loaded
     from pipelined.state import PipelineState
@@ -506,16 +507,16 @@ class Reconciler:
             if prev["stage"] != winner.stage:
                 target["stage"] = winner.stage
                 # A stage change resets retry_count, unless the same burst set it in the file.
-                if "retry_count" not in file_changes:
-                    target["retry_count"], reset = 0, True
+                if RESET_ON_MOVE not in file_changes:
+                    target[RESET_ON_MOVE], reset = 0, True
                     if story_id in self._before_broken:  # moved while its file is broken
-                        self._before_broken[story_id][1]["retry_count"] = 0
+                        self._before_broken[story_id][1][RESET_ON_MOVE] = 0
                 result.moved += 1
                 self._story_log("story.moved", id=story_id, from_stage=prev["stage"],
                          to_stage=winner.stage)
             values = {k: v for k, v in target.items() if prev.get(k) != v}
             changed_fields = sorted(k for k in values if k != "stage"
-                                    and not (k == "retry_count" and reset))
+                                    and not (k == RESET_ON_MOVE and reset))
             if changed_fields:
                 result.updated += 1
                 self._story_log("story.updated", id=story_id, fields=changed_fields)

@@ -23,6 +23,7 @@ from pipelined.commands.common import (
     table,
 )
 from pipelined.errors import AmbiguousStory, StoryNotFound
+from pipelined.schema import FIELDS
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["board", "ls_command", "search", "show"]
 
 SORT_CHOICES = ("stage", "id", "name", "updated", "created")  # views.SORT_KEYS, kept light
+# `show`: the id and stage first, then the story fields, then the times.
+SHOW_ORDER = ("id", "stage", *FIELDS, "created_at", "updated_at")
 
 
 @click.command(name="ls")
@@ -104,8 +107,7 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
         print_json(story)
         return
     lines = [f"{key + ':':<13} {'' if story[key] is None else story[key]}"
-             for key in ("id", "stage", "name", "agent", "retry_count", "blocked",
-                         "depends_on", "created_at", "updated_at")]
+             for key in SHOW_ORDER]
     if story["extra"]:
         import json
 

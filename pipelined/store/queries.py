@@ -12,6 +12,7 @@ from typing import Any
 
 import apsw
 
+from pipelined.schema import FLAG_FIELDS, ITEM_COLUMNS, REFS_FIELDS
 from pipelined.store.connection import transaction
 
 __all__ = [
@@ -29,14 +30,15 @@ __all__ = [
     "table_exists",
 ]
 
-_ITEM_COLUMNS = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
-                 "created_at", "updated_at")
-
-
 def _item(row: tuple[Any, ...]) -> dict[str, Any]:
-    item = dict(zip(_ITEM_COLUMNS, row, strict=True))
-    item["blocked"] = None if item["blocked"] is None else bool(item["blocked"])
-    item["depends_on"] = json.loads(item["depends_on"]) if item["depends_on"] else None
+    """A row of ITEM_COLUMNS as reads show it (schema.from_column, inlined: `ls` of
+    a large pipeline makes one per story)."""
+    item = dict(zip(ITEM_COLUMNS, row, strict=True))
+    for name in FLAG_FIELDS:
+        if item[name] is not None:
+            item[name] = bool(item[name])
+    for name in REFS_FIELDS:
+        item[name] = json.loads(item[name]) if item[name] else None
     return item
 
 
@@ -65,7 +67,7 @@ def list_stories(
     if blocked is not None:
         where.append("coalesce(blocked, 0) = ?")
         params.append(int(blocked))
-    sql = f"SELECT {', '.join(_ITEM_COLUMNS)} FROM pipeline_items"
+    sql = f"SELECT {', '.join(ITEM_COLUMNS)} FROM pipeline_items"
     if where:
         sql += " WHERE " + " AND ".join(where)
     return [_item(row) for row in conn.execute(sql, params)]
@@ -79,7 +81,7 @@ def get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
 
 def _get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        f"SELECT {', '.join(_ITEM_COLUMNS)}, content FROM pipeline_items WHERE id = ?",
+        f"SELECT {', '.join(ITEM_COLUMNS)}, content FROM pipeline_items WHERE id = ?",
         (story_id,),
     ).fetchone()
     if row is None:

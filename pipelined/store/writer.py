@@ -23,6 +23,7 @@ import apsw
 
 from pipelined.errors import CommitFailed, DatabaseCorrupt
 from pipelined.logs import get_logger
+from pipelined.schema import FIELDS, to_column
 from pipelined.store.connection import as_corrupt, transaction
 
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
@@ -40,16 +41,13 @@ BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 30.0
 SUBMIT_POLL_S = 0.2  # a submit blocked on a full queue checks this often that the writer runs
 
-UPSERT_ITEM = """
-INSERT INTO pipeline_items(id, name, stage, agent, retry_count, blocked, depends_on,
-                           content, created_at, updated_at)
-VALUES (:id, :name, :stage, :agent, :retry_count, :blocked, :depends_on,
-        :content, :now, :now)
+# The story fields' columns come from the schema; created_at is set once.
+UPSERT_ITEM = f"""
+INSERT INTO pipeline_items(id, stage, {", ".join(FIELDS)}, content, created_at, updated_at)
+VALUES (:id, :stage, {", ".join(":" + name for name in FIELDS)}, :content, :now, :now)
 ON CONFLICT(id) DO UPDATE SET
-  name=excluded.name, stage=excluded.stage, agent=excluded.agent,
-  retry_count=excluded.retry_count, blocked=excluded.blocked,
-  depends_on=excluded.depends_on, content=excluded.content,
-  updated_at=excluded.updated_at
+  stage=excluded.stage, {", ".join(f"{name}=excluded.{name}" for name in FIELDS)},
+  content=excluded.content, updated_at=excluded.updated_at
 """
 
 UPSERT_EXTRA = """
@@ -86,9 +84,8 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
             for row in batch.upserts:
                 params: dict[str, Any] = {"id": row.story_id, "stage": row.stage,
                                           "content": row.content, "now": now}
-                params.update(row.fields)
-                blocked = params.get("blocked")
-                params["blocked"] = None if blocked is None else int(bool(blocked))
+                params.update({name: to_column(name, value)
+                               for name, value in row.fields.items()})
                 conn.execute(UPSERT_ITEM, params)
                 conn.execute(UPSERT_EXTRA, (
                     row.story_id, json.dumps(row.extra, ensure_ascii=False),

@@ -1,0 +1,82 @@
+"""The story schema, in one place: the pipeline fields, their kinds, their columns.
+
+The parser (`story`) checks a front-matter value by its field's kind, the
+pipeline state (`state`) holds `STATE_KEYS`, the writer and the queries store
+and read the `pipeline_items` columns through `to_column` / `from_column`, and
+the CLI shows `ITEM_COLUMNS`. A new field is added here (and in a migration).
+Pure and cheap to import: no SQLite, no pycrdt.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, NamedTuple
+
+__all__ = [
+    "FIELDS",
+    "FLAG_FIELDS",
+    "ITEM_COLUMNS",
+    "KIND",
+    "REFS_FIELDS",
+    "RESET_ON_MOVE",
+    "STATE_KEYS",
+    "STORY_FIELDS",
+    "StoryField",
+    "from_column",
+    "to_column",
+]
+
+Kind = Literal["text", "count", "flag", "refs"]
+
+
+class StoryField(NamedTuple):
+    """One pipeline field of a story: its front-matter key (= its column) and kind.
+
+    Kinds: `text` (a string), `count` (an integer >= 0), `flag` (true or false;
+    stored as 0/1), `refs` (a list of story numbers or ids; stored, and held in
+    the pipeline state, as JSON text). Every field may be null.
+    """
+
+    name: str
+    kind: Kind
+
+
+STORY_FIELDS = (
+    StoryField("name", "text"),
+    StoryField("agent", "text"),
+    StoryField("retry_count", "count"),
+    StoryField("blocked", "flag"),
+    StoryField("depends_on", "refs"),
+)
+FIELDS = tuple(field.name for field in STORY_FIELDS)
+KIND = {field.name: field.kind for field in STORY_FIELDS}
+FLAG_FIELDS = tuple(f.name for f in STORY_FIELDS if f.kind == "flag")
+REFS_FIELDS = tuple(f.name for f in STORY_FIELDS if f.kind == "refs")
+# The pipeline state per story: its stage and the fields.
+STATE_KEYS = ("stage", *FIELDS)
+# A stage change sets this field to 0 in the pipeline state (unless the same
+# burst also changed it in the file). The history triggers (migration 0003)
+# read a stage change that sets it to 0 as that reset.
+RESET_ON_MOVE = "retry_count"
+# `pipeline_items` as every read shows it (content is read on its own).
+ITEM_COLUMNS = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
+                "created_at", "updated_at")
+
+
+def to_column(name: str, value: Any) -> Any:
+    """A pipeline-state value as its column holds it (a flag as 0/1)."""
+    if value is not None and KIND.get(name) == "flag":
+        return int(bool(value))
+    return value
+
+
+def from_column(name: str, value: Any) -> Any:
+    """A column's value as reads show it (a flag as a bool, refs as a list)."""
+    if value is None:
+        return None
+    kind = KIND.get(name)
+    if kind == "flag":
+        return bool(value)
+    if kind == "refs":
+        return json.loads(value) if value else None
+    return value
