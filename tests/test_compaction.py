@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import DaemonProcess, Stories, folder_matches_db
 
 from pipelined.state import PipelineState
@@ -41,6 +42,7 @@ class TestCompaction:
         assert folder_matches_db(stories, daemon)
         assert daemon.cli("doctor").returncode == 0
 
+    @pytest.mark.slow
     def test_a_grown_snapshot_is_rebased_onto_a_new_epoch(self, stories: Stories,
                                                           daemon: DaemonProcess) -> None:
         """Overwrites grow even a snapshot; past 2x a fresh encoding the document is

@@ -8,6 +8,7 @@ import random
 import signal
 import time
 
+import pytest
 from conftest import (
     STAGES,
     DaemonProcess,
@@ -36,6 +37,7 @@ def burst(stories: Stories, rng: random.Random, where: dict[str, str], size: int
 
 
 class TestCrashTorture:
+    @pytest.mark.slow
     def test_kill_nine_at_random_moments(self, stories: Stories,
                                          daemon: DaemonProcess) -> None:
         """Several rounds of burst + SIGKILL (one in the middle of a 1,000-story flush)."""

@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import DaemonProcess, Stories
 
 from pipelined.config import resolve
@@ -87,6 +88,7 @@ class TestInit:
         assert again["created"] == []
 
 
+@pytest.mark.slow
 def test_examples_ship_in_the_wheel(tmp_path: Path) -> None:
     """The wheel carries stages-example as pipelined/stages_example; init --example uses it."""
     dist = tmp_path / "dist"

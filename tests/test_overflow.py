@@ -45,6 +45,7 @@ class TestOverflow:
 
 
 class TestBigBurst:
+    @pytest.mark.slow
     def test_twenty_thousand_creates(self, stories: Stories, daemon: DaemonProcess) -> None:
         """20,000 files created while the daemon runs all end up in the database."""
         daemon.start()

@@ -7,11 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import DaemonProcess, Stories
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     """Build the wheel, install it in a fresh venv, start the daemon on a new database."""
     dist = tmp_path / "dist"
