@@ -26,6 +26,7 @@ from pipelined.layout import (
     symlinked_story_ids,
 )
 from pipelined.logs import get_logger
+from pipelined.policies import CompactionPolicy, DeletePolicy
 from pipelined.shaping import reread_for_settings, stored_with_settings
 from pipelined.store.connection import (
     as_corrupt,
@@ -43,7 +44,6 @@ __all__ = ["ApplyLoop"]
 log = get_logger("pipelined.apply")
 
 DEFERRED_POLL_S = 0.05
-COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the snapshot
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
 STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
@@ -86,11 +86,10 @@ class ApplyLoop(threading.Thread):
         self.failed: BaseException | None = None
         self.stories = 0
         self.last_flush_monotonic = time.monotonic()
-        self._deferred: dict[str, float] = {}
+        self._deletes = DeletePolicy(config.delete_grace_ms / 1000, config.settle_cap_ms / 1000,
+                                     config.git_lock_cap_s)
         self._reconciler: Reconciler | None = None
-        self._updates_since_compaction = 0
-        self._bytes_since_compaction = 0
-        self._snapshot_bytes = 0  # the last snapshot written, or the loaded history
+        self._compaction = CompactionPolicy(config.compact_updates)
         self._fresh_bytes_per_story: float | None = None
         self._other_contents_owed = False  # the catch-up loaded only the contents it needed
         # Stage folders that cannot be read, and why: replaced (never mutated) by this
@@ -235,8 +234,8 @@ class ApplyLoop(threading.Thread):
         client_id = stored.client_id if stored.client_id is not None else _new_client_id()
         state = PipelineState(client_id)
         applied = state.load(full.updates)
-        self._updates_since_compaction = applied
-        self._snapshot_bytes = sum(len(u) for u in full.updates)
+        self._compaction = CompactionPolicy(self.config.compact_updates,
+                                            sum(len(u) for u in full.updates), applied)
         known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
                  for path, sid, stage, mtime, size, inode, winner in full.signatures}
         mismatch = state.ids() ^ full.row_ids
@@ -291,7 +290,7 @@ class ApplyLoop(threading.Thread):
         timers = _Timers(time.monotonic())
         while True:
             self.stage_problems = dict(self._reconciler.stage_problems)  # for the main thread
-            timeout = DEFERRED_POLL_S if self._deferred else 1.0
+            timeout = DEFERRED_POLL_S if self._deletes else 1.0
             settled = self.coalescer.take(timeout)
             if settled.stopping and self.skip_flush.is_set():
                 return
@@ -372,54 +371,33 @@ class ApplyLoop(threading.Thread):
             return
         started = time.monotonic()
         result = reconciler.reconcile(story_ids, confirm_absent=False)
-        for story_id in story_ids - result.absent:
-            self._deferred.pop(story_id, None)
+        self._deletes.forget(story_ids - result.absent)
         self._defer(result)
         self._submit(result, started, len(story_ids))
 
     def _confirm_deletes(self, *, final: bool) -> None:
         """Delete vanished stories once they stayed absent through a quiet period."""
-        if not self._deferred or final:
+        if not self._deletes or final:
             return
-        now = time.monotonic()
-        grace = self.config.delete_grace_ms / 1000
-        if self.coalescer.quiet_for() < grace:
-            # A tree that never goes quiet (a log file written every 50 ms) must
-            # not hold a delete forever: past the burst cap it goes ahead.
-            oldest = min(self._deferred.values())
-            if now - oldest < self.config.settle_cap_ms / 1000 + grace:
-                return
-        due = {sid for sid, since in self._deferred.items() if now - since >= grace}
+        due, past_git_lock_s = self._deletes.due(self.coalescer.quiet_for(), self._git_busy)
         if not due:
             return
-        if self._git_busy():
-            oldest = min(self._deferred[sid] for sid in due)
-            if now - oldest < self.config.git_lock_cap_s:
-                return  # git is mid-operation: its creates may still come
-            log.warning("sync.git_lock_cap", waited_s=round(now - oldest, 1))
+        if past_git_lock_s:
+            log.warning("sync.git_lock_cap", waited_s=round(past_git_lock_s, 1))
         assert self._reconciler is not None
         started = time.monotonic()
         result = self._reconciler.reconcile(due, confirm_absent=True)
-        for story_id in due:
-            self._deferred.pop(story_id, None)
+        self._deletes.forget(due)
         self._submit(result, started, len(due))
 
     def _defer(self, result: SyncResult) -> None:
-        now = time.monotonic()
-        for story_id in result.absent:
-            self._deferred.setdefault(story_id, now)
+        self._deletes.defer(result.absent)
 
     def _submit(self, result: SyncResult, started: float, touched: int) -> None:
         assert self._reconciler is not None
         self.writer.submit(result.batch)
-        if result.batch.crdt_update and self.config.compact_updates:
-            self._updates_since_compaction += 1
-            self._bytes_since_compaction += len(result.batch.crdt_update)
-            if (self._updates_since_compaction >= self.config.compact_updates
-                    or (self._updates_since_compaction > 1
-                        and self._bytes_since_compaction >= COMPACT_MIN_BYTES
-                        and self._bytes_since_compaction >= 2 * self._snapshot_bytes)):
-                self._compact()
+        if result.batch.crdt_update and self._compaction.add(len(result.batch.crdt_update)):
+            self._compact()
         self.stories = len(self._reconciler.state)
         self.last_flush_monotonic = time.monotonic()
         if result.batch.upserts or result.batch.deletes:
@@ -453,12 +431,10 @@ class ApplyLoop(threading.Thread):
                                     reason=f"snapshot {len(compaction.snapshot)} bytes > "
                                            f"2 x fresh {int(fresh_estimate)}")
         self.writer.submit(Batch(compaction=compaction))
-        log.info("crdt.compacted", updates=self._updates_since_compaction,
-                 replaced_bytes=self._bytes_since_compaction, snapshot_bytes=len(snapshot),
+        log.info("crdt.compacted", updates=self._compaction.updates,
+                 replaced_bytes=self._compaction.bytes, snapshot_bytes=len(snapshot),
                  rebased=compaction.new_epoch, ms=int((time.monotonic() - started) * 1000))
-        self._updates_since_compaction = 0
-        self._bytes_since_compaction = 0
-        self._snapshot_bytes = len(snapshot)
+        self._compaction.compacted(len(snapshot))
 
     def _git_busy(self) -> bool:
         # Looked up each time (a few stats, only when a delete is pending): the
