@@ -80,6 +80,7 @@ class Daemon:
         self._writer: Writer | None = None
         self._heartbeat = Heartbeat(config.db_path)
         self._guard = PathGuard()
+        self._wal_remembered = False
         self._ready_ms = 0
         self._signal_name = ""
         # What systemd hears (see _watch_health, _tick, _reload). SIGHUP reads the
@@ -194,13 +195,21 @@ class Daemon:
             db_path, f"the database file was {what} while the daemon ran; stopping, "
             "as nothing committed to the old file would ever be read again (a restart "
             "brings the file at this path up to date with the folders)"))
-        wal = db_path.with_name(db_path.name + "-wal")  # kept for the daemon's life
-        self._guard.remember(wal, lambda what: DatabaseError(
-            db_path, f"its write-ahead log {wal} was {what} while the daemon ran; stopping "
-            "(the last checkpoint saves what it held into the database file)"))
         self._guard.remember(lock_path(db_path), lambda what: DatabaseError(
             db_path, f"its lock file {lock_path(db_path)} was {what} while the daemon ran, "
             "so a second daemon could start on this database; stopping"))
+
+    def _remember_wal(self, writer: Writer) -> None:
+        """The -wal file, once the writer's connection holds it: before that, SQLite
+        deletes and re-creates it as the daemon's own connections close and open."""
+        if self._wal_remembered or not writer.connected.is_set():
+            return
+        db_path = self.config.db_path
+        wal = db_path.with_name(db_path.name + "-wal")
+        self._guard.remember(wal, lambda what: DatabaseError(
+            db_path, f"its write-ahead log {wal} was {what} while the daemon ran; stopping "
+            "(the last checkpoint saves what it held into the database file)"))
+        self._wal_remembered = True
 
     def _send_ready(self, stories: int) -> None:
         """READY=1: the database equals the folders (called on the apply thread).
@@ -338,6 +347,7 @@ class Daemon:
         last_unwatched_rescan = time.monotonic()
         while not self._stop.wait(self._tick_in if not self._watches_dirty.is_set() else 0.01):
             self._beat(apply, writer, coalescer, watcher)
+            self._remember_wal(writer)
             moved = self._guard.check()
             if moved is not None:
                 apply.failed = apply.failed or moved

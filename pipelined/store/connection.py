@@ -6,7 +6,6 @@ Every transaction goes through `transaction()`, never apsw's `with conn:`.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,11 +38,6 @@ def open_writer(path: Path) -> apsw.Connection:
         # cap what a checkpoint leaves behind.
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         conn.execute("PRAGMA foreign_keys=ON")
-        # Keep the -wal file when a connection closes (the migration connection,
-        # a reopen): its inode then lasts as long as the daemon, which checks
-        # that nobody deleted it (committed frames would be lost with it).
-        persist = ctypes.c_int(1)
-        conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
         # SQLite silently falls back to read-only when it cannot write the file;
         # the daemon would then report READY and persist nothing.
         if conn.readonly("main"):

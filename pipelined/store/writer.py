@@ -169,6 +169,9 @@ class Writer(threading.Thread):
         self._abandon = threading.Event()
         self._closing = threading.Event()
         self._begun = threading.Event()
+        # Set once the connection is open: from then on this process holds the
+        # database (and its -wal, which SQLite deletes only with the last one).
+        self.connected = threading.Event()
         self.commits = 0
         self.attempts = 0  # commit attempts finished, failed ones included
         self.last_commit_monotonic = time.monotonic()
@@ -261,6 +264,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             self._conn = self._connect()
+            self.connected.set()
             self._begun.wait()
             if self._check is not None:
                 self._check(self._conn)  # before the first write
@@ -324,6 +328,7 @@ class Writer(threading.Thread):
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if now - last_logged >= ERROR_LOG_EVERY_S:
                     log.error("writer.commit_failed", error=self.last_error,
+                              sqlite_code=getattr(exc, "extendedresult", None),
                               batches=len(group), retry_in_s=round(delay, 3))
                     last_logged = now
                 if self._abandon.is_set():
