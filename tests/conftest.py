@@ -8,8 +8,10 @@ wait polls a condition with a deadline; nothing sleeps blindly.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -273,6 +275,39 @@ def state_matches_rows(daemon: DaemonProcess) -> bool:
                                              row["retry_count"], blocked, row_deps):
             return False
     return True
+
+
+# Running as root, file modes bind a process only without CAP_DAC_OVERRIDE.
+NO_DAC = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all")
+
+
+@functools.cache
+def modes_bind_prefix() -> tuple[str, ...] | None:
+    """A command prefix under which file modes bind a started process: none needed
+    when this user is not root, NO_DAC for root when setpriv can drop the
+    capability, None when neither works (the tests needing it are skipped)."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        return None
+    probe = subprocess.run([*NO_DAC, "true"], capture_output=True, check=False)
+    return NO_DAC if probe.returncode == 0 else None
+
+
+needs_modes = pytest.mark.skipif(
+    modes_bind_prefix() is None,
+    reason="needs a user file modes apply to, or setpriv to drop CAP_DAC_OVERRIDE as root")
+
+
+@functools.cache
+def userns_inotify_limits() -> bool:
+    """Whether a user namespace of its own (with its own inotify limits) can be made."""
+    if shutil.which("unshare") is None or not Path("/proc/sys/user/max_inotify_watches").exists():
+        return False
+    probe = subprocess.run(["unshare", "-U", "-r", "sh", "-c",
+                            "echo 1 > /proc/sys/user/max_inotify_watches"],
+                           capture_output=True, check=False, timeout=DEADLINE_S)
+    return probe.returncode == 0
 
 
 DAEMON_FIXTURES = frozenset({"daemon", "notified", "synced"})

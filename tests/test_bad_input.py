@@ -23,6 +23,8 @@ from conftest import (
     DaemonProcess,
     Stories,
     folder_matches_db,
+    modes_bind_prefix,
+    needs_modes,
     observe,
     story_text,
     wait_until,
@@ -477,44 +479,13 @@ class TestDoctorExitCode:
         good.check()
 
 
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
-
-
-def _permissions_apply() -> bool:
-    """False where this process reads a mode-000 file anyway (root with CAP_DAC_OVERRIDE)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        probe = Path(folder) / "probe"
-        probe.write_text("x")
-        probe.chmod(0)
-        try:
-            probe.read_text()
-        except PermissionError:
-            return True
-        return False
-
-
-def _dac_can_be_dropped() -> bool:
-    import shutil
-    import subprocess
-
-    return shutil.which("setpriv") is not None and subprocess.run(
-        [*NO_DAC, "true"], capture_output=True, check=False).returncode == 0
-
-
-PERMISSIONS_APPLY = _permissions_apply()
-NOT_AS_ROOT = pytest.mark.skipif(
-    not PERMISSIONS_APPLY and not _dac_can_be_dropped(),
-    reason="this user reads any file whatever its mode (root) and cannot drop "
-           "CAP_DAC_OVERRIDE (setpriv)")
+NOT_AS_ROOT = needs_modes  # file modes must bind the daemon
 
 
 @pytest.fixture
 def daemon_bound_by_modes(stories: Stories, daemon: DaemonProcess) -> Baseline:
     """`good`, with the daemon bound by file modes: as root, without CAP_DAC_OVERRIDE."""
-    if not PERMISSIONS_APPLY:
-        daemon.prefix = NO_DAC
+    daemon.prefix = list(modes_bind_prefix() or ())
     baseline = Baseline(stories, daemon)
     daemon.start()
     baseline.snapshot()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,14 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import STAGES, Stories
+from conftest import STAGES, Stories, modes_bind_prefix
 
 from pipelined.authoring import CLAIM_PREFIX
 from pipelined.store.lock import holder, lock_path
 from pipelined.story import parse_story
 
 LIMIT = 4096  # bytes any file of the subprocess may reach
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
 
 
 def limit_file_size(limit: int) -> Callable[[], None]:
@@ -110,16 +108,6 @@ class TestNewOnAFullDisk:
         assert parse_story(path.read_bytes(), 1 << 20).fields["name"] == title
 
 
-def _permissions_apply() -> tuple[str, ...] | None:
-    """A command prefix under which file permissions apply; None if there is none."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        return None
-    probe = subprocess.run([*NO_DAC, "true"], capture_output=True, check=False)
-    return tuple(NO_DAC) if probe.returncode == 0 else None
-
-
 @pytest.fixture
 def unreadable_stage(stories: Stories) -> Iterator[Path]:
     """The first stage folder without read permission: names can be added to it
@@ -138,7 +126,7 @@ class TestNewFolderSync:
         """The link is made but the stage folder cannot be synced, so the new name
         might not survive a power cut: exit 1 with one `Error:` line, and the
         story file is removed again (before: exit 0 without the sync)."""
-        prefix = _permissions_apply()
+        prefix = modes_bind_prefix()
         if prefix is None:
             pytest.skip("as root, needs setpriv to drop CAP_DAC_OVERRIDE")
         result = new_story(stories, tmp_path / "none.db", "Export as CSV", prefix=prefix)

@@ -18,25 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DEADLINE_S, DaemonProcess, Stories, story_text, wait_until
+from conftest import (
+    DEADLINE_S,
+    DaemonProcess,
+    Stories,
+    modes_bind_prefix,
+    needs_modes,
+    story_text,
+    userns_inotify_limits,
+    wait_until,
+)
 
 from pipelined.store.heartbeat import read_heartbeat
 
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
-
-
-def _permissions_can_apply() -> bool:
-    """File modes bind the daemon: it is not root, or root can drop CAP_DAC_OVERRIDE."""
-    if os.geteuid() != 0:
-        return True
-    if shutil.which("setpriv") is None:
-        return False
-    return subprocess.run([*NO_DAC, "true"], capture_output=True, check=False).returncode == 0
-
-
-needs_permissions = pytest.mark.skipif(
-    not _permissions_can_apply(),
-    reason="needs a user that file modes apply to (or setpriv to drop CAP_DAC_OVERRIDE)")
+needs_permissions = needs_modes
 
 
 def exits_with_one_error_line(daemon: DaemonProcess, expected: str) -> str:
@@ -144,8 +139,7 @@ class TestUnreadableStageFolder:
         folders still land, status says degraded and names the folder; once it is
         readable again, what changed in it meanwhile lands within seconds, not at the
         next safety-net rescan, and status is ready again."""
-        if os.geteuid() == 0:
-            daemon.prefix = NO_DAC
+        daemon.prefix = list(modes_bind_prefix() or ())
         stories.write("2_current", "10_story_inside", name="inside v1")
         daemon.start()
         daemon.wait_row("10_story_inside")
@@ -172,8 +166,7 @@ class TestUnreadableStageFolder:
         """A story moved (while the daemon was stopped) into a folder that is then
         unreadable is not taken for deleted at the next start: it may be in there.
         Once the folder is readable it shows in its new stage."""
-        if os.geteuid() == 0:
-            daemon.prefix = NO_DAC
+        daemon.prefix = list(modes_bind_prefix() or ())
         stories.write("1_backlog", "15_story_moving", name="moving")
         daemon.start()
         daemon.wait_row("15_story_moving")
@@ -197,8 +190,7 @@ class TestUnreadableStageFolder:
                                                                daemon: DaemonProcess) -> None:
         """A daemon started while a stage folder is unreadable starts, reports it, and
         watches the folder once it can be read: its files then land."""
-        if os.geteuid() == 0:
-            daemon.prefix = NO_DAC
+        daemon.prefix = list(modes_bind_prefix() or ())
         folder = stories.root / "2_current"
         folder.chmod(0)
         try:
@@ -230,7 +222,7 @@ def test_rebuild_refuses_an_unreadable_stage_folder(stories: Stories,
     folder.chmod(0)
     try:
         done = subprocess.run(
-            [*(NO_DAC if os.geteuid() == 0 else []), sys.executable, "-m", "pipelined",
+            [*(modes_bind_prefix() or ()), sys.executable, "-m", "pipelined",
              "rebuild", "--root", str(stories.root), "--db", str(daemon.db)],
             capture_output=True, text=True, check=False, timeout=DEADLINE_S)
     finally:
@@ -243,16 +235,7 @@ def test_rebuild_refuses_an_unreadable_stage_folder(stories: Stories,
     assert daemon.row("17_story_hidden") is not None
 
 
-def _userns_inotify_limits() -> bool:
-    if shutil.which("unshare") is None or not Path("/proc/sys/user/max_inotify_watches").exists():
-        return False
-    probe = subprocess.run(["unshare", "-U", "-r", "sh", "-c",
-                            "echo 1 > /proc/sys/user/max_inotify_watches"],
-                           capture_output=True, check=False, timeout=DEADLINE_S)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _userns_inotify_limits(),
+@pytest.mark.skipif(not userns_inotify_limits(),
                     reason="needs unprivileged user namespaces with their own inotify limits")
 def test_watch_limit_reached_while_running_is_degraded(stories: Stories,
                                                        daemon: DaemonProcess) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import DaemonProcess, Stories, folder_matches_db
+from conftest import DaemonProcess, Stories, folder_matches_db, modes_bind_prefix, needs_modes
 
 
 def corrupt_pages(db: Path) -> None:
@@ -141,25 +141,14 @@ class TestReadOnlyDatabase:
             subprocess.run(["chattr", "-i", str(synced.db)], check=False)
 
 
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
-
-
-def _dac_can_be_dropped() -> bool:
-    if shutil.which("setpriv") is None:
-        return False
-    probe = subprocess.run([*NO_DAC, "true"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _dac_can_be_dropped(), reason="needs setpriv and root to drop "
-                    "CAP_DAC_OVERRIDE (so file permissions apply to the daemon)")
+@needs_modes
 class TestDatabaseMadeReadOnly:
     def test_read_only_while_running_then_restart(self, synced: DaemonProcess,
                                                   stories: Stories) -> None:
         """The database file turned read-only under a running daemon (permissions
         applying): it keeps committing through its open descriptor and loses
         nothing; a restart is then refused with one line instead of a silent READY."""
-        synced.prefix = NO_DAC
+        synced.prefix = list(modes_bind_prefix() or ())
         synced.start()
         synced.db.chmod(0o444)
         try:

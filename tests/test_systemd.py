@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import DEADLINE_S, Stories
+from conftest import DEADLINE_S, Stories, userns_inotify_limits
 from test_notify import NotifiedDaemon
 
 pytestmark = pytest.mark.e2e  # the real daemon, or the units' commands, as subprocesses
@@ -336,16 +336,7 @@ class TestMemoryDenyWriteExecute:
         assert "Traceback" not in notified.log_tail(400)
 
 
-def _userns_inotify_limits() -> bool:
-    if shutil.which("unshare") is None or not Path("/proc/sys/user/max_inotify_watches").exists():
-        return False
-    probe = subprocess.run(["unshare", "-U", "-r", "sh", "-c",
-                            "echo 1 > /proc/sys/user/max_inotify_watches"],
-                           capture_output=True, check=False, timeout=DEADLINE_S)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _userns_inotify_limits(),
+@pytest.mark.skipif(not userns_inotify_limits(),
                     reason="needs unprivileged user namespaces with their own inotify limits")
 class TestInotifyLimits:
     """The kernel's per-user inotify limits, lowered inside a user namespace only."""
