@@ -23,7 +23,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import DaemonProcess, Stories
+from conftest import DEADLINE_S, DaemonProcess, Stories
 
 from pipelined.errors import DatabaseError
 from pipelined.store.migrations import apply_migrations
@@ -374,18 +374,27 @@ def test_header_read_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
-def test_check_leaves_our_own_stopped_database_as_it_was(tmp_path: Path) -> None:
-    """The start-up check of pipelined's own database (stopped, its -wal kept empty by
-    the daemon) changes nothing beside it: SQLite would delete an empty -wal when the
-    last connection closes, and the check's connection is the last one."""
-    from pipelined.store.connection import open_writer
-
+@pytest.mark.parametrize("wal", ["frames", "empty"])
+def test_check_leaves_a_crashed_daemons_wal_as_it_was(tmp_path: Path, wal: str) -> None:
+    """The start-up check of pipelined's own database left by a crash (its -wal
+    holding committed frames, or just truncated by a checkpoint) changes nothing
+    beside it: its read neither checkpoints nor deletes that -wal, though its
+    connection is the last one (SQLite deletes an empty -wal on the last close)."""
     folder = tmp_path / "state"
     db = folder / "p.db"
-    conn = open_writer(db)
-    apply_migrations(conn, db)
-    conn.close()
-    assert db.with_name("p.db-wal").exists()
+    crash = ("import os, sys\n"
+             "from pathlib import Path\n"
+             "from pipelined.store.connection import open_writer\n"
+             "from pipelined.store.migrations import apply_migrations\n"
+             "db = Path(sys.argv[1])\n"
+             "conn = open_writer(db)\n"
+             "apply_migrations(conn, db)\n"
+             "if sys.argv[2] == 'empty':\n"
+             "    conn.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()\n"
+             "os._exit(0)  # no close: the -wal stays, as after kill -9\n")
+    subprocess.run([sys.executable, "-c", crash, str(db), wal], check=True,
+                   timeout=DEADLINE_S)
+    assert (db.with_name("p.db-wal").stat().st_size > 0) == (wal == "frames")
     before = listing(folder)
     check_before_writing(db)
     assert listing(folder) == before
