@@ -1,59 +1,30 @@
 """The story history (`story_history`, kept by triggers): `log`, `events`, `stats`.
 
-Read-only queries and small pure computations over the history rows; no
-watchdog, no pycrdt, so the CLI stays fast. One history row as JSON is
-{"seq", "at", "id", "kind", "from_stage", "to_stage", "fields"}.
+Small pure computations over history rows (the queries are in
+`pipelined.store.history`); no watchdog, no pycrdt, so the CLI stays fast. One
+history row as JSON is {"seq", "at", "id", "kind", "from_stage", "to_stage",
+"fields"}.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apsw
+from pipelined.store import history as store_history
 
-from pipelined.errors import DatabaseError
-from pipelined.store import queries
-from pipelined.store.connection import transaction
+if TYPE_CHECKING:
+    import apsw
 
 __all__ = [
     "entry_line",
     "finished_per_week",
-    "has_history",
-    "history",
-    "max_seq",
     "normalize_since",
     "percentile",
-    "require_history",
-    "resolve_ids",
-    "rows_after",
     "stage_durations",
     "stats",
 ]
-
-_COLUMNS = "seq, at, story_id, kind, from_stage, to_stage, fields"
-
-
-def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, at, story_id, kind, from_stage, to_stage, fields = row
-    return {"seq": int(seq), "at": str(at), "id": str(story_id), "kind": str(kind),
-            "from_stage": from_stage, "to_stage": to_stage,
-            "fields": json.loads(fields) if fields else None}
-
-
-def has_history(conn: apsw.Connection) -> bool:
-    return queries.table_exists(conn, "story_history")
-
-
-def require_history(conn: apsw.Connection, db_path: Path) -> None:
-    """A database from before migration 0003 has no history: one clear error."""
-    if not has_history(conn):
-        raise DatabaseError(db_path, "it has no story history yet (start the daemon once "
-                                     "to upgrade the database)")
-
 
 def normalize_since(value: str) -> str:
     """A date or RFC 3339 time -> the UTC text form of `at` ('...T...:..:..000Z').
@@ -69,47 +40,6 @@ def normalize_since(value: str) -> str:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def resolve_ids(conn: apsw.Connection, ref: str) -> list[str]:
-    """The ids a `log` argument means: the id itself, or every id with that number,
-    deleted stories included (`queries.resolve_ref`); the reference itself if none."""
-    return queries.resolve_ref(conn, ref, deleted=True) or [ref]
-
-
-def history(conn: apsw.Connection, story_ids: Sequence[str] | None = None,
-            since: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """History rows, oldest first; `limit` keeps the newest ones; `since` is normalized."""
-    where: list[str] = []
-    params: list[Any] = []
-    if story_ids:
-        where.append(f"story_id IN ({', '.join('?' * len(story_ids))})")
-        params += list(story_ids)
-    if since is not None:
-        where.append("at >= ?")
-        params.append(since)
-    sql = f"SELECT {_COLUMNS} FROM story_history"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq DESC"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    rows = [_entry(r) for r in conn.execute(sql, params)]
-    rows.reverse()
-    return rows
-
-
-def max_seq(conn: apsw.Connection) -> int:
-    row = conn.execute("SELECT max(seq) FROM story_history").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
-def rows_after(conn: apsw.Connection, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
-    """History rows with a sequence number above `seq`, in order (at most `limit`)."""
-    return [_entry(r) for r in conn.execute(
-        f"SELECT {_COLUMNS} FROM story_history WHERE seq > ? ORDER BY seq LIMIT ?",
-        (seq, limit))]
 
 
 def entry_line(entry: dict[str, Any]) -> str:
@@ -189,12 +119,7 @@ def _round(value: float | None) -> float | None:
 
 def stats(conn: apsw.Connection, stages: Sequence[str]) -> dict[str, Any]:
     """Counts per stage, time in each stage (median, p90), stories finished per week."""
-    with transaction(conn, "DEFERRED"):  # one snapshot for the counts and the history
-        counts = {str(stage): int(count) for stage, count in conn.execute(
-            "SELECT stage, count(*) FROM pipeline_items GROUP BY stage")}
-        entries = [_entry(r) for r in conn.execute(
-            f"SELECT {_COLUMNS} FROM story_history WHERE kind IN ('created', 'moved', 'deleted') "
-            "ORDER BY seq")]
+    counts, entries = store_history.stats_rows(conn)
     durations = stage_durations(entries)
     order = list(stages) + sorted((set(counts) | set(durations)) - set(stages))
     finish_stage = stages[-1]

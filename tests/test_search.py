@@ -15,8 +15,8 @@ import pytest
 from conftest import DaemonProcess, Stories, story_text, wait_until
 
 from pipelined.errors import SearchQueryError
-from pipelined.search import fts_query, search, uses_fts_syntax
 from pipelined.store.migrations import apply_migrations, known_migrations
+from pipelined.store.search import fts_query, search, uses_fts_syntax
 
 
 def hits(daemon: DaemonProcess, *args: str) -> list[dict[str, Any]]:

@@ -45,17 +45,18 @@ def log_command(root: Path | None, db: Path | None, stages: str | None,
     Example: pipelined log 12 --since 2026-11-01 --json
     """
     from pipelined import history
+    from pipelined.store import history as store_history
 
     config = load_config(root, db, stages, config_file)
     conn = read_conn(config)
-    history.require_history(conn, config.db_path)
+    store_history.require_history(conn, config.db_path)
     try:
         since_at = None if since is None else history.normalize_since(since)
     except ValueError:
         raise click.BadParameter(f"{since!r} is no date or RFC 3339 time",
                                  param_hint="--since") from None
-    ids = history.resolve_ids(conn, story_id) if story_id else None
-    entries = history.history(conn, ids, since_at, limit)
+    ids = store_history.resolve_ids(conn, story_id) if story_id else None
+    entries = store_history.history(conn, ids, since_at, limit)
     if as_json:
         print_json(entries)
         return
@@ -81,11 +82,12 @@ def events(root: Path | None, db: Path | None, stages: str | None, config_file: 
     import json
 
     from pipelined import history
+    from pipelined.store import history as store_history
 
     config = load_config(root, db, stages, config_file)
     conn = read_conn(config)
-    history.require_history(conn, config.db_path)
-    last = history.max_seq(conn) if since_seq is None else since_seq
+    store_history.require_history(conn, config.db_path)
+    last = store_history.max_seq(conn) if since_seq is None else since_seq
     click.echo(f"events after seq {last}", err=True)  # scripts may wait for this line
     stop = _stop_on_signals() if follow else None
     if follow:
@@ -95,7 +97,7 @@ def events(root: Path | None, db: Path | None, stages: str | None, config_file: 
     wait = _stdout_waiter()
     try:
         while True:
-            for entry in history.rows_after(conn, last):
+            for entry in store_history.rows_after(conn, last):
                 line = json_text(json.dumps(entry, ensure_ascii=False)) if as_json else \
                     one_line(history.entry_line(entry))
                 sys.stdout.write(line + "\n")
@@ -145,10 +147,11 @@ def stats(root: Path | None, db: Path | None, stages: str | None, config_file: P
     Example: pipelined stats --stages 1_backlog,2_current,4_merge --json
     """
     from pipelined import history
+    from pipelined.store import history as store_history
 
     config = load_config(root, db, stages, config_file)
     conn = read_conn(config)
-    history.require_history(conn, config.db_path)
+    store_history.require_history(conn, config.db_path)
     result = history.stats(conn, config.stages)
     if as_json:
         print_json(result)

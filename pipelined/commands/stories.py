@@ -165,7 +165,7 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     Example: pipelined search "login form" --stage 2_current
     """
-    from pipelined.search import search as run_search
+    from pipelined.store.search import search as run_search
 
     config = load_config(root, db, stages, config_file)
     hits = run_search(read_conn(config), query, stage=stage, limit=limit)
