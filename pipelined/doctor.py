@@ -13,9 +13,10 @@ from typing import Any
 
 import apsw
 
-from pipelined.layout import stat_pass
+from pipelined.layout import split_rel_path, stat_signatures
 from pipelined.schema import REFS_FIELDS
 from pipelined.store import queries
+from pipelined.store.load import read_signatures, read_updates
 
 __all__ = ["diagnose"]
 
@@ -24,7 +25,7 @@ def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
     from pipelined.state import PipelineState  # pycrdt only when doctor runs
 
     state = PipelineState(client_id=1)
-    state.load(bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq"))
+    state.load(read_updates(conn))  # as the daemon's start-up loads it
     return state.to_dict()
 
 
@@ -61,31 +62,39 @@ def _diagnose(conn: apsw.Connection, root: Path, stages: tuple[str, ...]) -> dic
             if row_value != value:
                 mismatch.append({"id": story_id,
                                  "problem": f"{key}: row has {row_value!r}, state {value!r}"})
-    drift: list[dict[str, str]] = []
-    known = {path: (sid, mtime, size, inode) for path, sid, mtime, size, inode in
-             conn.execute("SELECT path, story_id, mtime_ns, size, inode FROM file_signatures")}
-    seen: set[str] = set()
-    for story_file in stat_pass(root, stages):
-        path = story_file.rel_path
-        seen.add(path)
-        sig = story_file.signature
-        record = known.get(path)
-        if record is None:
-            drift.append({"path": path, "problem": "file not in the database"})
-        elif record[1:] != (sig.mtime_ns, sig.size, sig.inode):
-            drift.append({"path": path, "problem": "file changed since the last sync"})
-    drift.extend({"path": path, "problem": "in the database, no such file"}
-                 for path in sorted(set(known) - seen))
-    with_files = {known[p][0] for p in seen if p in known}
-    drift.extend({"path": story_id, "problem": "story has no file"}
-                 for story_id in sorted(set(rows) - with_files) if rows[story_id])
     report = {
         "conflicts": queries.conflicts(conn),
         "parse_errors": queries.parse_errors(conn),
-        "drift": drift,
+        "drift": _drift(conn, root, stages, rows),
         "state_mismatch": mismatch,
         "stories": len(rows),
     }
     report["ok"] = not any(report[k] for k in ("conflicts", "parse_errors", "drift",
                                                 "state_mismatch"))
     return report
+
+
+def _drift(conn: apsw.Connection, root: Path, stages: tuple[str, ...],
+           rows: dict[str, Any]) -> list[dict[str, str]]:
+    """The folders against the stored signatures: the daemon's own stat pass and
+    comparison (rule 5). A stage folder that cannot be read is one problem, and
+    its stories are not reported missing (unreadable is not empty)."""
+    stored = read_signatures(conn).by_path
+    unlistable: dict[str, str] = {}
+    seen = stat_signatures(root, stages, unlistable)
+    drift = [{"path": f"{stage}/", "problem": f"stage folder cannot be read ({why})"}
+             for stage, why in sorted(unlistable.items())]
+    for path, signature in sorted(seen.items()):
+        record = stored.get(path)
+        if record is None:
+            drift.append({"path": path, "problem": "file not in the database"})
+        elif record != signature:
+            drift.append({"path": path, "problem": "file changed since the last sync"})
+    hidden = {p for p in stored if split_rel_path(p)[0] in unlistable}
+    drift.extend({"path": path, "problem": "in the database, no such file"}
+                 for path in sorted(set(stored) - set(seen) - hidden))
+    with_files = {split_rel_path(p)[1] for p in set(seen) | hidden if p in stored}
+    drift.extend({"path": story_id, "problem": "story has no file"}
+                 for story_id in sorted(set(rows) - with_files) if rows[story_id])
+    return drift
+

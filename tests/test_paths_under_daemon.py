@@ -210,6 +210,30 @@ class TestUnreadableStageFolder:
 
 
 @needs_permissions
+def test_doctor_names_an_unreadable_stage_folder_once(stories: Stories,
+                                                      daemon: DaemonProcess) -> None:
+    """doctor reports an unreadable stage folder as one problem, and does not report
+    each of its stories as missing (unreadable is not empty)."""
+    for number in range(3):
+        stories.write("2_current", f"{20 + number}_story_in", name="in")
+    daemon.start()
+    daemon.wait_row("22_story_in")
+    assert daemon.stop() == 0
+    folder = stories.root / "2_current"
+    folder.chmod(0)
+    try:
+        done = subprocess.run(
+            [*(modes_bind_prefix() or ()), sys.executable, "-m", "pipelined", "doctor",
+             "--json", "--root", str(stories.root), "--db", str(daemon.db)],
+            capture_output=True, text=True, check=False, timeout=DEADLINE_S)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["drift"] == [
+        {"path": "2_current/", "problem": "stage folder cannot be read (Permission denied)"}]
+
+
+@needs_permissions
 def test_rebuild_refuses_an_unreadable_stage_folder(stories: Stories,
                                                     daemon: DaemonProcess) -> None:
     """`rebuild` must see every story: an unreadable stage folder is one line and exit 1,

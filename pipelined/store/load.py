@@ -14,7 +14,14 @@ from typing import NamedTuple, cast
 
 import apsw
 
-__all__ = ["Signatures", "StoredState", "read_contents", "read_signatures", "read_state"]
+__all__ = [
+    "Signatures",
+    "StoredState",
+    "read_contents",
+    "read_signatures",
+    "read_state",
+    "read_updates",
+]
 
 
 # NamedTuples, not dataclasses: this module is imported before READY, and a
@@ -49,10 +56,15 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
                       str(shaped[0]) if shaped is not None else None)
 
 
+def read_updates(conn: apsw.Connection) -> list[bytes]:
+    """The persisted pycrdt updates (and snapshot), in commit order."""
+    return [bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")]
+
+
 def read_state(conn: apsw.Connection) -> StoredState:
     """pycrdt updates in commit order, full signature rows, the row ids."""
     return StoredState(
-        updates=[bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")],
+        updates=read_updates(conn),
         signatures=cast(list[tuple[str, str, str, int, int, int, int]], conn.execute(
             "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures"
         ).fetchall()),
