@@ -33,7 +33,6 @@ from pathlib import Path
 from pipelined.durable import fsync_folder, rename_no_replace, write_all
 from pipelined.errors import (
     AmbiguousStory,
-    PipelinedError,
     RootError,
     StoryNotFound,
     TitleError,
@@ -52,7 +51,6 @@ __all__ = [
     "move_story",
     "slugify",
     "story_front_matter",
-    "wait_for_stage",
 ]
 
 STORY_TYPES = ("story", "bug", "spike", "refactor")
@@ -324,29 +322,3 @@ def move_story(root: Path, stages: Sequence[str], ref: str, to_stage: str) -> Mo
         raise RootError(target, f"moved, but the folders cannot be synced ({exc.strerror})"
                         ) from None
     return MovedStory(story_id, from_stage, to_stage, target)
-
-
-def wait_for_stage(db_path: Path, story_id: str, stage: str, timeout_s: float,
-                   poll_s: float = 0.05) -> bool:
-    """Poll the database (read-only) until its row for `story_id` shows `stage`."""
-    import apsw
-
-    from pipelined.store import queries
-    from pipelined.store.connection import open_read_only
-
-    deadline = time.monotonic() + timeout_s
-    conn = None
-    try:
-        while True:
-            try:
-                conn = conn or open_read_only(db_path)
-                if queries.story_stage(conn, story_id) == stage:
-                    return True
-            except (PipelinedError, apsw.Error):
-                pass  # not created yet by a daemon that is starting: keep waiting
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(poll_s)
-    finally:
-        if conn is not None:
-            conn.close()

@@ -98,7 +98,7 @@ def _state_dir(env: Mapping[str, str]) -> Path:
 def default_db_path(root: Path, env: Mapping[str, str] | None = None) -> Path:
     """`<state dir>/<root name>-<hash of the absolute root>.db`: two roots never share."""
     absolute = root.resolve()
-    import hashlib  # here: OpenSSL's import is a few ms of every command's start
+    import hashlib  # noqa: PLC0415 - OpenSSL's import, paid only when no --db is given
 
     digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", absolute.name) or "root"
@@ -148,7 +148,7 @@ def _coerce(name: str, value: object) -> object:
 
 def parse(text: str, source: str = "config") -> dict[str, object]:
     """Parse TOML config text into typed settings; unknown keys are errors."""
-    import tomllib  # only when there is a config file
+    import tomllib  # noqa: PLC0415 - only when there is a config file
 
     try:
         raw = tomllib.loads(text)

@@ -50,6 +50,7 @@ from pipelined.store.connection import (
 from pipelined.store.heartbeat import Heartbeat
 from pipelined.store.lock import DaemonLock, lock_path
 from pipelined.store.migrations import apply_migrations
+from pipelined.store.preflight import check_before_writing
 from pipelined.store.queries import counts_by_stage, meta
 from pipelined.store.writer import Writer
 from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
@@ -107,8 +108,6 @@ class Daemon:
         self._reload_requested = True  # only a flag, as above; the health loop reloads
 
     def run(self) -> int:
-        from pipelined.store.preflight import check_before_writing
-
         started = self._started = time.monotonic()
         root = check_root(self.config.root, self.config.stages)
         db_path = self.config.db_path

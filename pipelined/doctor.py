@@ -15,6 +15,7 @@ import apsw
 
 from pipelined.layout import split_rel_path, stat_signatures
 from pipelined.schema import REFS_FIELDS
+from pipelined.state import PipelineState
 from pipelined.store import queries
 from pipelined.store.load import read_signatures, read_updates
 
@@ -22,8 +23,6 @@ __all__ = ["diagnose"]
 
 
 def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
-    from pipelined.state import PipelineState  # pycrdt only when doctor runs
-
     state = PipelineState(client_id=1)
     state.load(read_updates(conn))  # as the daemon's start-up loads it
     return state.to_dict()

@@ -10,6 +10,7 @@ They never swallow an error.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from pathlib import Path
@@ -65,8 +66,6 @@ def rename_no_replace(source: Path, target: Path) -> None:
     (by another `move`). Where the kernel or the file system lacks it, the
     name is checked first (a small window, as before).
     """
-    import ctypes  # only `move` needs it
-
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
     if renameat2 is not None:

@@ -96,8 +96,9 @@ def _move_aside(db_path: Path) -> Path | None:
 
 def rebuild(config: Config) -> RebuildResult:
     """A fresh database from the folders; the old file is kept beside it."""
-    from pipelined.state import PipelineState
-    from pipelined.sync import Reconciler
+    # pycrdt and the parser for `rebuild` only: `backup` shares this module.
+    from pipelined.state import PipelineState  # noqa: PLC0415
+    from pipelined.sync import Reconciler  # noqa: PLC0415
 
     root = check_root(config.root, config.stages)
     check_readable_stages(root, config.stages)  # before the old file is moved aside

@@ -30,6 +30,7 @@ daemon's log setup use it.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -105,8 +106,6 @@ def discard_output(stream: Any) -> None:
     at exit (an "Exception ignored" message, and exit status 120). A stream
     without a file descriptor (a test's capture) is left alone.
     """
-    import os
-
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):

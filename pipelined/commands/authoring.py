@@ -94,9 +94,10 @@ def move(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
 
     Example: pipelined move 12 2_current
     """
-    from pipelined.authoring import move_story, wait_for_stage
+    from pipelined.authoring import move_story
     from pipelined.errors import SyncTimeout
     from pipelined.store.lock import holder
+    from pipelined.store.queries import wait_for_stage
 
     config = load_config(root, db, stages, config_file)
     moved = move_story(config.root, config.stages, story_id, stage)

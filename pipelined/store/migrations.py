@@ -30,7 +30,7 @@ class Migration(NamedTuple):
 
     @property
     def checksum(self) -> str:
-        import hashlib  # here: OpenSSL's import is a few ms, and restarts seldom need it
+        import hashlib  # noqa: PLC0415 - a restart verifies by CRC-32 and seldom needs it
 
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 

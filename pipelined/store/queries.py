@@ -6,14 +6,17 @@ Imports nothing heavy (no watchdog, no pycrdt) so short CLI calls stay fast.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import apsw
 
+from pipelined.errors import PipelinedError
 from pipelined.schema import FLAG_FIELDS, ITEM_COLUMNS, REFS_FIELDS
-from pipelined.store.connection import transaction
+from pipelined.store.connection import open_read_only, transaction
 
 __all__ = [
     "conflicts",
@@ -28,6 +31,7 @@ __all__ = [
     "story_rows",
     "story_stage",
     "table_exists",
+    "wait_for_stage",
 ]
 
 def _item(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -184,3 +188,25 @@ def story_stage(conn: apsw.Connection, story_id: str) -> str | None:
     """The stage the database shows for a story, or None if it has no row."""
     row = conn.execute("SELECT stage FROM pipeline_items WHERE id = ?", (story_id,)).fetchone()
     return str(row[0]) if row else None
+
+
+def wait_for_stage(db_path: Path, story_id: str, stage: str, timeout_s: float,
+                   poll_s: float = 0.05) -> bool:
+    """Poll the database (read-only) until its row for `story_id` shows `stage` (a
+    `move` waiting for a running daemon to sync its rename)."""
+    deadline = time.monotonic() + timeout_s
+    conn = None
+    try:
+        while True:
+            try:
+                conn = conn or open_read_only(db_path)
+                if story_stage(conn, story_id) == stage:
+                    return True
+            except (PipelinedError, apsw.Error):
+                pass  # not created yet by a daemon that is starting: keep waiting
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+    finally:
+        if conn is not None:
+            conn.close()
