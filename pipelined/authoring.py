@@ -39,6 +39,7 @@ from pipelined.errors import (
     UnknownStage,
 )
 from pipelined.layout import is_story_name, stat_story
+from pipelined.schema import STORY_TYPES
 from pipelined.story import story_number
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
     "story_front_matter",
 ]
 
-STORY_TYPES = ("story", "bug", "spike", "refactor")
 CLAIM_PREFIX = ".pipelined-number-"
 STALE_CLAIM_S = 60.0  # a claim older than this was left by a process that died
 MAX_SLUG = 50

@@ -19,8 +19,10 @@ __all__ = [
     "KIND",
     "REFS_FIELDS",
     "RESET_ON_MOVE",
+    "SORT_KEYS",
     "STATE_KEYS",
     "STORY_FIELDS",
+    "STORY_TYPES",
     "StoryField",
     "from_column",
     "to_column",
@@ -58,6 +60,10 @@ STATE_KEYS = ("stage", *FIELDS)
 # burst also changed it in the file). The history triggers (migration 0003)
 # read a stage change that sets it to 0 as that reset.
 RESET_ON_MOVE = "retry_count"
+# The word after the number in a new story's id (`12_bug_login_crash`).
+STORY_TYPES = ("story", "bug", "spike", "refactor")
+# The orders `ls` and the views know.
+SORT_KEYS = ("stage", "id", "name", "updated", "created")
 # `pipeline_items` as every read shows it (content is read on its own).
 ITEM_COLUMNS = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
                 "created_at", "updated_at")

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pipelined.schema import SORT_KEYS
 from pipelined.story import story_number
 
 __all__ = [
@@ -21,7 +22,6 @@ __all__ = [
     "unmet_dependencies",
 ]
 
-SORT_KEYS = ("stage", "id", "name", "updated", "created")
 _STAGE_NUMBER = re.compile(r"^([0-9]+)_")
 
 Item = dict[str, Any]

@@ -18,10 +18,10 @@ from pipelined.commands.common import (
     read_conn,
     settings_options,
 )
+from pipelined.schema import STORY_TYPES
 
 __all__ = ["init", "move", "new"]
 
-STORY_TYPES = ("story", "bug", "spike", "refactor")  # authoring.STORY_TYPES
 MOVE_WAIT_S = 10.0
 
 

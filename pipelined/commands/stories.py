@@ -23,14 +23,13 @@ from pipelined.commands.common import (
     table,
 )
 from pipelined.errors import AmbiguousStory, StoryNotFound
-from pipelined.schema import FIELDS
+from pipelined.schema import FIELDS, SORT_KEYS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["board", "ls_command", "search", "show"]
 
-SORT_CHOICES = ("stage", "id", "name", "updated", "created")  # views.SORT_KEYS, kept light
 # `show`: the id and stage first, then the story fields, then the times.
 SHOW_ORDER = ("id", "stage", *FIELDS, "created_at", "updated_at")
 
@@ -43,7 +42,7 @@ SHOW_ORDER = ("id", "stage", *FIELDS, "created_at", "updated_at")
 @click.option("--ready", is_flag=True,
               help="Only stories that are not blocked and whose dependencies are all in a "
                    "later stage (or gone).")
-@click.option("--sort", "sort_key", type=click.Choice(SORT_CHOICES), default="stage",
+@click.option("--sort", "sort_key", type=click.Choice(SORT_KEYS), default="stage",
               show_default=True,
               help="Order: stage then number, number, name; updated/created newest first.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
