@@ -26,6 +26,7 @@ from pipelined.layout import (
     symlinked_story_ids,
 )
 from pipelined.logs import get_logger
+from pipelined.outcome import Outcome
 from pipelined.policies import CompactionPolicy, DeletePolicy
 from pipelined.shaping import reread_for_settings, stored_with_settings
 from pipelined.store.connection import (
@@ -72,7 +73,8 @@ class ApplyLoop(threading.Thread):
 
     def __init__(self, config: Config, root: Path, db_path: Path,
                  coalescer: Coalescer, writer: Writer,
-                 on_ready: Callable[[int], None] = lambda _stories: None) -> None:
+                 on_ready: Callable[[int], None] = lambda _stories: None,
+                 outcome: Outcome | None = None) -> None:
         super().__init__(name="pipelined-apply", daemon=True)
         self.config = config
         self.root = root
@@ -83,7 +85,7 @@ class ApplyLoop(threading.Thread):
         self.loaded = threading.Event()  # startup finished (state loaded), or failed
         self._on_ready = on_ready
         self.skip_flush = threading.Event()
-        self.failed: BaseException | None = None
+        self.outcome = outcome or Outcome()  # where a failed start-up is reported
         self.stories = 0
         self.last_flush_monotonic = time.monotonic()
         self._deletes = DeletePolicy(config.delete_grace_ms / 1000, config.settle_cap_ms / 1000,
@@ -281,7 +283,7 @@ class ApplyLoop(threading.Thread):
                         action="the next start re-reads what was not committed")
             return
         except BaseException as exc:  # reported by the main thread
-            self.failed = exc = as_corrupt(self.db_path, exc)
+            self.outcome.fail(exc := as_corrupt(self.db_path, exc))
             if not isinstance(exc, PipelinedError):
                 log.exception("apply.startup_failed")
             return

@@ -42,6 +42,7 @@ from pipelined.health import (
 from pipelined.layout import check_root
 from pipelined.logs import configure_logging, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
+from pipelined.outcome import Outcome
 from pipelined.store.connection import (
     check_integrity,
     open_read_only,
@@ -81,6 +82,7 @@ class Daemon:
         self._writer: Writer | None = None
         self._heartbeat = Heartbeat(config.db_path)
         self._guard = PathGuard()
+        self._outcome = Outcome()  # how this run ends: every thread reports here
         self._wal_remembered = False
         self._ready_ms = 0
         self._signal_name = ""
@@ -129,13 +131,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        conn = open_writer(db_path)
-        try:
-            applied = apply_migrations(conn, db_path)
-        finally:
-            conn.close()
-        if applied:
-            log.info("db.migrated", db=str(db_path), applied=applied)
+        self._migrate(db_path)
         self._remember_paths(root, db_path)
         writer = self._writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
                                        check=lambda conn: check_integrity(conn, db_path),
@@ -150,15 +146,17 @@ class Daemon:
         # once and runs PRAGMA quick_check once the apply thread's stat pass is
         # done (Writer.begin).
         writer.start()
-        apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready)
+        outcome = self._outcome
+        apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready,
+                          outcome)
         apply.start()
         self._watch_health(apply, writer, watcher, coalescer)
         try:
             if not self._wait_ready(apply, writer):
-                if apply.failed is None and not writer.is_alive():
-                    apply.failed = writer.first_error or RuntimeError("the writer stopped")
-                if isinstance(apply.failed, PipelinedError):
-                    raise apply.failed  # one line from the CLI
+                if not writer.is_alive():
+                    outcome.fail(writer.first_error or RuntimeError("the writer stopped"))
+                if isinstance(outcome.error, PipelinedError):
+                    raise outcome.error  # one line from the CLI
             else:
                 # The main thread's first log line (which imports structlog) waits
                 # until the apply thread has loaded the state (which imports pycrdt):
@@ -177,10 +175,26 @@ class Daemon:
             self._shutdown(apply, writer, watcher, coalescer)
             logging.getLogger("watchdog").removeHandler(overflow)
             self._heartbeat.close()
-        if isinstance(apply.failed, PipelinedError):
-            raise apply.failed  # one line from the CLI, after a clean shutdown
-        if apply.failed is not None:
-            log.error("daemon.failed", error=f"{type(apply.failed).__name__}: {apply.failed}")
+        return self._verdict()
+
+    @staticmethod
+    def _migrate(db_path: Path) -> None:
+        conn = open_writer(db_path)
+        try:
+            applied = apply_migrations(conn, db_path)
+        finally:
+            conn.close()
+        if applied:
+            log.info("db.migrated", db=str(db_path), applied=applied)
+
+    def _verdict(self) -> int:
+        """The exit status, once every thread has stopped: 0, or the run's first failure
+        (a PipelinedError is raised for the CLI's one line; anything else is logged)."""
+        error = self._outcome.error
+        if isinstance(error, PipelinedError):
+            raise error
+        if error is not None:
+            log.error("daemon.failed", error=f"{type(error).__name__}: {error}")
             return 1
         log.info("daemon.stopped")
         return 0
@@ -335,7 +349,7 @@ class Daemon:
                 return False
             moved = self._guard.check()  # a long first import is no time to lose the file
             if moved is not None:
-                apply.failed = apply.failed or moved
+                self._outcome.fail(moved)
                 return False
         return False
 
@@ -349,14 +363,14 @@ class Daemon:
             self._remember_wal(writer)
             moved = self._guard.check()
             if moved is not None:
-                apply.failed = apply.failed or moved
+                self._outcome.fail(moved)
                 return
             if not apply.is_alive() or not writer.is_alive():
                 if isinstance(writer.first_error, PipelinedError):  # e.g. a corrupt database
-                    apply.failed = apply.failed or writer.first_error
+                    self._outcome.fail(writer.first_error)
                     return
                 log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
-                apply.failed = apply.failed or RuntimeError("a daemon thread died")
+                self._outcome.fail(RuntimeError("a daemon thread died"))
                 return
             try:
                 if watcher.ensure_alive():
