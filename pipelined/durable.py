@@ -10,7 +10,6 @@ They never swallow an error.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from pathlib import Path
@@ -66,6 +65,8 @@ def rename_no_replace(source: Path, target: Path) -> None:
     (by another `move`). Where the kernel or the file system lacks it, the
     name is checked first (a small window, as before).
     """
+    import ctypes  # noqa: PLC0415 - only `move` needs it; the daemon imports this module
+
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
     if renameat2 is not None:

@@ -17,11 +17,10 @@ seen too (`immutable=1` would hide them behind an empty-looking main file).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import apsw
 
@@ -41,9 +40,12 @@ MIGRATIONS_TABLE = "schema_migrations"
 MIGRATIONS_COLUMNS = frozenset({"name", "checksum", "applied_at"})
 
 
-@dataclass(frozen=True)
-class DatabaseSurvey:
-    """What is at a database path, as far as it can be seen without changing it."""
+class DatabaseSurvey(NamedTuple):
+    """What is at a database path, as far as it can be seen without changing it.
+
+    A NamedTuple: every read command with no daemon running makes one, and a
+    dataclass costs far more to define at import.
+    """
 
     exists: bool
     sqlite: bool = False  # empty, or starts with the SQLite header
@@ -94,7 +96,6 @@ def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | Non
     fail; the caller then reads the main file alone). Without, `immutable=1`:
     the main file only, as it was at its last checkpoint.
     """
-    had_wal = wal and os.path.lexists(f"{path}-wal")
     if wal:
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none")
     else:
@@ -103,14 +104,18 @@ def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | Non
     try:
         if wal:  # before the first read: the WAL index then lives in this process
             conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
-            # The read makes a -wal if there was none and deletes it on close, as the
-            # last connection; one that was there (the daemon keeps its own, empty
-            # when stopped) must stay.
-            keep = ctypes.c_int(1 if had_wal else 0)
-            conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(keep))
         return _tables(conn)
     finally:
         conn.close()
+
+
+def _has_frames(path: Path) -> bool:
+    """A non-empty -wal beside the database, and SQLite's `unix-none` VFS to read it."""
+    try:
+        size = os.lstat(f"{path}-wal").st_size
+    except OSError:
+        return False
+    return size > 0 and "unix-none" in apsw.vfs_names()
 
 
 def _check_file_or_missing(path: Path) -> bool:
@@ -159,8 +164,11 @@ def survey(path: Path) -> DatabaseSurvey:
     if header and header != SQLITE_HEADER:
         return DatabaseSurvey(exists=True)
     # An empty main file may still have a -wal (a daemon killed during its
-    # first start), so SQLite reads even an empty file here.
-    attempts = (True, False) if "unix-none" in apsw.vfs_names() else (False,)
+    # first start), so SQLite reads even an empty file here. The -wal is read
+    # only when it holds frames: as the last connection, that read would delete
+    # an empty -wal (or one it made itself) on close, and without frames the
+    # main file alone is exact.
+    attempts = (True, False) if _has_frames(path) else (False,)
     error: apsw.Error | None = None
     for wal in attempts:
         try:
