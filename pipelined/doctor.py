@@ -76,7 +76,7 @@ def _diagnose(conn: apsw.Connection, root: Path, stages: tuple[str, ...]) -> dic
 def _drift(conn: apsw.Connection, root: Path, stages: tuple[str, ...],
            rows: dict[str, Any]) -> list[dict[str, str]]:
     """The folders against the stored signatures: the daemon's own stat pass and
-    comparison (rule 5). A stage folder that cannot be read is one problem, and
+    comparison (docs/design.md, rule 5). A stage folder that cannot be read is one problem, and
     its stories are not reported missing (unreadable is not empty)."""
     stored = read_signatures(conn).by_path
     unlistable: dict[str, str] = {}

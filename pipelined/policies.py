@@ -16,7 +16,7 @@ COMPACT_MIN_BYTES = 64 * 1024  # or compact once the new updates outweigh 2x the
 
 
 class DeletePolicy:
-    """Vanished stories wait here until their delete is due (rule 1 of the design).
+    """Vanished stories wait here until their delete is due (docs/design.md, rule 1).
 
     An id found absent is deferred; it is due once it stayed absent for
     `grace_s` of quiet across the whole tree. A tree that never goes quiet (a

@@ -3,7 +3,7 @@
 Owned by the apply thread: a `Reconciler` holds the pipeline state, the content
 map's writes and the known file signatures, and nothing else may touch them.
 Events are only hints: each touched id is looked up on disk now, in every
-stage folder, and the disk decides (DESIGN.md, rules 1-3).
+stage folder, and the disk decides (docs/design.md, rules 1-3).
 """
 
 from __future__ import annotations

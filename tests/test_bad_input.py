@@ -1,4 +1,4 @@
-"""Bad input made while the daemon runs: each case is tracked as DESIGN.md says.
+"""Bad input made while the daemon runs: each case is tracked as docs/design.md says.
 
 Every test starts the daemon on a root with a few good stories, makes the bad
 input, and checks that the bad file is handled as the contract says, that the

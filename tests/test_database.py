@@ -10,7 +10,7 @@ from pipelined.state import PipelineState
 
 class TestSchema:
     def test_pipeline_items_columns(self, stories: Stories, daemon: DaemonProcess) -> None:
-        """pipeline_items has exactly the columns DESIGN.md names, in order."""
+        """pipeline_items has exactly the columns docs/design.md names, in order."""
         daemon.start()
         cols = [(r[1], r[2], r[3], r[5]) for r in daemon.query("PRAGMA table_info(pipeline_items)")]
         assert cols == [

@@ -286,7 +286,7 @@ class TestParseStory:
 
 
 class TestStrictFieldTypes:
-    """A known field of the wrong type is null with its error: no coercion (DESIGN.md)."""
+    """A known field of the wrong type is null with its error: no coercion (docs/design.md)."""
 
     def test_numeric_agent_is_null_with_error(self) -> None:
         """`agent: 123` is no text: null, one error that says to quote it; others kept."""

@@ -1,4 +1,4 @@
-"""What the daemon reads back at startup (rule 5), from a read-only connection.
+"""What the daemon reads back at startup (docs/design.md, rule 5), from a read-only connection.
 
 Steps, so that a restart is in sync as early as possible: `read_signatures`
 is all the stat pass needs; `read_state` is what applying changes needs
