@@ -40,7 +40,7 @@ from pipelined.health import (
     status_line,
 )
 from pipelined.layout import check_root
-from pipelined.logs import configure_logging, get_logger
+from pipelined.logs import configure_logging, dropped_lines, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
 from pipelined.outcome import Outcome
 from pipelined.store.connection import (
@@ -415,6 +415,7 @@ class Daemon:
             "failing_for_s": None if failing is None else round(time.monotonic() - failing, 1),
             "pending_batches": writer.pending(),
             "stat_pass_owed": coalescer.rescan_owed(),
+            "log_lines_dropped": dropped_lines(),
             "stories": apply.stories,
         })
 

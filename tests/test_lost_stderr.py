@@ -10,6 +10,7 @@ for a read command's stdout (`pipelined ls | head`).
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DEADLINE_S, DaemonProcess, Stories
+from conftest import DEADLINE_S, DaemonProcess, Stories, wait_until
 
 from pipelined.config import resolve
 from pipelined.logs import LineSink, configure_logging
@@ -93,6 +94,10 @@ class TestDaemonWithoutItsLogReader:
         stories.path("2_current", "2_story_b").unlink()
         piped.wait_gone("2_story_b")
         assert piped.proc is not None and piped.proc.poll() is None
+        status = wait_until(lambda: (s := json.loads(piped.cli("status", "--json",
+                                                                 check=True).stdout))
+                            ["log_lines_dropped"] and s, what="dropped lines in status")
+        assert status["log_lines_dropped"] >= 1
         assert piped.stop() == 0
         assert any("STOPPING=1" in m for m in piped.messages)
 

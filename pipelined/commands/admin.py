@@ -52,6 +52,7 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
         "pending_batches": beat.get("pending_batches") if beat else None,
         "stat_pass_owed": beat.get("stat_pass_owed") if beat else None,
         "folder_problems": beat.get("folder_problems", []) if beat else [],
+        "log_lines_dropped": beat.get("log_lines_dropped") if beat else None,
         "stories": sum(counts.values()),
         "stages": counts,
         "last_sync": info.get("last_sync"),
@@ -68,6 +69,9 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
                   f"({result['pending_batches']} batches waiting in memory)")
     for problem in result["folder_problems"]:
         echo_line(f"degraded:  {problem}")
+    if result["log_lines_dropped"]:
+        echo_line(f"logs:      {result['log_lines_dropped']} lines could not be written "
+                  "(nobody reads the daemon's stderr)")
     echo_line(f"database:  {config.db_path}")
     echo_line(f"last sync: {result['last_sync'] or 'never'}")
     click.echo(f"stories:   {result['stories']}")
