@@ -209,6 +209,20 @@ class TestUnreadableStageFolder:
         assert daemon.stop() == 0
 
 
+def cli_with_an_unreadable_stage(stories: Stories, daemon: DaemonProcess,
+                                 *args: str) -> subprocess.CompletedProcess[str]:
+    """A `pipelined` command run (bound by file modes) while 2_current has mode 000."""
+    folder = stories.root / "2_current"
+    folder.chmod(0)
+    try:
+        return subprocess.run(
+            [*(modes_bind_prefix() or ()), sys.executable, "-m", "pipelined", *args,
+             "--root", str(stories.root), "--db", str(daemon.db)],
+            capture_output=True, text=True, check=False, timeout=DEADLINE_S)
+    finally:
+        folder.chmod(0o755)
+
+
 @needs_permissions
 def test_doctor_names_an_unreadable_stage_folder_once(stories: Stories,
                                                       daemon: DaemonProcess) -> None:
@@ -219,15 +233,7 @@ def test_doctor_names_an_unreadable_stage_folder_once(stories: Stories,
     daemon.start()
     daemon.wait_row("22_story_in")
     assert daemon.stop() == 0
-    folder = stories.root / "2_current"
-    folder.chmod(0)
-    try:
-        done = subprocess.run(
-            [*(modes_bind_prefix() or ()), sys.executable, "-m", "pipelined", "doctor",
-             "--json", "--root", str(stories.root), "--db", str(daemon.db)],
-            capture_output=True, text=True, check=False, timeout=DEADLINE_S)
-    finally:
-        folder.chmod(0o755)
+    done = cli_with_an_unreadable_stage(stories, daemon, "doctor", "--json")
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["drift"] == [
         {"path": "2_current/", "problem": "stage folder cannot be read (Permission denied)"}]
@@ -242,15 +248,8 @@ def test_rebuild_refuses_an_unreadable_stage_folder(stories: Stories,
     daemon.start()
     daemon.wait_row("17_story_hidden")
     assert daemon.stop() == 0
+    done = cli_with_an_unreadable_stage(stories, daemon, "rebuild")
     folder = stories.root / "2_current"
-    folder.chmod(0)
-    try:
-        done = subprocess.run(
-            [*(modes_bind_prefix() or ()), sys.executable, "-m", "pipelined",
-             "rebuild", "--root", str(stories.root), "--db", str(daemon.db)],
-            capture_output=True, text=True, check=False, timeout=DEADLINE_S)
-    finally:
-        folder.chmod(0o755)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"Error: {folder}: cannot read the stage folder (Permission denied); its stories "
