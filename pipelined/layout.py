@@ -18,6 +18,7 @@ from pipelined.errors import RootError
 
 __all__ = [
     "FileSignature",
+    "NotRegularFile",
     "RefusedFile",
     "StageDirs",
     "StoryFile",
@@ -26,6 +27,7 @@ __all__ = [
     "find_git_dir",
     "is_story_name",
     "open_story",
+    "read_regular_file",
     "split_rel_path",
     "stage_problem",
     "stat_pass",
@@ -315,25 +317,40 @@ def stat_pass(root: Path, stages: Iterable[str]) -> Iterator[StoryFile]:
         yield StoryFile(story_id, stage, os.path.join(root, rel_path), FileSignature(*signature))
 
 
-def _read_small_file(path: Path, limit: int = 4096) -> str:
-    """A short text file's stripped text, or "" if it is no regular file when opened.
+class NotRegularFile(OSError):
+    """`read_regular_file` found something else than a regular file (`mode` says what)."""
 
-    Non-blocking and checked on the descriptor, like story files: a named pipe
-    renamed over `.git` between the is_file() and the open must not hang the
-    apply thread, which looks for `.git/index.lock` before each delete.
+    def __init__(self, path: str | Path, mode: int) -> None:
+        super().__init__(errno.EINVAL, "not a regular file", str(path))
+        self.mode = mode
+
+
+def read_regular_file(path: str | Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """At most `limit` bytes of the regular file at `path`.
+
+    Opened non-blocking and checked on the descriptor, never on the path: a
+    named pipe renamed in after a check must not hang the reader (the apply
+    thread, `status`, the start-up check). NotRegularFile for anything else,
+    OSError when it cannot be opened or read.
     """
+    flags = _READ_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
-        return ""
-    try:
-        if (os.fstat(fd).st_mode & S_IFMT) != S_IFREG:
-            return ""
-        return os.read(fd, limit).decode("utf-8", errors="replace").strip()
-    except OSError:
-        return ""
+        mode = os.fstat(fd).st_mode
+        if (mode & S_IFMT) != S_IFREG:
+            raise NotRegularFile(path, mode)
+        return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read_small_file(path: Path, limit: int = 4096) -> str:
+    """A short text file's stripped text, or "" if it is no regular file or cannot be
+    read (`.git` of a worktree: looked at before each delete, by the apply thread)."""
+    try:
+        return read_regular_file(path, limit).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def check_root(root: Path, stages: Iterable[str]) -> Path:

@@ -9,7 +9,6 @@ needs no free space on a full disk. Only the daemon's main thread writes it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelined.durable import pwrite_all
+from pipelined.layout import read_regular_file
 
 __all__ = ["Heartbeat", "heartbeat_path", "read_heartbeat"]
 
@@ -75,15 +75,9 @@ class Heartbeat:
 
 
 def _read_block(path: Path) -> bytes:
-    """The heartbeat's bytes: non-blocking, never through a symlink, a regular file
-    only (a FIFO or a link to /dev/zero put there must not hang `status`)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return os.read(fd, BLOCK).strip()
-    finally:
-        os.close(fd)
+    """The heartbeat's bytes, never through a symlink, a regular file only (a FIFO or
+    a link to /dev/zero put there must not hang `status`)."""
+    return read_regular_file(path, BLOCK, follow_symlinks=False).strip()
 
 
 def read_heartbeat(db_path: Path) -> dict[str, Any] | None:

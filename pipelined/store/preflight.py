@@ -25,6 +25,7 @@ from typing import NamedTuple
 import apsw
 
 from pipelined.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError, MigrationError
+from pipelined.layout import NotRegularFile, read_regular_file
 from pipelined.store.connection import REBUILD_HINT
 from pipelined.store.heartbeat import heartbeat_path
 from pipelined.store.lock import holder, lock_path
@@ -137,15 +138,11 @@ def _check_file_or_missing(path: Path) -> bool:
 
 
 def _read_header(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
-        kind = _kind(os.fstat(fd).st_mode)
-        if kind is not None:
-            raise DatabaseError(path, f"it is {kind}, not a database file; give --db the "
-                                "path of a file (it is created if missing)")
-        return os.read(fd, len(SQLITE_HEADER))
-    finally:
-        os.close(fd)
+        return read_regular_file(path, len(SQLITE_HEADER))
+    except NotRegularFile as exc:  # renamed in since the stat
+        raise DatabaseError(path, f"it is {_kind(exc.mode)}, not a database file; give "
+                            "--db the path of a file (it is created if missing)") from None
 
 
 def survey(path: Path) -> DatabaseSurvey:
