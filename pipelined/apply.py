@@ -238,8 +238,8 @@ class ApplyLoop(threading.Thread):
         applied = state.load(full.updates)
         self._compaction = CompactionPolicy(self.config.compact_updates,
                                             sum(len(u) for u in full.updates), applied)
-        known = {path: KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
-                 for path, sid, stage, mtime, size, inode, winner in full.signatures}
+        known = [KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
+                 for _path, sid, stage, mtime, size, inode, winner in full.signatures]
         mismatch = state.ids() ^ full.row_ids
         if mismatch:
             log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
@@ -251,9 +251,8 @@ class ApplyLoop(threading.Thread):
         # A first import owes nothing: every row is one the catch-up writes.
         self._other_contents_owed = first is not None and bool(full.row_ids - first)
         reconciler = Reconciler(self.root, self.config.stages, state, content, known,
-                                self.config.max_file_bytes, stored.high_water)
-        reconciler.unreadable = full.unreadable  # a chmod since then changed no signature
-        reconciler.symlinked = symlinked
+                                self.config.max_file_bytes, stored.high_water,
+                                unreadable=full.unreadable, symlinked=symlinked)
         return reconciler, mismatch, applied
 
     def _load_other_contents(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -59,6 +59,56 @@ class KnownFile(NamedTuple):
     signature: FileSignature
     winner: bool
 
+    @property
+    def rel_path(self) -> str:
+        return f"{self.stage}/{self.story_id}.md"
+
+
+@dataclass(slots=True)
+class Tracked:
+    """All the reconciler keeps of one story besides its state and content.
+
+    One record per story, so a reconcile works on copies and swaps them in only
+    once its pycrdt transaction succeeded: a field added here is put back after
+    a failure with no code to write (tests/test_reconcile.py checks it).
+    """
+
+    files: tuple[KnownFile, ...] = ()  # as last recorded, in every stage folder
+    # Read through a symlink: an edit of the target marks only the target's id
+    # (or nothing, outside the stage folders), so it is stat-ed again in every
+    # flush and every few seconds; the stat follows the link. Rare.
+    symlinked: bool = False
+    unreadable: bool = False  # the file could not be read: a chmod changes no signature
+    # While its file is broken: (last good file fields, state fields then).
+    before_broken: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    def file(self, rel_path: str) -> KnownFile | None:
+        return next((kf for kf in self.files if kf.rel_path == rel_path), None)
+
+    def paths(self) -> set[str]:
+        return {kf.rel_path for kf in self.files}
+
+    def keeps_nothing(self) -> bool:
+        return self == _NOTHING
+
+
+_NOTHING = Tracked()
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One reconcile's work: its result, and what it changes in the reconciler's
+    memory, swapped in only once the whole pass succeeded (plan, apply, swap)."""
+
+    result: SyncResult
+    confirm_absent: bool
+    high_water: int
+    puts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removes: list[str] = field(default_factory=list)
+    tracked: dict[str, Tracked] = field(default_factory=dict)
+    contents: dict[str, str | None] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+
 
 @dataclass(slots=True)
 class SyncResult:
@@ -86,19 +136,6 @@ class SyncResult:
 def logs_each_story(count: int) -> bool:
     """Whether a reconcile of `count` ids logs a story.* line per story at info."""
     return count <= PER_STORY_LOG_MAX
-
-
-class _Saved(NamedTuple):
-    """What one id's reconcile may change in memory, to put back if it fails."""
-
-    story_id: str
-    had_content: bool
-    content: str | None
-    known: dict[str, KnownFile | None]
-    paths: set[str]
-    symlinked: bool
-    unreadable: bool
-    before_broken: tuple[dict[str, Any], dict[str, Any]] | None
 
 
 def read_story_file(path: str, root_real: str, limit: int) -> bytes:
@@ -168,35 +205,47 @@ class Reconciler:
         stages: Iterable[str],
         state: PipelineState,
         content: ContentMap,
-        known: dict[str, KnownFile],
+        known: Iterable[KnownFile],
         max_file_bytes: int,
         high_water: int = 0,
+        *,
+        unreadable: Collection[str] = (),
+        symlinked: Collection[str] = (),
     ) -> None:
         self.root = root
         self._dirs = StageDirs(os.path.realpath(root))  # open during a reconcile only
         self.stages = sorted(stages, key=_stage_key)
         self.state = state
         self.content = content
-        self.known = known
         self.max_file_bytes = max_file_bytes
         self.high_water = high_water
-        self._paths_by_id: dict[str, set[str]] = {}
-        # Ids read through a symlink: an edit of the target marks only the target's
-        # id (or nothing, outside the stage folders), so these are stat-ed again
-        # in every flush and every few seconds; the stat follows the link, so the
-        # signature changes with the target. They are rare.
-        self.symlinked: set[str] = set()
-        # Ids whose file could not be read: a chmod changes no signature.
-        self.unreadable: set[str] = set()
+        self.tracked: dict[str, Tracked] = {}
+        for kf in known:
+            record = self.tracked.get(kf.story_id)
+            if record is None:
+                self.tracked[kf.story_id] = Tracked((kf,))
+            else:
+                record.files += (kf,)
+        for story_id in unreadable:  # a chmod since then changed no signature
+            self.tracked.setdefault(story_id, Tracked()).unreadable = True
+        for story_id in symlinked:
+            self.tracked.setdefault(story_id, Tracked()).symlinked = True
+        # Ids of the records with `symlinked`, kept with them: every flush reads it.
+        self.symlinked: set[str] = set(symlinked)
         # Stage folders that could not be listed or searched, and why. Their stories
         # are kept as they are (unreadable is not empty); the other folders go on.
         # The apply thread probes them and asks for a stat pass once they recover.
         self.stage_problems: dict[str, str] = {}
-        # id -> (last good file fields, state fields then), while its file is broken
-        self._before_broken: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._story_log: Callable[..., Any] = log.info
-        for path, kf in known.items():
-            self._paths_by_id.setdefault(kf.story_id, set()).add(path)
+
+    @property
+    def unreadable(self) -> set[str]:
+        """Ids whose file could not be read at the last look."""
+        return {story_id for story_id, record in self.tracked.items() if record.unreadable}
+
+    def known_files(self) -> dict[str, KnownFile]:
+        """Every recorded file, by path relative to the root."""
+        return {kf.rel_path: kf for record in self.tracked.values() for kf in record.files}
 
     # -- public ------------------------------------------------------------------
 
@@ -213,13 +262,11 @@ class Reconciler:
         An id with no file is deleted only when `confirm_absent`; otherwise it
         is returned in `absent` for the caller to confirm later. Ids in
         `repair` get their row rewritten even if nothing seems to have changed.
+        Nothing in memory changes unless the whole reconcile succeeds: the next
+        one would otherwise take the new files for already applied.
         """
         repair_set = set(repair)
-        result = SyncResult(Batch())
-        puts: dict[str, dict[str, Any]] = {}
-        removes: list[str] = []
-        saved: list[_Saved] = []
-        high_water = self.high_water
+        work = _Pass(SyncResult(Batch()), confirm_absent, self.high_water)
         ids = sorted(set(story_ids) | repair_set | self.symlinked)
         # A first import or a big checkout: one line per story would be thousands
         # of lines (and a good part of an import's time); the caller logs the counts.
@@ -229,67 +276,38 @@ class Reconciler:
         self._story_log = log.info if log_each else log.debug
         try:
             for story_id in ids:
-                saved.append(self._save(story_id))
-                self._reconcile_one(story_id, confirm_absent, story_id in repair_set,
-                                    result, puts, removes)
-            result.batch.crdt_update = self.state.apply(puts, removes)
-        except BaseException:
-            # Nothing of a failed reconcile may stick, or the next one would take
-            # the new files for already applied (rows and state left behind).
-            for entry in reversed(saved):
-                self._restore(entry)
-            self.high_water = high_water
-            raise
+                record = replace(self.tracked.get(story_id, _NOTHING))
+                self._reconcile_one(story_id, record, story_id in repair_set, work)
+                work.tracked[story_id] = record
+            work.result.batch.crdt_update = self.state.apply(work.puts, work.removes)
         finally:
             self._dirs.close()  # a stage folder replaced later is opened afresh
-        return result
+        self._swap_in(work)
+        return work.result
 
-    def _save(self, story_id: str) -> _Saved:
-        paths = self._paths_by_id.get(story_id, set()) | {
-            f"{stage}/{story_id}.md" for stage in self.stages}
-        return _Saved(
-            story_id,
-            self.content.has(story_id),
-            self.content.read_content(story_id),
-            {path: self.known.get(path) for path in paths},
-            set(self._paths_by_id.get(story_id, set())),
-            story_id in self.symlinked,
-            story_id in self.unreadable,
-            self._before_broken.get(story_id),
-        )
-
-    def _restore(self, saved: _Saved) -> None:
-        story_id = saved.story_id
-        if saved.had_content:
-            self.content.set_content(story_id, saved.content)
-        else:
+    def _swap_in(self, work: _Pass) -> None:
+        for story_id, record in work.tracked.items():
+            if record.keeps_nothing():
+                self.tracked.pop(story_id, None)
+            else:
+                self.tracked[story_id] = record
+            if record.symlinked:
+                self.symlinked.add(story_id)
+            else:
+                self.symlinked.discard(story_id)
+        for story_id in work.dropped:
             self.content.drop(story_id)
-        for path, known in saved.known.items():
-            if known is None:
-                self.known.pop(path, None)
-            else:
-                self.known[path] = known
-        if saved.paths:
-            self._paths_by_id[story_id] = saved.paths
-        else:
-            self._paths_by_id.pop(story_id, None)
-        for flag, members in ((saved.symlinked, self.symlinked),
-                              (saved.unreadable, self.unreadable)):
-            if flag:
-                members.add(story_id)
-            else:
-                members.discard(story_id)
-        if saved.before_broken is None:
-            self._before_broken.pop(story_id, None)
-        else:
-            self._before_broken[story_id] = saved.before_broken
+        for story_id, text in work.contents.items():
+            self.content.set_content(story_id, text)
+        self.high_water = work.high_water
 
     def changed_ids(self) -> tuple[set[str], int]:
         """The stat pass: ids whose files differ from the known signatures, and the
         number of files stat-checked. Reads no file."""
         unlistable: dict[str, str] = {}
         seen = stat_signatures(self.root, self.stages, unlistable)
-        known = {path: kf.signature for path, kf in self.known.items()}
+        known = {kf.rel_path: kf.signature
+                 for record in self.tracked.values() for kf in record.files}
         for stage, why in unlistable.items():
             self.note_stage_problem(stage, why)
         return changed_story_ids(seen, known, self.state.ids(), unlistable), len(seen)
@@ -303,9 +321,9 @@ class Reconciler:
 
     # -- one id ------------------------------------------------------------------
 
-    def _read(self, story_file: StoryFile) -> ParsedStory | None:
+    def _read(self, story_file: StoryFile, record: Tracked) -> ParsedStory | None:
         """Parse the file; None if it vanished since the stat."""
-        self.unreadable.discard(story_file.story_id)
+        record.unreadable = False
         try:
             raw = _read_fd(self._dirs.open(story_file.stage, story_file.story_id),
                            self.max_file_bytes + 1)
@@ -318,12 +336,12 @@ class Reconciler:
         except (FileNotFoundError, RefusedFile):
             return None  # gone, or no story any more (a FIFO, a symlink out of the root)
         except OSError as exc:
-            self.unreadable.add(story_file.story_id)
+            record.unreadable = True
             return ParsedStory(dict.fromkeys(FIELDS), content=None, broken=True,
                                errors=(f"cannot read the file ({exc.strerror})",))
         return parse_story(raw, self.max_file_bytes)
 
-    def _find_files(self, story_id: str) -> list[StoryFile] | None:
+    def _find_files(self, story_id: str, record: Tracked) -> list[StoryFile] | None:
         """The id's files in every stage folder, or None when absence cannot be told.
 
         A folder that cannot be searched is a problem of that folder alone, but
@@ -339,7 +357,7 @@ class Reconciler:
                 story_file = stat_story(self.root, stage, story_id)
             except OSError as exc:
                 self.note_stage_problem(stage, exc.strerror or str(exc))
-                if any(split_rel_path(p)[0] == stage for p in self._paths_by_id.get(story_id, ())):
+                if any(kf.stage == stage for kf in record.files):
                     return None
                 unsearchable = True
                 continue
@@ -347,17 +365,11 @@ class Reconciler:
                 found.append(story_file)
         return None if unsearchable and not found else found
 
-    def _reconcile_one(
-        self,
-        story_id: str,
-        confirm_absent: bool,
-        repair: bool,
-        result: SyncResult,
-        puts: dict[str, dict[str, Any]],
-        removes: list[str],
-    ) -> None:
+    def _reconcile_one(self, story_id: str, record: Tracked, repair: bool, work: _Pass) -> None:
+        """One id into `work`; its `record` (a copy) is updated in place."""
+        result = work.result
         batch = result.batch
-        found = self._find_files(story_id)
+        found = self._find_files(story_id, record)
         if found is None:
             result.skipped.add(story_id)  # maybe in a folder that cannot be searched: kept
             return
@@ -367,94 +379,85 @@ class Reconciler:
             order = {s: i for i, s in enumerate(self.stages)}
             winner = max(found, key=lambda f: (f.signature.mtime_ns, order[f.stage]))
             prev = self.state.get(story_id)
-            kf = self.known.get(winner.rel_path)
+            kf = record.file(winner.rel_path)
             unchanged = (
                 not repair and prev is not None and prev["stage"] == winner.stage
                 and kf is not None and kf.signature == winner.signature
-                and self.content.has(story_id) and story_id not in self.unreadable
+                and self.content.has(story_id) and not record.unreadable
             )
             if unchanged:
                 break
-            parsed = self._read(winner)
+            parsed = self._read(winner, record)
             result.files_read += 1
-            if winner.symlink:
-                self.symlinked.add(story_id)
-            else:
-                self.symlinked.discard(story_id)
+            record.symlinked = winner.symlink
             if parsed is not None:
                 break
             found.remove(winner)  # vanished between stat and read
             winner = None
 
-        known_paths = self._paths_by_id.get(story_id, set())
         if winner is None:
-            if story_id not in self.state and not known_paths:
+            if story_id not in self.state and not record.files:
                 return
-            if not confirm_absent:
+            if not work.confirm_absent:
                 result.absent.add(story_id)
                 return
             prev = self.state.get(story_id)
-            removes.append(story_id)
-            self.content.drop(story_id)
-            self.symlinked.discard(story_id)
-            self.unreadable.discard(story_id)
-            self._before_broken.pop(story_id, None)
+            work.removes.append(story_id)
+            work.dropped.add(story_id)
             batch.deletes.append(story_id)
-            self._drop_paths(batch, story_id, known_paths)
+            self._drop_paths(batch, record, record.paths())
+            record.symlinked = record.unreadable = False
+            record.before_broken = None
             result.deleted += 1
             self._story_log("story.deleted", id=story_id, stage=prev["stage"] if prev else None)
             return
 
-        self._record_files(batch, story_id, winner, found, known_paths)
+        self._record_files(batch, story_id, record, winner, found)
         number = story_number(story_id)
-        if number is not None and self.high_water < number <= MAX_STORY_NUMBER:
-            self.high_water = number
-            batch.high_water = number
+        if number is not None and work.high_water < number <= MAX_STORY_NUMBER:
+            work.high_water = batch.high_water = number
         if parsed is None:
             return  # same signature, same stage: nothing to read or change
-        self._apply_parsed(story_id, winner, parsed, repair, result, puts)
+        self._apply_parsed(story_id, record, winner, parsed, repair, work)
 
     def _record_files(
         self,
         batch: Batch,
         story_id: str,
+        record: Tracked,
         winner: StoryFile,
         found: list[StoryFile],
-        known_paths: set[str],
     ) -> None:
         present = {f.rel_path for f in found}
-        self._drop_paths(batch, story_id, known_paths - present)
+        self._drop_paths(batch, record, record.paths() - present)
         losers = [f for f in found if f is not winner]
         new_losers = [f.rel_path for f in losers
-                      if (kf := self.known.get(f.rel_path)) is None or kf.winner]
+                      if (kf := record.file(f.rel_path)) is None or kf.winner]
         if new_losers:
             log.warning("story.conflict", id=story_id, winner=winner.rel_path,
                         losers=sorted(f.rel_path for f in losers))
+        files: list[KnownFile] = []
         for story_file in found:
             is_winner = story_file is winner
-            kf = self.known.get(story_file.rel_path)
-            if kf is not None and kf.signature == story_file.signature and kf.winner == is_winner:
-                continue
+            kf = record.file(story_file.rel_path)
             sig = story_file.signature
-            self.known[story_file.rel_path] = KnownFile(story_id, story_file.stage, sig, is_winner)
-            self._paths_by_id.setdefault(story_id, set()).add(story_file.rel_path)
-            batch.signatures.append(SignatureRow(
-                story_file.rel_path, story_id, story_file.stage,
-                sig.mtime_ns, sig.size, sig.inode, is_winner))
+            if kf is None or kf.signature != sig or kf.winner != is_winner:
+                kf = KnownFile(story_id, story_file.stage, sig, is_winner)
+                batch.signatures.append(SignatureRow(
+                    story_file.rel_path, story_id, story_file.stage,
+                    sig.mtime_ns, sig.size, sig.inode, is_winner))
+            files.append(kf)
+        record.files = tuple(files)
 
-    def _drop_paths(self, batch: Batch, story_id: str, paths: set[str]) -> None:
+    @staticmethod
+    def _drop_paths(batch: Batch, record: Tracked, paths: set[str]) -> None:
         for path in sorted(paths):
-            self.known.pop(path, None)
             batch.signature_drops.append(path)
-        remaining = self._paths_by_id.get(story_id, set()) - paths
-        if remaining:
-            self._paths_by_id[story_id] = remaining
-        else:
-            self._paths_by_id.pop(story_id, None)
+        record.files = tuple(kf for kf in record.files if kf.rel_path not in paths)
 
     def _previous_version(
         self,
-        story_id: str,
+        record: Tracked,
         prev: dict[str, Any],
         old_text: str | None,
         parsed: ParsedStory,
@@ -472,11 +475,11 @@ class Reconciler:
                if old_text is not None else None)
         if old is not None and not old.broken:
             if parsed.broken:
-                self._before_broken[story_id] = (old.fields, {k: prev[k] for k in FIELDS})
+                record.before_broken = (old.fields, {k: prev[k] for k in FIELDS})
             return old.fields, prev
-        memo = self._before_broken.get(story_id)
+        memo = record.before_broken
         if not parsed.broken:
-            self._before_broken.pop(story_id, None)
+            record.before_broken = None
         if memo is not None:
             return memo
         return dict.fromkeys(FIELDS), prev
@@ -484,12 +487,13 @@ class Reconciler:
     def _apply_parsed(
         self,
         story_id: str,
+        record: Tracked,
         winner: StoryFile,
         parsed: ParsedStory,
         repair: bool,
-        result: SyncResult,
-        puts: dict[str, dict[str, Any]],
+        work: _Pass,
     ) -> None:
+        result = work.result
         prev = self.state.get(story_id)
         old_text = self.content.read_content(story_id) if self.content.has(story_id) else None
         new_fields = parsed.fields
@@ -499,7 +503,7 @@ class Reconciler:
             result.created += 1
             self._story_log("story.created", id=story_id, stage=winner.stage)
         else:
-            old_fields, base = self._previous_version(story_id, prev, old_text, parsed, repair)
+            old_fields, base = self._previous_version(record, prev, old_text, parsed, repair)
             # An edit changes only what changed between the two versions of the file.
             file_changes = {k: v for k, v in new_fields.items() if old_fields.get(k) != v}
             target: dict[str, Any] = {**{k: base.get(k) for k in FIELDS}, **file_changes}
@@ -509,11 +513,12 @@ class Reconciler:
                 # A stage change resets retry_count, unless the same burst set it in the file.
                 if RESET_ON_MOVE not in file_changes:
                     target[RESET_ON_MOVE], reset = 0, True
-                    if story_id in self._before_broken:  # moved while its file is broken
-                        self._before_broken[story_id][1][RESET_ON_MOVE] = 0
+                    if record.before_broken is not None:  # moved while its file is broken
+                        good, then = record.before_broken
+                        record.before_broken = (good, {**then, RESET_ON_MOVE: 0})
                 result.moved += 1
                 self._story_log("story.moved", id=story_id, from_stage=prev["stage"],
-                         to_stage=winner.stage)
+                                to_stage=winner.stage)
             values = {k: v for k, v in target.items() if prev.get(k) != v}
             changed_fields = sorted(k for k in values if k != "stage"
                                     and not (k == RESET_ON_MOVE and reset))
@@ -522,10 +527,10 @@ class Reconciler:
                 self._story_log("story.updated", id=story_id, fields=changed_fields)
             after = {**prev, **values}
         if values:
-            puts[story_id] = values
+            work.puts[story_id] = values
         content_changed = old_text != parsed.content or not self.content.has(story_id)
         if values or content_changed or repair or prev is None:
-            self.content.set_content(story_id, parsed.content)
+            work.contents[story_id] = parsed.content
             result.batch.upserts.append(RowUpsert(
                 story_id=story_id,
                 stage=after["stage"],
@@ -533,9 +538,8 @@ class Reconciler:
                 content=parsed.content,
                 extra=parsed.extra,
                 errors=parsed.errors,
-                unreadable=story_id in self.unreadable,
+                unreadable=record.unreadable,
             ))
             if parsed.errors:
                 log.warning("story.parse_error", id=story_id, path=winner.rel_path,
                             error=parsed.errors[0])
-

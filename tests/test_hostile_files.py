@@ -25,7 +25,7 @@ from conftest import STAGES, DaemonProcess, Stories, story_text, wait_until
 from pipelined.content import ContentMap
 from pipelined.layout import FileSignature, RefusedFile, StageDirs, StoryFile, open_story
 from pipelined.state import PipelineState
-from pipelined.sync import Reconciler, read_story_file
+from pipelined.sync import Reconciler, Tracked, read_story_file
 
 SECRET = "outside-the-root secret 4f1c"
 
@@ -55,15 +55,17 @@ class TestOpenChecksTheDescriptor:
         os.mkfifo(path)
         reconciler = reconciler_for(stories)
         outcome: list[object] = []
+        record = Tracked(unreadable=True)
         reader = threading.Thread(
-            target=lambda: outcome.append(reconciler._read(as_stat_saw_it(path, "5_story_piped"))),
+            target=lambda: outcome.append(
+                reconciler._read(as_stat_saw_it(path, "5_story_piped"), record)),
             daemon=True)
         reader.start()
         try:
             reader.join(10)
             assert not reader.is_alive(), "the read blocked on a named pipe"
             assert outcome == [None]
-            assert "5_story_piped" not in reconciler.unreadable
+            assert not record.unreadable
         finally:
             release_fifo(path)
 
@@ -76,7 +78,7 @@ class TestOpenChecksTheDescriptor:
         path = stories.path("2_current", "6_story_linked")
         path.symlink_to(outside)
         reconciler = reconciler_for(stories)
-        assert reconciler._read(as_stat_saw_it(path, "6_story_linked")) is None
+        assert reconciler._read(as_stat_saw_it(path, "6_story_linked"), Tracked()) is None
         with pytest.raises(RefusedFile, match="a symlink out of the root"):
             read_story_file(str(path), str(stories.root.resolve()), 1000)
 
@@ -87,7 +89,8 @@ class TestOpenChecksTheDescriptor:
         target.write_text(story_text(name="kept inside"), encoding="utf-8")
         path = stories.path("1_backlog", "7_story_inside")
         path.symlink_to(target)
-        parsed = reconciler_for(stories)._read(as_stat_saw_it(path, "7_story_inside"))
+        parsed = reconciler_for(stories)._read(as_stat_saw_it(path, "7_story_inside"),
+                                              Tracked())
         assert parsed is not None and parsed.fields["name"] == "kept inside"
 
     def test_socket_swapped_in_is_refused(self, tmp_path: Path) -> None:
@@ -98,8 +101,9 @@ class TestOpenChecksTheDescriptor:
         try:
             server.bind(str(path))
             reconciler = reconciler_for(stories)
-            assert reconciler._read(as_stat_saw_it(path, "8_story_socket")) is None
-            assert "8_story_socket" not in reconciler.unreadable
+            record = Tracked(unreadable=True)
+            assert reconciler._read(as_stat_saw_it(path, "8_story_socket"), record) is None
+            assert not record.unreadable
         finally:
             server.close()
 

@@ -61,7 +61,7 @@ class TestFailedReconcile:
         state.fail_next = True
         with pytest.raises(RuntimeError):
             reconciler.reconcile({"7_b"}, confirm_absent=True)
-        assert not content.has("7_b") and reconciler.known == {}
+        assert not content.has("7_b") and reconciler.tracked == {}
         assert reconciler.high_water == 0
         result = reconciler.reconcile({"7_b"}, confirm_absent=True)
         assert result.created == 1 and reconciler.high_water == 7
