@@ -1,39 +1,32 @@
 """The apply thread: the only owner of the pycrdt document and the content map.
 
-It loads the pipeline state at startup (after READY when nothing changed),
-reconciles each settled burst against the disk into one pycrdt transaction and
-one Batch for the writer, confirms deletes after a quiet period, and compacts
-the persisted history. Nothing else may touch its `Reconciler`.
+It runs the start-up (`pipelined.startup`: load, catch-up, READY as soon as
+the database equals the folders), then reconciles each settled burst against
+the disk into one pycrdt transaction and one Batch for the writer, confirms
+deletes after a quiet period, and compacts the persisted history. Nothing else
+may touch its `Reconciler`. What it tells the main thread goes through two
+futures (`in_sync`, `loaded`) and the run's `Outcome`; what it publishes for
+status (`stories`, `stage_problems`, `last_flush_monotonic`) is replaced, never
+mutated.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipelined.config import Config
 from pipelined.errors import PipelinedError
-from pipelined.layout import (
-    FileSignature,
-    find_git_dir,
-    split_rel_path,
-    stage_problem,
-    stat_signatures,
-    symlinked_story_ids,
-)
+from pipelined.layout import git_busy, stage_problem
 from pipelined.logs import get_logger
 from pipelined.outcome import Outcome
 from pipelined.policies import CompactionPolicy, DeletePolicy
-from pipelined.shaping import reread_for_settings, stored_with_settings
-from pipelined.store.connection import (
-    as_corrupt,
-    open_read_only,
-)
-from pipelined.store.load import Signatures, read_contents, read_signatures, read_state
+from pipelined.startup import Startup, StartupStopped, new_client_id
+from pipelined.store.connection import as_corrupt
 from pipelined.store.writer import Writer, WriterStopped
 from pipelined.watch import Coalescer, Settled
 
@@ -46,14 +39,8 @@ log = get_logger("pipelined.apply")
 
 DEFERRED_POLL_S = 0.05
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
-STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
 STAGE_PROBE_S = 2.0  # an unreadable stage folder is probed this often until it recovers
-
-
-class StartupStopped(Exception):
-    """A second SIGTERM/SIGINT stopped the startup catch-up: the chunks committed
-    so far stay, and the next start re-reads only the files of the others."""
 
 
 class _Timers:
@@ -63,17 +50,12 @@ class _Timers:
         self.rescan = self.symlink_check = self.stage_probe = now
 
 
-def _new_client_id() -> int:
-    """A random pycrdt client id (32 bits, as Yjs uses), persisted for reuse."""
-    return int.from_bytes(os.urandom(4), "big")
-
-
 class ApplyLoop(threading.Thread):
     """Owns the pipeline state: loads it, reconciles settled bursts, hands batches on."""
 
     def __init__(self, config: Config, root: Path, db_path: Path,
                  coalescer: Coalescer, writer: Writer,
-                 on_ready: Callable[[int], None] = lambda _stories: None,
+                 notify_in_sync: Callable[[int], None] = lambda _stories: None,
                  outcome: Outcome | None = None) -> None:
         super().__init__(name="pipelined-apply", daemon=True)
         self.config = config
@@ -81,219 +63,67 @@ class ApplyLoop(threading.Thread):
         self.db_path = db_path
         self.coalescer = coalescer
         self.writer = writer
-        self.ready = threading.Event()
-        self.loaded = threading.Event()  # startup finished (state loaded), or failed
-        self._on_ready = on_ready
-        self.skip_flush = threading.Event()
+        self._notify_in_sync = notify_in_sync
+        # When (monotonic) the database first equalled the folders: READY was sent.
+        self.in_sync: Future[float] = Future()
+        # The start-up is over (the state is loaded and the loop runs, or it failed
+        # or was stopped: see `outcome`).
+        self.loaded: Future[None] = Future()
         self.outcome = outcome or Outcome()  # where a failed start-up is reported
         self.stories = 0
         self.last_flush_monotonic = time.monotonic()
-        self._deletes = DeletePolicy(config.delete_grace_ms / 1000, config.settle_cap_ms / 1000,
-                                     config.git_lock_cap_s)
-        self._reconciler: Reconciler | None = None
-        self._compaction = CompactionPolicy(config.compact_updates)
-        self._fresh_bytes_per_story: float | None = None
-        self._other_contents_owed = False  # the catch-up loaded only the contents it needed
         # Stage folders that cannot be read, and why: replaced (never mutated) by this
         # thread, read by the main thread for `status` and STATUS=.
         self.stage_problems: dict[str, str] = {}
+        self._deletes = DeletePolicy(config.delete_grace_ms / 1000, config.settle_cap_ms / 1000,
+                                     config.git_lock_cap_s)
+        self._compaction = CompactionPolicy(config.compact_updates)
+        self._reconciler: Reconciler | None = None
+        self._fresh_bytes_per_story: float | None = None
 
-    # -- startup -------------------------------------------------------------------
+    def _in_sync(self, stories: int) -> None:
+        # READY is sent from this thread: the state load that follows holds the GIL
+        # for long stretches (pycrdt), which would delay a hand-off to the main thread.
+        self.stories = stories
+        self._notify_in_sync(stories)
+        self.in_sync.set_result(time.monotonic())
 
-    def _startup(self) -> Reconciler:
-        """Rule 5: stat pass against the stored signatures, then load the state.
-
-        The watcher is already running. When the stat pass finds nothing to
-        re-read, the database already equals the folders, so READY is sent at
-        once and the pipeline state and content map load right after, before
-        the first flush. Otherwise the state loads first and the changes are
-        committed before READY.
-        """
-        started = time.monotonic()
-        conn = open_read_only(self.db_path)
+    def _start(self) -> bool:
+        """The start-up; False when it failed (reported to the Outcome) or was stopped."""
+        startup = Startup(self.config, self.root, self.db_path, self.writer, self._in_sync)
         try:
-            stored = read_signatures(conn)
-            unlistable: dict[str, str] = {}
-            seen = stat_signatures(self.root, self.config.stages, unlistable)
-            if not unlistable and seen == stored.by_path:
-                touched: set[str] = set()  # every known file there, unchanged
-            else:
-                from pipelined.sync import changed_story_ids
-
-                known_ids = {split_rel_path(path)[1] for path in stored.by_path}
-                touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
-            stat_ms = int((time.monotonic() - started) * 1000)
-            stored_with = stored_with_settings(self.config.max_file_bytes)
-            reread = (set() if stored.stored_with == stored_with
-                      else reread_for_settings(stored.stored_with, stored_with, stored.by_path))
-            touched |= reread
-            in_sync_early = (not touched and stored.client_id is not None
-                             and stored.stored_with == stored_with)
-            if in_sync_early:
-                self.stories = stored.story_count
-                self._set_ready()
-            self.writer.begin()  # its quick_check: after the stat pass
-            reconciler, mismatch, applied = self._load_state(
-                conn, stored, None if in_sync_early else touched)
-        finally:
-            conn.close()
-        # Unreadable and symlinked files are looked at again whatever their signature.
-        for stage, why in unlistable.items():
-            reconciler.note_stage_problem(stage, why)
-        totals = self._catch_up(reconciler, touched | reconciler.unreadable, mismatch | reread,
-                                new_client=stored.client_id is None,
-                                stored_with=None if stored.stored_with == stored_with
-                                else stored_with)
-        if reread:
-            log.info("startup.settings_changed", reread=len(reread), now=stored_with,
-                     before=stored.stored_with)
-        self.stories = len(reconciler.state)
-        log.info("daemon.startup", stories_loaded=stored.story_count, crdt_updates=applied,
-                 files_stat_checked=len(seen), files_reread=totals.files_read,
-                 created=totals.created, updated=totals.updated, moved=totals.moved,
-                 deleted=totals.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
-                 ms=int((time.monotonic() - started) * 1000))
-        return reconciler
-
-    def _catch_up(self, reconciler: Reconciler, touched: set[str], mismatch: set[str],
-                  *, new_client: bool, stored_with: str | None = None) -> SyncResult:
-        """Reconcile what changed while the daemon was stopped; wait until it is committed.
-
-        In chunks of STARTUP_CHUNK ids, each its own pycrdt transaction and batch
-        (update, rows and signatures together, as for a burst), so the writer
-        commits one chunk while this thread parses the next: a first import
-        takes the longer of the two instead of their sum. A crash in between
-        leaves the rest without signatures, and the next start reads only those.
-        `stored_with` (the settings the rows are now made with) is recorded with
-        the first chunk, or with the last when rows are to be rewritten
-        (`mismatch`: stale under changed settings, or disagreeing with the
-        state): a crash before it then leaves the old value, and the next start
-        re-reads again what the change affects.
-        """
-        from pipelined.store.batch import Batch
-        from pipelined.sync import SyncResult, logs_each_story
-
-        confirm_absent = not self._git_busy()
-        ids = sorted(touched | mismatch)
-        log_each = logs_each_story(len(ids) + len(reconciler.symlinked))  # the whole catch-up
-        totals = SyncResult(Batch())
-        seq = None
-        last_begin = max(0, len(ids) - 1) // STARTUP_CHUNK * STARTUP_CHUNK
-        for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
-            chunk = ids[begin:begin + STARTUP_CHUNK]
-            result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
-                                          repair=mismatch.intersection(chunk),
-                                          log_each=log_each)
-            if new_client and begin == 0:
-                result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
-            self._defer(result)
-            totals.add_counts(result)
-            if (stored_with is not None and begin == (last_begin if mismatch else 0)
-                    and not totals.skipped & mismatch):
-                # Not while a story to re-read sits in a folder that cannot be read:
-                # the next start re-reads what the new settings affect again.
-                result.batch.meta["stored_with"] = stored_with
-            try:
-                seq = self.writer.submit(result.batch)
-            except WriterStopped:
-                raise self._writer_stopped() from None
-        if seq is not None and not self.writer.wait_committed(seq):
-            raise self._writer_stopped()
-        return totals
-
-    def _writer_stopped(self) -> BaseException:
-        """Why the catch-up cannot go on: a second signal abandoned the writer (not a
-        failure), the writer's own error (a corrupt database: one line), or else a
-        plain one."""
-        if self.skip_flush.is_set():
-            return StartupStopped()
-        first = self.writer.first_error
-        if isinstance(first, PipelinedError):
-            return first
-        return RuntimeError("the writer stopped before the startup changes were committed")
-
-    def _set_ready(self) -> None:
-        # Sent from this thread: the state load that follows holds the GIL for
-        # long stretches (pycrdt), which would delay a hand-off to the main thread.
-        if not self.ready.is_set():
-            self._on_ready(self.stories)
-            self.ready.set()
-
-    def _load_state(self, conn: Any, stored: Signatures,
-                    touched: set[str] | None) -> tuple[Reconciler, set[str], int]:
-        """The pycrdt document, the content map and the known files, from the database.
-
-        With `touched` (files changed while stopped: READY waits for this load)
-        the content map holds only what the catch-up reconciles; the rest is
-        read after READY (`_load_other_contents`), before the first flush: a
-        large catalogue's contents are not read before READY.
-        """
-        from pipelined.content import ContentMap
-        from pipelined.state import PipelineState  # pycrdt: loaded only with the state
-        from pipelined.sync import KnownFile, Reconciler
-
-        full = read_state(conn)
-        client_id = stored.client_id if stored.client_id is not None else _new_client_id()
-        state = PipelineState(client_id)
-        applied = state.load(full.updates)
-        self._compaction = CompactionPolicy(self.config.compact_updates,
-                                            sum(len(u) for u in full.updates), applied)
-        known = [KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
-                 for _path, sid, stage, mtime, size, inode, winner in full.signatures]
-        mismatch = state.ids() ^ full.row_ids
-        if mismatch:
-            log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
-                        count=len(mismatch))
-        symlinked = symlinked_story_ids(self.root, self.config.stages)
-        # Every id the catch-up reconciles (see reconcile(): symlinked ones too).
-        first = None if touched is None else touched | full.unreadable | mismatch | symlinked
-        content = ContentMap(read_contents(conn, first))
-        # A first import owes nothing: every row is one the catch-up writes.
-        self._other_contents_owed = first is not None and bool(full.row_ids - first)
-        reconciler = Reconciler(self.root, self.config.stages, state, content, known,
-                                self.config.max_file_bytes, stored.high_water,
-                                unreadable=full.unreadable, symlinked=symlinked)
-        return reconciler, mismatch, applied
-
-    def _load_other_contents(self) -> None:
-        """After a catch-up: the contents it did not need, as committed (its own rows
-        are already in the map and are not overwritten)."""
-        assert self._reconciler is not None
-        content = self._reconciler.content
-        conn = open_read_only(self.db_path)
-        try:
-            for story_id, text in read_contents(conn):
-                if not content.has(story_id):
-                    content.set_content(story_id, text)
-        finally:
-            conn.close()
-        self._other_contents_owed = False
-
-    # -- the loop ------------------------------------------------------------------
-
-    def run(self) -> None:
-        try:
-            self._reconciler = self._startup()
-            self._set_ready()
-            if self._other_contents_owed:
-                self._load_other_contents()
+            started = startup.run()
+            if started.other_contents_owed:
+                startup.load_other_contents(started.reconciler)
+            self._reconciler = started.reconciler
+            self._compaction = started.compaction
+            self._deletes.defer(started.deferred)
+            self.stories = len(started.reconciler.state)
+            return True
         except StartupStopped:  # a second signal: no failure, the next start goes on
             log.warning("daemon.startup_stopped",
                         action="the next start re-reads what was not committed")
-            return
+            return False
         except BaseException as exc:  # reported by the main thread
             self.outcome.fail(exc := as_corrupt(self.db_path, exc))
             if not isinstance(exc, PipelinedError):
                 log.exception("apply.startup_failed")
-            return
+            return False
         finally:
-            self.loaded.set()
+            self.loaded.set_result(None)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self._start():
+            return
+        assert self._reconciler is not None
         timers = _Timers(time.monotonic())
         while True:
             self.stage_problems = dict(self._reconciler.stage_problems)  # for the main thread
             timeout = DEFERRED_POLL_S if self._deletes else 1.0
             settled = self.coalescer.take(timeout)
-            if settled.stopping and self.skip_flush.is_set():
+            if settled.hurried:
                 return
             self._add_periodic_work(settled, timers)
             if not self._flush_settled(settled.story_ids, settled.rescan, settled.stopping):
@@ -380,7 +210,8 @@ class ApplyLoop(threading.Thread):
         """Delete vanished stories once they stayed absent through a quiet period."""
         if not self._deletes or final:
             return
-        due, past_git_lock_s = self._deletes.due(self.coalescer.quiet_for(), self._git_busy)
+        due, past_git_lock_s = self._deletes.due(self.coalescer.quiet_for(),
+                                                     lambda: git_busy(self.root))
         if not due:
             return
         if past_git_lock_s:
@@ -421,11 +252,11 @@ class ApplyLoop(threading.Thread):
         snapshot = state.snapshot()
         stories = max(1, len(state))
         if self._fresh_bytes_per_story is None:
-            self._fresh_bytes_per_story = len(state.fresh_snapshot(_new_client_id())) / stories
+            self._fresh_bytes_per_story = len(state.fresh_snapshot(new_client_id())) / stories
         fresh_estimate = self._fresh_bytes_per_story * stories
         compaction = Compaction(snapshot)
         if len(snapshot) > 2 * fresh_estimate:
-            client_id = _new_client_id()
+            client_id = new_client_id()
             snapshot = state.rebase(client_id)
             self._fresh_bytes_per_story = len(snapshot) / stories
             compaction = Compaction(snapshot, new_epoch=True, client_id=client_id,
@@ -436,11 +267,3 @@ class ApplyLoop(threading.Thread):
                  replaced_bytes=self._compaction.bytes, snapshot_bytes=len(snapshot),
                  rebased=compaction.new_epoch, ms=int((time.monotonic() - started) * 1000))
         self._compaction.compacted(len(snapshot))
-
-    def _git_busy(self) -> bool:
-        # Looked up each time (a few stats, only when a delete is pending): the
-        # root may become a git checkout while the daemon runs.
-        git_dir = find_git_dir(self.root)
-        return git_dir is not None and (git_dir / "index.lock").exists()
-
-

@@ -24,9 +24,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from pipelined.apply import ApplyLoop
 from pipelined.config import Config, resolve
@@ -63,8 +65,20 @@ log = get_logger("pipelined.daemon")
 HEALTH_EVERY_S = 0.5
 EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and again each second
 EXTEND_BY_USEC = 30_000_000
+WATCH_CHECK_S = 2.0  # stage folders created or replaced are watched within this
 UNWATCHED_RESCAN_S = 5.0  # a stat pass this often while a stage folder cannot be watched
 RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
+
+
+@dataclass(slots=True)
+class _Parts:
+    """One run's threads and what joins them (started by `Daemon._start_parts`)."""
+
+    watcher: StageWatcher
+    coalescer: Coalescer
+    writer: Writer
+    apply: ApplyLoop
+    overflow: OverflowHook
 
 
 class Daemon:
@@ -79,12 +93,10 @@ class Daemon:
         self._watches_dirty = threading.Event()
         self._started = time.monotonic()
         self._started_unix = time.time()
-        self._writer: Writer | None = None
         self._heartbeat = Heartbeat(config.db_path)
         self._guard = PathGuard()
         self._outcome = Outcome()  # how this run ends: every thread reports here
         self._wal_remembered = False
-        self._ready_ms = 0
         self._signal_name = ""
         # What systemd hears (see _watch_health, _tick, _reload). SIGHUP reads the
         # settings again through reload_config (flags, environment, file).
@@ -98,6 +110,7 @@ class Daemon:
         self._stage_counts: dict[str, int] = {}
         self._last_sync: str | None = None
         self._last_extend = 0.0
+        self._last_watch_check = self._last_unwatched_rescan = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only flags here: a handler that logs could re-enter the logging setup
@@ -128,54 +141,92 @@ class Daemon:
             lock.release()
 
     def _run_locked(self, root: Path, db_path: Path, started: float) -> int:
+        """The main thread's whole life once the lock is held."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         self._migrate(db_path)
         self._remember_paths(root, db_path)
-        writer = self._writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
-                                       check=lambda conn: check_integrity(conn, db_path),
-                                       path=db_path)
+        parts = self._start_parts(root, db_path)
+        self._watch_health(parts)
+        try:
+            # The first log line here (which imports structlog) waits until the apply
+            # thread has loaded the state (which imports pycrdt): the two threads
+            # never import heavy modules at the same time.
+            if self._wait_for(parts.apply.in_sync, parts) and \
+                    self._wait_for(parts.apply.loaded, parts):
+                gc.enable()
+                gc.freeze()  # what startup built lives as long as the daemon
+                log.info("daemon.ready", root=str(root), db=str(db_path),
+                         stories=parts.apply.stories,
+                         ms=int((parts.apply.in_sync.result() - started) * 1000))
+                self._health_loop(parts)
+        finally:
+            gc.enable()
+            self.notifier.send("STOPPING=1")
+            self._shutdown(parts)
+            logging.getLogger("watchdog").removeHandler(parts.overflow)
+            self._heartbeat.close()
+        return self._verdict()
+
+    def _start_parts(self, root: Path, db_path: Path) -> _Parts:
+        """The watcher, then the writer, then the apply thread (which waits on both)."""
+        writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
+                        check=lambda conn: check_integrity(conn, db_path), path=db_path,
+                        outcome=self._outcome)
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
         overflow = OverflowHook(coalescer)
         logging.getLogger("watchdog").addHandler(overflow)
         watcher = StageWatcher(root, self.config.stages, handler)
         watcher.start()  # before the stat pass, so nothing during startup is missed
-        # Before the apply thread, which waits on it. It opens its connection at
-        # once and runs PRAGMA quick_check once the apply thread's stat pass is
-        # done (Writer.begin).
+        # It opens its connection at once and runs PRAGMA quick_check once the
+        # apply thread's stat pass is done (Writer.begin).
         writer.start()
-        outcome = self._outcome
         apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready,
-                          outcome)
+                          self._outcome)
         apply.start()
-        self._watch_health(apply, writer, watcher, coalescer)
-        try:
-            if not self._wait_ready(apply, writer):
-                if not writer.is_alive():
-                    outcome.fail(writer.first_error or RuntimeError("the writer stopped"))
-                if isinstance(outcome.error, PipelinedError):
-                    raise outcome.error  # one line from the CLI
-            else:
-                # The main thread's first log line (which imports structlog) waits
-                # until the apply thread has loaded the state (which imports pycrdt):
-                # the two threads never import heavy modules at the same time.
-                while not apply.loaded.wait(self._tick(apply, writer)):
-                    if self._stop.is_set() or not writer.is_alive():
-                        break
-                gc.enable()
-                gc.freeze()  # what startup built lives as long as the daemon
-                log.info("daemon.ready", root=str(root), db=str(db_path),
-                         stories=apply.stories, ms=self._ready_ms)
-                self._health_loop(apply, writer, watcher, coalescer)
-        finally:
-            gc.enable()
-            self.notifier.send("STOPPING=1")
-            self._shutdown(apply, writer, watcher, coalescer)
-            logging.getLogger("watchdog").removeHandler(overflow)
-            self._heartbeat.close()
-        return self._verdict()
+        return _Parts(watcher, coalescer, writer, apply, overflow)
+
+    def _wait_for(self, future: Future[Any], parts: _Parts) -> bool:
+        """Tick until the apply thread's `future` is done; False if the run ends first
+        (a signal, a failure reported to the Outcome, a thread gone, a path replaced)."""
+        while not self._stop.is_set():
+            if wait([future], self._tick(parts)).done:
+                return not self._stop.is_set() and not self._outcome.failed
+            problem = self._problem(parts)  # a long first import is no time to lose the file
+            if problem is not None:
+                self._outcome.fail(problem)
+                return False
+        return False
+
+    def _problem(self, parts: _Parts) -> BaseException | None:
+        """Why the run cannot go on, if it cannot. A thread that failed has reported
+        why to the Outcome before it stopped, and the first report wins."""
+        moved = self._guard.check()
+        if moved is not None:
+            return moved
+        stopped = [t.name for t in (parts.apply, parts.writer) if not t.is_alive()]
+        if stopped:
+            return RuntimeError(f"the thread {', '.join(stopped)} stopped")
+        return None
+
+    def _health_loop(self, parts: _Parts) -> None:
+        """Until a signal or a problem: the heartbeat, WATCHDOG=1, STATUS=, SIGHUP, the
+        watches."""
+        self._beat(parts)
+        self._last_watch_check = self._last_unwatched_rescan = time.monotonic()
+        while not self._stop.wait(0.01 if self._watches_dirty.is_set() else self._tick_in):
+            self._beat(parts)
+            self._remember_wal(parts.writer)
+            problem = self._problem(parts)
+            if problem is not None:
+                self._outcome.fail(problem)
+                return
+            if self._reload_requested:
+                self._reload()
+            self._tick(parts)
+            self._keep_watching(parts)
 
     @staticmethod
     def _migrate(db_path: Path) -> None:
@@ -233,24 +284,23 @@ class Daemon:
         stops the daemon with one line right after READY.
         """
         self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
-        self._ready_ms = int((time.monotonic() - self._started) * 1000)
 
-    def _watch_health(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
-                      coalescer: Coalescer) -> None:
+    def _watch_health(self, parts: _Parts) -> None:
         """The probes behind WATCHDOG=1 and STATUS= (see pipelined.health).
 
         A part is stalled once it has sat on waiting work without progress for
         as long as systemd's watchdog timeout (at least a second), or for
         DEFAULT_STALL_S without a watchdog.
         """
+        apply, writer, coalescer = parts.apply, parts.writer, parts.coalescer
         usec = watchdog_usec()
         stall_s = max(usec / 1e6, 1.0) if usec else DEFAULT_STALL_S
         self._liveness = Liveness([
-            ProgressProbe("watcher", watcher.is_alive),
+            ProgressProbe("watcher", parts.watcher.is_alive),
             # Its work: a settled burst not taken yet. Its progress: a flush.
             ProgressProbe("apply thread", apply.is_alive,
                           done=lambda: apply.last_flush_monotonic,
-                          waiting=lambda: apply.ready.is_set() and coalescer.ready(),
+                          waiting=lambda: apply.in_sync.done() and coalescer.ready(),
                           stall_s=stall_s),
             # Its work: a submitted batch not committed yet (queued, or in a retry).
             # Its progress: an attempt that finished, failed or not. A writer that
@@ -262,15 +312,15 @@ class Daemon:
         ])
         self._pinger = WatchdogPinger.from_usec(self.notifier, usec)
 
-    def _tick(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher | None = None) -> float:
+    def _tick(self, parts: _Parts) -> float:
         """WATCHDOG=1 while healthy, STATUS=, EXTEND_TIMEOUT_USEC= during startup.
 
         Called by the main thread only; returns the seconds until the next tick.
         """
         problems = self._liveness()
         self._pinger.tick(healthy=not problems)
-        if apply.ready.is_set():
-            self._update_status(problems, writer, self._folder_problems(apply, watcher))
+        if parts.apply.in_sync.done():
+            self._update_status(problems, parts.writer, self._folder_problems(parts))
         else:
             self._extend_startup(problems)
         # Kept for the health loop's first wait: READY must not delay a due ping.
@@ -341,95 +391,63 @@ class Daemon:
         self._status = ""  # the next tick sends STATUS= again
         self.notifier.send("READY=1")
 
-    def _wait_ready(self, apply: ApplyLoop, writer: Writer) -> bool:
-        while not self._stop.is_set():
-            if apply.ready.wait(self._tick(apply, writer)):
-                return True
-            if not apply.is_alive() or not writer.is_alive():
-                return False
-            moved = self._guard.check()  # a long first import is no time to lose the file
-            if moved is not None:
-                self._outcome.fail(moved)
-                return False
-        return False
-
-    def _health_loop(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
-                     coalescer: Coalescer) -> None:
-        last_watch_check = time.monotonic()
-        self._beat(apply, writer, coalescer, watcher)
-        last_unwatched_rescan = time.monotonic()
-        while not self._stop.wait(self._tick_in if not self._watches_dirty.is_set() else 0.01):
-            self._beat(apply, writer, coalescer, watcher)
-            self._remember_wal(writer)
-            moved = self._guard.check()
-            if moved is not None:
-                self._outcome.fail(moved)
-                return
-            if not apply.is_alive() or not writer.is_alive():
-                if isinstance(writer.first_error, PipelinedError):  # e.g. a corrupt database
-                    self._outcome.fail(writer.first_error)
-                    return
-                log.error("daemon.thread_died", apply=apply.is_alive(), writer=writer.is_alive())
-                self._outcome.fail(RuntimeError("a daemon thread died"))
-                return
-            try:
-                if watcher.ensure_alive():
-                    coalescer.request_rescan()
-            except OSError as exc:  # e.g. the root vanished meanwhile: the guard says so
-                log.warning("watch.restart_failed", error=str(exc), action="retried")
-            if self._reload_requested:
-                self._reload()
-            self._tick(apply, writer, watcher)
-            now = time.monotonic()
-            if self._watches_dirty.is_set() or now - last_watch_check >= 2.0:
-                self._watches_dirty.clear()
-                last_watch_check = now
-                if watcher.ensure_watches():
-                    log.info("watch.stages_rewatched")
-                    coalescer.request_rescan()
-            if watcher.problems and now - last_unwatched_rescan >= UNWATCHED_RESCAN_S:
-                last_unwatched_rescan = now  # no event comes from an unwatched folder
+    def _keep_watching(self, parts: _Parts) -> None:
+        """A dead watcher restarted; stage folders created, replaced or unwatchable."""
+        watcher, coalescer = parts.watcher, parts.coalescer
+        try:
+            if watcher.ensure_alive():
                 coalescer.request_rescan()
+        except OSError as exc:  # e.g. the root vanished meanwhile: the guard says so
+            log.warning("watch.restart_failed", error=str(exc), action="retried")
+        now = time.monotonic()
+        if self._watches_dirty.is_set() or now - self._last_watch_check >= WATCH_CHECK_S:
+            self._watches_dirty.clear()
+            self._last_watch_check = now
+            if watcher.ensure_watches():
+                log.info("watch.stages_rewatched")
+                coalescer.request_rescan()
+        if watcher.problems and now - self._last_unwatched_rescan >= UNWATCHED_RESCAN_S:
+            self._last_unwatched_rescan = now  # no event comes from an unwatched folder
+            coalescer.request_rescan()
 
     @staticmethod
-    def _folder_problems(apply: ApplyLoop, watcher: StageWatcher | None) -> list[str]:
+    def _folder_problems(parts: _Parts) -> list[str]:
         """`<stage>: <why>` for each stage folder that cannot be read or is not watched."""
         problems = [(stage, f"cannot be read ({why})")
-                    for stage, why in apply.stage_problems.items()]
-        if watcher is not None:
-            problems += watcher.problems.items()
+                    for stage, why in parts.apply.stage_problems.items()]
+        problems += parts.watcher.problems.items()
         return [f"{stage}: {why}" for stage, why in sorted(problems)]
 
-    def _beat(self, apply: ApplyLoop, writer: Writer, coalescer: Coalescer,
-              watcher: StageWatcher | None = None) -> None:
+    def _beat(self, parts: _Parts) -> None:
         """Write the heartbeat `pipelined status` reads (outside the database)."""
+        apply, writer = parts.apply, parts.writer
         failing = writer.failing_since
-        folder_problems = self._folder_problems(apply, watcher)
+        folder_problems = self._folder_problems(parts)
         self._heartbeat.beat({
             "pid": os.getpid(),
             "started_unix": self._started_unix,
-            "ready": apply.ready.is_set(),
+            "ready": apply.in_sync.done(),
             "degraded": failing is not None or bool(folder_problems),
             "folder_problems": folder_problems,
             "writer_error": writer.last_error,
             "failing_for_s": None if failing is None else round(time.monotonic() - failing, 1),
             "pending_batches": writer.pending(),
-            "stat_pass_owed": coalescer.rescan_owed(),
+            "stat_pass_owed": parts.coalescer.rescan_owed(),
             "log_lines_dropped": dropped_lines(),
             "stories": apply.stories,
         })
 
-    def _shutdown(self, apply: ApplyLoop, writer: Writer, watcher: StageWatcher,
-                  coalescer: Coalescer) -> None:
+    def _shutdown(self, parts: _Parts) -> None:
         """Stop the watcher, settle what is pending, drain the writer (it checkpoints).
 
         A second SIGTERM or SIGINT skips the final flush: the apply thread stops
         at once and the writer stops retrying.
         """
+        apply, writer, coalescer = parts.apply, parts.writer, parts.coalescer
         if self._signals:
             log.info("daemon.stopping", signal=self._signal_name)
         try:
-            watcher.stop()
+            parts.watcher.stop()
         except Exception:
             log.exception("watch.stop_failed")
         # Events still in the kernel queue died with the watcher: a last stat pass
@@ -444,6 +462,6 @@ class Daemon:
                 if self._signals > 1 and not hurried:
                     hurried = True
                     log.warning("daemon.stopping_now", signal=self._signal_name)
-                    apply.skip_flush.set()
+                    coalescer.stop(hurry=True)
                     writer.abandon()
                 thread.join(HEALTH_EVERY_S)

@@ -25,6 +25,7 @@ __all__ = [
     "check_readable_stages",
     "check_root",
     "find_git_dir",
+    "git_busy",
     "is_story_name",
     "open_story",
     "read_regular_file",
@@ -394,3 +395,13 @@ def find_git_dir(root: Path) -> Path | None:
                 target = Path(text.split(":", 1)[1].strip())
                 return target if target.is_absolute() else (folder / target).resolve()
     return None
+
+
+def git_busy(root: Path) -> bool:
+    """Git visibly works on the checkout holding root (its `index.lock` exists).
+
+    Looked up each time (a few stats, only when a delete is pending): the root
+    may become a git checkout while the daemon runs.
+    """
+    git_dir = find_git_dir(root)
+    return git_dir is not None and (git_dir / "index.lock").exists()

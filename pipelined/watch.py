@@ -60,7 +60,8 @@ class Settled:
 
     story_ids: set[str] = field(default_factory=set)
     rescan: bool = False
-    stopping: bool = False
+    stopping: bool = False  # the last one: flush it, then stop
+    hurried: bool = False  # stop without flushing (a second SIGTERM)
 
 
 class Coalescer:
@@ -83,6 +84,7 @@ class Coalescer:
         self._first: float | None = None
         self._last = -1e9
         self._stopping = False
+        self._hurried = False
 
     def touch(self, story_ids: Iterable[str]) -> None:
         ids = set(story_ids)
@@ -118,9 +120,11 @@ class Coalescer:
             self._first = now
         self._cond.notify_all()
 
-    def stop(self) -> None:
+    def stop(self, *, hurry: bool = False) -> None:
+        """The next take() is the last; with `hurry`, its burst is not to be flushed."""
         with self._cond:
             self._stopping = True
+            self._hurried |= hurry
             self._cond.notify_all()
 
     def rescan_owed(self) -> bool:
@@ -159,7 +163,7 @@ class Coalescer:
                 if remaining <= 0:
                     return Settled()
                 self._cond.wait(remaining if due is None else min(due, remaining))
-            settled = Settled(self._pending, self._rescan, self._stopping)
+            settled = Settled(self._pending, self._rescan, self._stopping, self._hurried)
             self._pending = set()
             self._rescan = False
             self._first = None

@@ -331,3 +331,16 @@ def daemon(stories: Stories, tmp_path: Path) -> Iterator[DaemonProcess]:
     proc = DaemonProcess(stories.root, tmp_path / "state" / "pipeline.db", tmp_path)
     yield proc
     proc.kill()
+
+
+@pytest.fixture
+def log_events(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The JSON log lines written from now on (threads log to stderr too)."""
+    from pipelined.logs import configure_logging
+
+    configure_logging("json", "debug")  # applied, with this test's stderr, on the next line
+    try:
+        yield lambda: [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                       if line.startswith("{")]
+    finally:
+        configure_logging()  # the next test's first line picks up its own stderr

@@ -22,7 +22,7 @@ from conftest import (
     wait_until,
 )
 
-from pipelined.apply import STARTUP_CHUNK
+from pipelined.startup import STARTUP_CHUNK
 from pipelined.store.connection import open_writer
 from pipelined.store.writer import Writer
 from pipelined.sync import read_at_most

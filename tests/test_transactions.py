@@ -19,7 +19,6 @@ import apsw
 import pytest
 from conftest import wait_until
 
-from pipelined.logs import configure_logging
 from pipelined.store import queries
 from pipelined.store.batch import Batch
 from pipelined.store.connection import open_writer, transaction
@@ -207,17 +206,6 @@ class TestWriteBatches:
             assert conn.execute("SELECT count(*) FROM crdt_updates").fetchall() == [(1,)]
         finally:
             conn.close()
-
-
-@pytest.fixture
-def log_events(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """The JSON log lines written from now on (the writer thread logs to stderr)."""
-    configure_logging("json", "debug")  # applied, with this test's stderr, on the next line
-    try:
-        yield lambda: [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                       if line.startswith("{")]
-    finally:
-        configure_logging()  # the next test's first line picks up its own stderr
 
 
 class TestWriterOnAFullDisk:

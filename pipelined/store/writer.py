@@ -23,6 +23,7 @@ import apsw
 
 from pipelined.errors import CommitFailed, DatabaseCorrupt
 from pipelined.logs import get_logger
+from pipelined.outcome import Outcome
 from pipelined.schema import FIELDS, to_column
 from pipelined.store.connection import as_corrupt, transaction
 
@@ -158,6 +159,7 @@ class Writer(threading.Thread):
         sleep: Callable[[float], None] = time.sleep,
         check: Callable[[apsw.Connection], None] | None = None,
         path: Path | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         super().__init__(name="pipelined-writer", daemon=True)
         self._connect = connect
@@ -177,7 +179,11 @@ class Writer(threading.Thread):
         self.last_commit_monotonic = time.monotonic()
         self.failing_since: float | None = None
         self.last_error: str | None = None
+        # Why it stopped (also reported to `outcome`, the run's): a failed open or
+        # check, or an error that retrying cannot fix; while it retries, the first
+        # error of the streak.
         self.first_error: BaseException | None = None
+        self.outcome = outcome or Outcome()
         self._seq_cond = threading.Condition()
         self._submitted = 0
         self._committed = 0
@@ -259,7 +265,15 @@ class Writer(threading.Thread):
         with self._seq_cond:
             self._seq_cond.notify_all()
 
+    @property
+    def abandoned(self) -> bool:
+        return self._abandon.is_set()
+
     # -- the writer thread ---------------------------------------------------------
+
+    def _stopped_by(self, error: BaseException) -> None:
+        self.first_error = error
+        self.outcome.fail(error)
 
     def run(self) -> None:
         try:
@@ -268,8 +282,8 @@ class Writer(threading.Thread):
             self._begun.wait()
             if self._check is not None:
                 self._check(self._conn)  # before the first write
-        except Exception as exc:  # reported through first_error and is_alive()
-            self.first_error = exc
+        except Exception as exc:
+            self._stopped_by(exc)
             log.error("writer.open_failed", error=str(exc))
             return
         try:
@@ -313,9 +327,9 @@ class Writer(threading.Thread):
                 self.attempts += 1
                 if not _passes_by_itself(exc):
                     # A constraint, a bug: retrying forever would look like a full disk.
-                    self.first_error = as_corrupt(self._path, exc) if self._path else exc
-                    if not isinstance(self.first_error, DatabaseCorrupt):
-                        self.first_error = CommitFailed(exc)
+                    error = as_corrupt(self._path, exc) if self._path else exc
+                    self._stopped_by(error if isinstance(error, DatabaseCorrupt)
+                                     else CommitFailed(exc))
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("writer.failed", error=self.last_error, batches=len(group),
                               action="stopping; a restart catches up from the folders")

@@ -1,0 +1,255 @@
+"""Start-up: from the database and one stat pass to a Reconciler equal to the folders.
+
+The apply thread runs it before its loop (docs/design.md, rule 5). A stat pass
+compares the files with the signatures stored at the last commit; what differs
+(or what changed settings make stale) is re-read in chunks, each committed by
+the writer while the next is parsed. `on_in_sync` is called exactly once, as
+soon as the database equals the folders: before the pipeline state is loaded
+when nothing changed, after the catch-up is committed otherwise. A small unit
+with an injected clock, tested in-process (tests/test_startup.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelined.config import Config
+from pipelined.errors import PipelinedError
+from pipelined.layout import (
+    FileSignature,
+    git_busy,
+    split_rel_path,
+    stat_signatures,
+    symlinked_story_ids,
+)
+from pipelined.logs import get_logger
+from pipelined.policies import CompactionPolicy
+from pipelined.shaping import reread_for_settings, stored_with_settings
+from pipelined.store.connection import open_read_only
+from pipelined.store.load import Signatures, read_contents, read_signatures, read_state
+from pipelined.store.writer import Writer, WriterStopped
+
+if TYPE_CHECKING:  # the sync, the story parser and batches load with the state
+    from pipelined.sync import Reconciler, SyncResult
+
+__all__ = ["STARTUP_CHUNK", "Started", "Startup", "StartupStopped", "new_client_id"]
+
+log = get_logger("pipelined.startup")
+
+STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
+
+
+class StartupStopped(Exception):
+    """A second SIGTERM/SIGINT stopped the catch-up: the chunks committed so far
+    stay, and the next start re-reads only the files of the others."""
+
+
+def new_client_id() -> int:
+    """A random pycrdt client id (32 bits, as Yjs uses), persisted for reuse."""
+    return int.from_bytes(os.urandom(4), "big")
+
+
+@dataclass(slots=True)
+class Started:
+    """What the start-up hands to the apply loop."""
+
+    reconciler: Reconciler
+    compaction: CompactionPolicy  # primed with the size of the loaded history
+    deferred: set[str]  # ids found absent: their delete waits for the DeletePolicy
+    # The catch-up loaded only the contents it needed; `load_other_contents` reads
+    # the rest (after READY, before the first flush).
+    other_contents_owed: bool
+
+
+class Startup:
+    """Load + catch-up, once per daemon run (on the apply thread)."""
+
+    def __init__(self, config: Config, root: Path, db_path: Path, writer: Writer,
+                 on_in_sync: Callable[[int], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.root = root
+        self.db_path = db_path
+        self.writer = writer
+        self._on_in_sync = on_in_sync
+        self._in_sync_told = False
+        self._clock = clock
+
+    def run(self) -> Started:
+        """The stat pass against the stored signatures, the state, the catch-up.
+
+        The watcher is already running. When the stat pass finds nothing to
+        re-read, the database already equals the folders: `on_in_sync` is
+        called at once and the state and content map load right after.
+        Otherwise the state loads first and the changes are committed before.
+        """
+        started = self._clock()
+        conn = open_read_only(self.db_path)
+        try:
+            stored = read_signatures(conn)
+            unlistable: dict[str, str] = {}
+            seen = stat_signatures(self.root, self.config.stages, unlistable)
+            if not unlistable and seen == stored.by_path:
+                touched: set[str] = set()  # every known file there, unchanged
+            else:
+                from pipelined.sync import changed_story_ids
+
+                known_ids = {split_rel_path(path)[1] for path in stored.by_path}
+                touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
+            stat_ms = self._ms_since(started)
+            stored_with = stored_with_settings(self.config.max_file_bytes)
+            reread = (set() if stored.stored_with == stored_with
+                      else reread_for_settings(stored.stored_with, stored_with, stored.by_path))
+            touched |= reread
+            in_sync_early = (not touched and stored.client_id is not None
+                             and stored.stored_with == stored_with)
+            if in_sync_early:
+                self._in_sync(stored.story_count)
+            self.writer.begin()  # its quick_check: after the stat pass
+            loaded = self._load_state(conn, stored, None if in_sync_early else touched)
+        finally:
+            conn.close()
+        reconciler = loaded.reconciler
+        # Unreadable and symlinked files are looked at again whatever their signature.
+        for stage, why in unlistable.items():
+            reconciler.note_stage_problem(stage, why)
+        totals = self._catch_up(reconciler, touched | reconciler.unreadable,
+                                loaded.mismatch | reread,
+                                new_client=stored.client_id is None,
+                                stored_with=None if stored.stored_with == stored_with
+                                else stored_with)
+        if reread:
+            log.info("startup.settings_changed", reread=len(reread), now=stored_with,
+                     before=stored.stored_with)
+        self._in_sync(len(reconciler.state))
+        log.info("daemon.startup", stories_loaded=stored.story_count,
+                 crdt_updates=loaded.compaction.updates,
+                 files_stat_checked=len(seen), files_reread=totals.files_read,
+                 created=totals.created, updated=totals.updated, moved=totals.moved,
+                 deleted=totals.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
+                 ms=self._ms_since(started))
+        return Started(reconciler, loaded.compaction, totals.absent, loaded.other_contents_owed)
+
+    def load_other_contents(self, reconciler: Reconciler) -> None:
+        """After a catch-up: the contents it did not need, as committed (its own rows
+        are already in the map and are not overwritten)."""
+        content = reconciler.content
+        conn = open_read_only(self.db_path)
+        try:
+            for story_id, text in read_contents(conn):
+                if not content.has(story_id):
+                    content.set_content(story_id, text)
+        finally:
+            conn.close()
+
+    def _ms_since(self, started: float) -> int:
+        return int((self._clock() - started) * 1000)
+
+    def _in_sync(self, stories: int) -> None:
+        if not self._in_sync_told:
+            self._in_sync_told = True
+            self._on_in_sync(stories)
+
+    def _catch_up(self, reconciler: Reconciler, touched: set[str], mismatch: set[str],
+                  *, new_client: bool, stored_with: str | None = None) -> SyncResult:
+        """Reconcile what changed while the daemon was stopped; wait until it is committed.
+
+        In chunks of STARTUP_CHUNK ids, each its own pycrdt transaction and batch
+        (update, rows and signatures together, as for a burst), so the writer
+        commits one chunk while this thread parses the next: a first import
+        takes the longer of the two instead of their sum. A crash in between
+        leaves the rest without signatures, and the next start reads only those.
+        `stored_with` (the settings the rows are now made with) is recorded with
+        the first chunk, or with the last when rows are to be rewritten
+        (`mismatch`: stale under changed settings, or disagreeing with the
+        state): a crash before it then leaves the old value, and the next start
+        re-reads again what the change affects.
+        """
+        from pipelined.store.batch import Batch
+        from pipelined.sync import SyncResult, logs_each_story
+
+        confirm_absent = not git_busy(self.root)
+        ids = sorted(touched | mismatch)
+        log_each = logs_each_story(len(ids) + len(reconciler.symlinked))  # the whole catch-up
+        totals = SyncResult(Batch())
+        seq = None
+        last_begin = max(0, len(ids) - 1) // STARTUP_CHUNK * STARTUP_CHUNK
+        for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
+            chunk = ids[begin:begin + STARTUP_CHUNK]
+            result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
+                                          repair=mismatch.intersection(chunk),
+                                          log_each=log_each)
+            if new_client and begin == 0:
+                result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
+            totals.absent |= result.absent
+            totals.add_counts(result)
+            if (stored_with is not None and begin == (last_begin if mismatch else 0)
+                    and not totals.skipped & mismatch):
+                # Not while a story to re-read sits in a folder that cannot be read:
+                # the next start re-reads what the new settings affect again.
+                result.batch.meta["stored_with"] = stored_with
+            try:
+                seq = self.writer.submit(result.batch)
+            except WriterStopped:
+                raise self._writer_stopped() from None
+        if seq is not None and not self.writer.wait_committed(seq):
+            raise self._writer_stopped()
+        return totals
+
+    def _writer_stopped(self) -> BaseException:
+        """Why the catch-up cannot go on: a second signal abandoned the writer (not a
+        failure), or the writer's own failure (it reported it to the run's Outcome)."""
+        if self.writer.abandoned:
+            return StartupStopped()
+        first = self.writer.first_error
+        if isinstance(first, PipelinedError):
+            return first
+        return RuntimeError("the writer stopped before the startup changes were committed")
+
+    def _load_state(self, conn: Any, stored: Signatures, touched: set[str] | None) -> _Loaded:
+        """The pycrdt document, the content map and the known files, from the database.
+
+        With `touched` (files changed while stopped: READY waits for this load)
+        the content map holds only what the catch-up reconciles; the rest is
+        read after READY (`load_other_contents`), before the first flush: a
+        large catalogue's contents are not read before READY.
+        """
+        from pipelined.content import ContentMap
+        from pipelined.state import PipelineState  # pycrdt: loaded only with the state
+        from pipelined.sync import KnownFile, Reconciler
+
+        full = read_state(conn)
+        client_id = stored.client_id if stored.client_id is not None else new_client_id()
+        state = PipelineState(client_id)
+        applied = state.load(full.updates)
+        compaction = CompactionPolicy(self.config.compact_updates,
+                                      sum(len(u) for u in full.updates), applied)
+        known = [KnownFile(sid, stage, FileSignature(mtime, size, inode), bool(winner))
+                 for _path, sid, stage, mtime, size, inode, winner in full.signatures]
+        mismatch = state.ids() ^ full.row_ids
+        if mismatch:
+            log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
+                        count=len(mismatch))
+        symlinked = symlinked_story_ids(self.root, self.config.stages)
+        # Every id the catch-up reconciles (see reconcile(): symlinked ones too).
+        first = None if touched is None else touched | full.unreadable | mismatch | symlinked
+        content = ContentMap(read_contents(conn, first))
+        reconciler = Reconciler(self.root, self.config.stages, state, content, known,
+                                self.config.max_file_bytes, stored.high_water,
+                                unreadable=full.unreadable, symlinked=symlinked)
+        # A first import owes nothing: every row is one the catch-up writes.
+        owed = first is not None and bool(full.row_ids - first)
+        return _Loaded(reconciler, compaction, mismatch, owed)
+
+
+@dataclass(slots=True)
+class _Loaded:
+    reconciler: Reconciler
+    compaction: CompactionPolicy
+    mismatch: set[str]  # ids in the state but not the rows, or the other way round
+    other_contents_owed: bool
