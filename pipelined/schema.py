@@ -13,6 +13,7 @@ import json
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
+    "ERROR_CODES",
     "FIELDS",
     "FLAG_FIELDS",
     "ITEM_COLUMNS",
@@ -23,7 +24,10 @@ __all__ = [
     "STATE_KEYS",
     "STORY_FIELDS",
     "STORY_TYPES",
+    "StoryError",
     "StoryField",
+    "errors_from_column",
+    "errors_to_column",
     "from_column",
     "to_column",
 ]
@@ -86,3 +90,45 @@ def from_column(name: str, value: Any) -> Any:
     if kind == "refs":
         return json.loads(value) if value else None
     return value
+
+
+# What can be wrong with a story file: a stable code (for scripts, agents and
+# tests) and a message (for people, free to change). Codes never change meaning.
+ERROR_CODES = {
+    "unreadable": "the file could not be read (permissions, I/O)",
+    "too_large": "the file is over max_file_bytes: no fields, no content",
+    "not_utf8": "the file is not UTF-8",
+    "empty": "the file is empty",
+    "front_matter_unclosed": "an opening --- line with no closing one",
+    "front_matter_syntax": "the front matter is no YAML mapping",
+    "front_matter_too_large": "the front matter expands past the parser's limits",
+    "bad_value": "a pipeline field holds a value of the wrong kind (it reads as null)",
+    "duplicate_key": "a key appears twice; a pipeline field given twice reads as null",
+    "parser_failed": "the parser itself failed on the file (a bug: report it)",
+    "unknown": "stored before error codes existed (read again at the next start)",
+}
+
+
+class StoryError(NamedTuple):
+    """One problem of one story file: `code` (a key of ERROR_CODES) and a message."""
+
+    code: str
+    message: str
+
+
+def errors_to_column(errors: tuple[StoryError, ...]) -> str | None:
+    """`story_extras.errors`: a JSON list of {"code", "message"} objects, or NULL."""
+    if not errors:
+        return None
+    return json.dumps([{"code": e.code, "message": e.message} for e in errors],
+                      ensure_ascii=False)
+
+
+def errors_from_column(text: str | None) -> list[dict[str, str]]:
+    """The stored errors as {"code", "message"} objects. A database written before
+    error codes holds bare messages: they read as code "unknown" until re-read."""
+    if not text:
+        return []
+    return [{"code": "unknown", "message": e} if isinstance(e, str) else e
+            for e in json.loads(text)]
+

@@ -19,7 +19,8 @@ __all__ = ["PARSER_VERSION", "reread_for_settings", "stored_with_settings"]
 # stored for the same file (fields, extra keys, errors): the daemon stores this
 # number and re-reads every story file when it differs.
 # 2: strict field types, duplicate keys are errors.
-PARSER_VERSION = 2
+# 3: each error is {"code", "message"} (schema.ERROR_CODES).
+PARSER_VERSION = 3
 
 
 def stored_with_settings(max_file_bytes: int) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 # The version of these rules (bump it there when they change what is stored) is
 # defined beside the other settings that shape stored rows: a restart compares
 # it without importing the parser.
-from pipelined.schema import FIELDS, KIND  # FIELDS re-exported: the parser's fields
+from pipelined.schema import FIELDS, KIND, StoryError  # FIELDS re-exported: the parser's fields
 from pipelined.shaping import PARSER_VERSION
 
 __all__ = ["FIELDS", "PARSER_VERSION", "ParsedStory", "parse_story", "story_number"]
@@ -122,7 +122,7 @@ class ParsedStory:
     fields: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     content: str | None = None  # None only for an oversized file
-    errors: tuple[str, ...] = ()
+    errors: tuple[StoryError, ...] = ()  # codes and messages (schema.ERROR_CODES)
     # True when the file as a whole gave no fields (no or unparsable front
     # matter, empty, not UTF-8, too large): a half-written file looks like this.
     broken: bool = False
@@ -215,21 +215,23 @@ def parse_story(raw: bytes, max_bytes: int) -> ParsedStory:
     except Exception as exc:  # a bug or a hostile file must not stop the sync
         text = raw.decode("utf-8", errors="replace") if len(raw) <= max_bytes else None
         return ParsedStory(_null_fields(), broken=True, content=text,
-                           errors=(f"cannot parse the file ({type(exc).__name__})",))
+                           errors=(StoryError("parser_failed",
+                                              f"cannot parse the file ({type(exc).__name__})"),))
 
 
 def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
     if len(raw) > max_bytes:
         return ParsedStory(_null_fields(), broken=True, content=None,
-                           errors=(f"file is {len(raw)} bytes, over the {max_bytes}-byte limit",))
+                           errors=(too_large(len(raw), max_bytes),))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         text = raw.decode("utf-8", errors="replace")
         return ParsedStory(_null_fields(), broken=True, content=text,
-                           errors=(f"not UTF-8 (byte {exc.start})",))
+                           errors=(StoryError("not_utf8", f"not UTF-8 (byte {exc.start})"),))
     if not text.strip():
-        return ParsedStory(_null_fields(), broken=True, content=text, errors=("file is empty",))
+        return ParsedStory(_null_fields(), broken=True, content=text,
+                           errors=(StoryError("empty", "file is empty"),))
     # Front matter only counts at the very top (after an optional byte order mark).
     head = text.removeprefix("\ufeff")
     opening = _FRONT_MATTER_START.match(head)
@@ -237,19 +239,22 @@ def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
         return ParsedStory(_null_fields(), broken=True, content=text)
     if not _FRONT_MATTER_END.search(head, opening.end()):
         return ParsedStory(_null_fields(), broken=True, content=text,
-                           errors=("front matter is not closed by a --- line",))
+                           errors=(StoryError("front_matter_unclosed",
+                                              "front matter is not closed by a --- line"),))
     try:
         metadata, duplicates = _load_front_matter(head)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         return ParsedStory(_null_fields(), broken=True, content=text,
-                           errors=(f"front matter does not parse: {reason}",))
+                           errors=(StoryError("front_matter_syntax",
+                                              f"front matter does not parse: {reason}"),))
     try:
         fields, extra, errors = _read_keys(metadata or {}, duplicates)
     except _TooBig:
-        return ParsedStory(_null_fields(), broken=True, content=text, errors=(
+        return ParsedStory(_null_fields(), broken=True, content=text, errors=(StoryError(
+            "front_matter_too_large",
             f"front matter is too large or too deep (over {MAX_NODES} values or "
-            f"{MAX_DEPTH} levels once YAML aliases are expanded)",))
+            f"{MAX_DEPTH} levels once YAML aliases are expanded)"),))
     return ParsedStory(fields, extra=extra, content=text, errors=tuple(errors))
 
 
@@ -276,24 +281,24 @@ def _load_front_matter(head: str) -> tuple[dict[Any, Any] | None, list[_Duplicat
 
 
 def _read_keys(metadata: dict[Any, Any], duplicates: list[_Duplicate],
-               ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+               ) -> tuple[dict[str, Any], dict[str, Any], list[StoryError]]:
     """(typed fields, extra keys, errors) of a loaded front matter; raises _TooBig."""
     twice = {str(d.key) for d in duplicates if d.top_level}
     fields = _null_fields()
     extra: dict[str, Any] = {}
-    errors: list[str] = []
-    duplicate_errors: dict[str, None] = {}  # in order, each once
+    errors: list[StoryError] = []
+    duplicate_errors: dict[str, None] = {}  # messages in order, each once
     budget = [MAX_NODES]
     for key, value in metadata.items():
         name = str(key)
         if name in FIELDS:
             if name in twice:  # which value is meant is unclear, e.g. after a git merge
-                errors.append(_duplicate_key(name))
+                errors.append(StoryError("duplicate_key", _duplicate_key(name)))
                 continue
             try:
                 fields[name] = _typed(name, value)
             except ValueError as exc:
-                errors.append(f"{name}: {exc}")
+                errors.append(StoryError("bad_value", f"{name}: {exc}"))
         else:
             if name in twice or name in extra:  # `1:` and `"1":` are both "1"
                 duplicate_errors[_duplicate_key(name)] = None
@@ -301,7 +306,12 @@ def _read_keys(metadata: dict[Any, Any], duplicates: list[_Duplicate],
     for d in sorted(duplicates, key=lambda d: d.line):
         if not d.top_level:
             duplicate_errors[_duplicate_key(str(d.key), d.line)] = None
-    return fields, extra, errors + _capped(list(duplicate_errors))
+    return fields, extra, errors + [StoryError("duplicate_key", m)
+                                     for m in _capped(list(duplicate_errors))]
+
+
+def too_large(size: int, max_bytes: int) -> StoryError:
+    return StoryError("too_large", f"file is {size} bytes, over the {max_bytes}-byte limit")
 
 
 def _duplicate_key(name: str, line: int | None = None) -> str:

@@ -26,9 +26,9 @@ from pipelined.layout import (
     stat_story,
 )
 from pipelined.logs import get_logger
-from pipelined.schema import FIELDS, RESET_ON_MOVE
+from pipelined.schema import FIELDS, RESET_ON_MOVE, StoryError
 from pipelined.store.batch import Batch, RowUpsert, SignatureRow
-from pipelined.story import ParsedStory, parse_story, story_number
+from pipelined.story import ParsedStory, parse_story, story_number, too_large
 
 if TYPE_CHECKING:  # pycrdt is imported only once the state is loaded
     from pipelined.state import PipelineState
@@ -331,14 +331,14 @@ class Reconciler:
                 size = story_file.signature.size
                 return ParsedStory(
                     dict.fromkeys(FIELDS), content=None, broken=True,
-                    errors=(f"file is {max(size, len(raw))} bytes, over the "
-                            f"{self.max_file_bytes}-byte limit",))
+                    errors=(too_large(max(size, len(raw)), self.max_file_bytes),))
         except (FileNotFoundError, RefusedFile):
             return None  # gone, or no story any more (a FIFO, a symlink out of the root)
         except OSError as exc:
             record.unreadable = True
             return ParsedStory(dict.fromkeys(FIELDS), content=None, broken=True,
-                               errors=(f"cannot read the file ({exc.strerror})",))
+                               errors=(StoryError("unreadable",
+                                                  f"cannot read the file ({exc.strerror})"),))
         return parse_story(raw, self.max_file_bytes)
 
     def _find_files(self, story_id: str, record: Tracked) -> list[StoryFile] | None:
@@ -542,4 +542,4 @@ class Reconciler:
             ))
             if parsed.errors:
                 log.warning("story.parse_error", id=story_id, path=winner.rel_path,
-                            error=parsed.errors[0])
+                            code=parsed.errors[0].code, error=parsed.errors[0].message)

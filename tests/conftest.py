@@ -212,6 +212,12 @@ class DaemonProcess:
         finally:
             conn.close()
 
+    def errors(self, story_id: str) -> list[tuple[str, str]]:
+        """The errors stored for a story, as (code, message) pairs."""
+        rows = self.query("SELECT errors FROM story_extras WHERE id = ?", (story_id,))
+        stored = json.loads(rows[0][0]) if rows and rows[0][0] else []
+        return [(e["code"], e["message"]) for e in stored]
+
     def rows(self) -> dict[str, dict[str, Any]]:
         cols = ("id", "name", "stage", "agent", "retry_count", "blocked", "depends_on",
                 "content", "created_at", "updated_at")

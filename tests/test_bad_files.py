@@ -7,11 +7,6 @@ import json
 from conftest import DaemonProcess, Stories
 
 
-def errors_of(daemon: DaemonProcess, story_id: str) -> list[str]:
-    rows = daemon.query("SELECT errors FROM story_extras WHERE id = ?", (story_id,))
-    return json.loads(rows[0][0]) if rows and rows[0][0] else []
-
-
 class TestBadFiles:
     def test_bad_files_are_stories_with_errors(self, stories: Stories,
                                                daemon: DaemonProcess) -> None:
@@ -28,16 +23,18 @@ class TestBadFiles:
             daemon.wait_row(story_id)
         rows = daemon.rows()
         assert rows["1_bad_yaml"]["name"] is None
-        assert errors_of(daemon, "1_bad_yaml")[0].startswith("front matter does not parse")
-        assert errors_of(daemon, "2_empty") == ["file is empty"]
+        ((code, message),) = daemon.errors("1_bad_yaml")
+        assert code == "front_matter_syntax" and message.startswith("front matter does not parse")
+        assert daemon.errors("2_empty") == [("empty", "file is empty")]
         assert rows["3_latin1"]["content"] == "---\nname: caf\ufffd\n---\n"
-        assert errors_of(daemon, "3_latin1") == ["not UTF-8 (byte 13)"]
+        assert daemon.errors("3_latin1") == [("not_utf8", "not UTF-8 (byte 13)")]
         assert rows["4_huge"]["content"] is None and rows["4_huge"]["name"] is None
-        assert "over the 2000-byte limit" in errors_of(daemon, "4_huge")[0]
+        ((code, message),) = daemon.errors("4_huge")
+        assert code == "too_large" and "over the 2000-byte limit" in message
         assert rows["5_wrong_type"]["name"] == "Kept"
         assert rows["5_wrong_type"]["retry_count"] is None
-        assert errors_of(daemon, "5_wrong_type") == [
-            "retry_count: expected an integer from 0 to 9007199254740991, got 'lots'"]
+        assert daemon.errors("5_wrong_type") == [("bad_value",
+            "retry_count: expected an integer from 0 to 9007199254740991, got 'lots'")]
         doctor = json.loads(daemon.cli("doctor", "--json").stdout)
         assert {e["id"] for e in doctor["parse_errors"]} == {
             "1_bad_yaml", "2_empty", "3_latin1", "4_huge", "5_wrong_type"}
@@ -48,10 +45,10 @@ class TestBadFiles:
         stories.write("2_current", "7_story_fix", "---\nname: [oops\n---\n")
         daemon.start()
         daemon.wait_row("7_story_fix")
-        assert errors_of(daemon, "7_story_fix")
+        assert [code for code, _ in daemon.errors("7_story_fix")] == ["front_matter_syntax"]
         stories.write("2_current", "7_story_fix", name="Fixed")
         daemon.wait_row("7_story_fix", lambda r: r["name"] == "Fixed")
-        assert errors_of(daemon, "7_story_fix") == []
+        assert daemon.errors("7_story_fix") == []
 
     def test_symlink_out_of_root_is_not_followed(self, stories: Stories,
                                                  daemon: DaemonProcess) -> None:

@@ -39,11 +39,6 @@ SECRET = "SECRET-7f3a9c-outside-the-root"
 
 
 
-def errors_of(daemon: DaemonProcess, story_id: str) -> list[str]:
-    rows = daemon.query("SELECT errors FROM story_extras WHERE id = ?", (story_id,))
-    return json.loads(rows[0][0]) if rows and rows[0][0] else []
-
-
 def doctor_json(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
     result = daemon.cli("doctor", "--json")
     return result.returncode, json.loads(result.stdout)
@@ -110,7 +105,7 @@ class TestNoFrontMatter:
         assert row["content"] == text
         assert [row[k] for k in ("name", "agent", "retry_count", "blocked", "depends_on")] == [
             None] * 5
-        assert errors_of(daemon, "40_story_plain") == []  # README: no front matter is no error
+        assert daemon.errors("40_story_plain") == []  # README: no front matter is no error
         good.check()
         doctor_clean(daemon)
 
@@ -130,8 +125,9 @@ class TestOversizedFile:
         assert row["stage"] == "1_backlog"
         assert row["content"] is None
         assert row["name"] is None and row["agent"] is None
-        errors = errors_of(daemon, "41_story_huge")
-        assert len(errors) == 1 and f"over the {MIB}-byte limit" in errors[0]
+        errors = daemon.errors("41_story_huge")
+        assert len(errors) == 1 and errors[0][0] == "too_large"
+        assert f"over the {MIB}-byte limit" in errors[0][1]
         good.check()
 
         code, report = doctor_json(daemon)
@@ -140,13 +136,14 @@ class TestOversizedFile:
         text = daemon.cli("doctor")
         assert text.returncode == 1 and "41_story_huge" in text.stdout
         shown = json.loads(daemon.cli("show", "41_story_huge", "--json", check=True).stdout)
-        assert shown["content"] is None and shown["errors"] == errors
+        assert shown["content"] is None
+        assert shown["errors"] == [{"code": c, "message": m} for c, m in errors]
 
         small = story_text(name="small again")
         stories.write("1_backlog", "41_story_huge", small)
         row = daemon.wait_row("41_story_huge", lambda r: r["content"] == small)
         assert row["name"] == "small again"
-        assert errors_of(daemon, "41_story_huge") == []
+        assert daemon.errors("41_story_huge") == []
         doctor_clean(daemon)
 
     def test_good_story_grown_past_the_limit_drops_its_content(
@@ -160,7 +157,7 @@ class TestOversizedFile:
             handle.write("y" * (3 * MIB))
         row = daemon.wait_row("42_story_grows", lambda r: r["content"] is None)
         assert (row["stage"], row["name"], row["agent"]) == ("4_merge", None, None)
-        assert errors_of(daemon, "42_story_grows")
+        assert daemon.errors("42_story_grows")
         good.check()
 
 
@@ -512,8 +509,8 @@ class TestUnreadableFile:
         row = daemon.wait_row("80_story_locked")
         assert row["stage"] == "2_current"
         assert row["content"] is None and row["name"] is None
-        assert errors_of(daemon, "80_story_locked") == [
-            "cannot read the file (Permission denied)"]
+        assert daemon.errors("80_story_locked") == [
+            ("unreadable", "cannot read the file (Permission denied)")]
         code, report = doctor_json(daemon)
         assert code == 1 and [e["id"] for e in report["parse_errors"]] == ["80_story_locked"]
         daemon_bound_by_modes.check()
@@ -527,11 +524,11 @@ class TestUnreadableFile:
         text = story_text(name="unlocked")
         write_unreadable(path, text)
         daemon.wait_row("81_story_unlocked")
-        assert errors_of(daemon, "81_story_unlocked")
+        assert daemon.errors("81_story_unlocked")
         os.chmod(path, 0o644)
         row = daemon.wait_row("81_story_unlocked", lambda r: r["content"] == text, timeout=10)
         assert row["name"] == "unlocked"
-        assert errors_of(daemon, "81_story_unlocked") == []
+        assert daemon.errors("81_story_unlocked") == []
         doctor_clean(daemon)
 
     @NOT_AS_ROOT

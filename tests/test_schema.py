@@ -11,6 +11,9 @@ from pipelined.schema import (
     KIND,
     RESET_ON_MOVE,
     STATE_KEYS,
+    StoryError,
+    errors_from_column,
+    errors_to_column,
     from_column,
     to_column,
 )
@@ -75,3 +78,18 @@ class TestSchema:
         conn.close()
         assert item is not None
         assert {k: item[k] for k in FIELDS} == {**fields, "depends_on": [7]}
+
+
+class TestErrorColumn:
+    def test_errors_round_trip_with_their_codes(self) -> None:
+        """Stored as JSON objects, read back as the same codes and messages; none is NULL."""
+        errors = (StoryError("bad_value", "agent: expected text, got 1"),
+                  StoryError("duplicate_key", "duplicate key 'é' in the front matter"))
+        stored = errors_to_column(errors)
+        assert errors_from_column(stored) == [e._asdict() for e in errors]
+        assert errors_to_column(()) is None and errors_from_column(None) == []
+
+    def test_messages_stored_before_codes_read_as_unknown(self) -> None:
+        """A database written by a version before error codes holds bare messages."""
+        assert errors_from_column('["file is empty"]') == [
+            {"code": "unknown", "message": "file is empty"}]

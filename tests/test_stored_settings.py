@@ -18,11 +18,6 @@ from pipelined.shaping import reread_for_settings
 BIG = story_text(name="big one", body="x" * 3000 + "\n")
 
 
-def errors_of(daemon: DaemonProcess, story_id: str) -> list[str]:
-    rows = daemon.query("SELECT errors FROM story_extras WHERE id = ?", (story_id,))
-    return json.loads(rows[0][0]) if rows and rows[0][0] else []
-
-
 def startup(daemon: DaemonProcess, start: int) -> dict[str, object]:
     """The `daemon.startup` line of the daemon's `start`-th start (logged after READY
     when nothing changed, so waited for)."""
@@ -39,13 +34,13 @@ class TestSizeLimitChanged:
         daemon.start("--max-file-bytes", "1000")
         row = daemon.wait_row("1_story_big")
         assert row["content"] is None and row["name"] is None
-        assert "over the 1000-byte limit" in errors_of(daemon, "1_story_big")[0]
+        assert "over the 1000-byte limit" in daemon.errors("1_story_big")[0][1]
         assert daemon.stop() == 0
 
         daemon.start("--max-file-bytes", "100000")
         row = daemon.wait_row("1_story_big", lambda r: r["content"] == BIG)
         assert row["name"] == "big one"
-        assert errors_of(daemon, "1_story_big") == []
+        assert daemon.errors("1_story_big") == []
         assert startup(daemon, 2)["files_reread"] == 1
         assert daemon.stop() == 0
 
@@ -63,7 +58,7 @@ class TestSizeLimitChanged:
         assert daemon.stop() == 0
         daemon.start("--max-file-bytes", "1000")
         daemon.wait_row("3_story_big", lambda r: r["content"] is None)
-        assert "over the 1000-byte limit" in errors_of(daemon, "3_story_big")[0]
+        assert "over the 1000-byte limit" in daemon.errors("3_story_big")[0][1]
         assert daemon.stop() == 0
 
 

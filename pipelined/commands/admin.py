@@ -118,7 +118,8 @@ def doctor(root: Path | None, db: Path | None, stages: str | None, config_file: 
             echo_line(f"conflict     {c['id']}: following {c['winner']}, "
                       f"also in {', '.join(c['others'])}")
         for e in report["parse_errors"]:
-            echo_line(f"parse error  {e['path'] or e['id']}: {'; '.join(e['errors'])}")
+            messages = "; ".join(f"{err['message']} ({err['code']})" for err in e["errors"])
+            echo_line(f"parse error  {e['path'] or e['id']}: {messages}")
         for d in report["drift"]:
             echo_line(f"drift        {d['path']}: {d['problem']}")
         for m in report["state_mismatch"]:

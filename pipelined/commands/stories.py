@@ -114,7 +114,7 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
 
         extra = json_text(json.dumps(story["extra"], ensure_ascii=False))
         lines.append(f"{'extra:':<13} {extra}")
-    lines += [f"{'error:':<13} {error}" for error in story["errors"]]
+    lines += [f"{'error:':<13} {e['message']} ({e['code']})" for e in story["errors"]]
     echo_lines([*lines, ""])
     echo_block(story["content"] if story["content"] is not None
                else "(content not copied: file over the size limit)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelined.schema import StoryError
+
 __all__ = ["Batch", "Compaction", "RowUpsert", "SignatureRow"]
 
 
@@ -17,7 +19,7 @@ class RowUpsert:
     fields: dict[str, Any]  # name, agent, retry_count, blocked, depends_on
     content: str | None
     extra: dict[str, Any]
-    errors: tuple[str, ...]
+    errors: tuple[StoryError, ...]
     unreadable: bool = False  # the file could not be read (its errors say why)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import apsw
 
 from pipelined.errors import PipelinedError
-from pipelined.schema import FLAG_FIELDS, ITEM_COLUMNS, REFS_FIELDS
+from pipelined.schema import FLAG_FIELDS, ITEM_COLUMNS, REFS_FIELDS, errors_from_column
 from pipelined.store.connection import open_read_only, transaction
 
 __all__ = [
@@ -95,7 +95,7 @@ def _get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
     extra = conn.execute("SELECT extra, errors FROM story_extras WHERE id = ?",
                          (story_id,)).fetchone()
     item["extra"] = json.loads(extra[0]) if extra else {}
-    item["errors"] = json.loads(extra[1]) if extra and extra[1] else []
+    item["errors"] = errors_from_column(extra[1] if extra else None)
     item["files"] = [
         {"path": path, "winner": bool(winner)} for path, winner in conn.execute(
             "SELECT path, winner FROM file_signatures WHERE story_id = ? "
@@ -137,7 +137,7 @@ def conflicts(conn: apsw.Connection) -> list[dict[str, Any]]:
 def parse_errors(conn: apsw.Connection) -> list[dict[str, Any]]:
     """Stories whose file has an error, with the file followed ('<stage>/<id>.md')."""
     return [
-        {"id": story_id, "path": path, "errors": json.loads(errors)}
+        {"id": story_id, "path": path, "errors": errors_from_column(errors)}
         for story_id, path, errors in conn.execute(
             "SELECT e.id, s.path, e.errors FROM story_extras e "
             "LEFT JOIN file_signatures s ON s.story_id = e.id AND s.winner = 1 "

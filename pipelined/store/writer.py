@@ -24,7 +24,7 @@ import apsw
 from pipelined.errors import CommitFailed, DatabaseCorrupt
 from pipelined.logs import get_logger
 from pipelined.outcome import Outcome
-from pipelined.schema import FIELDS, to_column
+from pipelined.schema import FIELDS, errors_to_column, to_column
 from pipelined.store.connection import as_corrupt, transaction
 
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
@@ -90,7 +90,7 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                 conn.execute(UPSERT_ITEM, params)
                 conn.execute(UPSERT_EXTRA, (
                     row.story_id, json.dumps(row.extra, ensure_ascii=False),
-                    json.dumps(list(row.errors), ensure_ascii=False) if row.errors else None,
+                    errors_to_column(row.errors),
                     int(row.unreadable),
                 ))
             for story_id in batch.deletes:
