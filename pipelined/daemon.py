@@ -451,7 +451,7 @@ class Daemon:
         except Exception:
             log.exception("watch.stop_failed")
         # Events still in the kernel queue died with the watcher: a last stat pass
-        # (tens of milliseconds) catches files written just before the signal.
+        # catches files written just before the signal.
         coalescer.request_rescan()
         coalescer.stop()
         hurried = False

@@ -84,8 +84,8 @@ def read_conn(config: Config) -> Any:
 def print_json(value: object) -> None:
     """An object indented; a list one element per line.
 
-    json's C encoder is used only without `indent`: an indented list of 100,000
-    stories took 1.5 s in the pure-Python one. One compact element per line is
+    json's C encoder is used only without `indent` (an indented list of many
+    stories goes through the far slower pure-Python one). One compact element per line is
     as easy to read and grep, and still one JSON document. Non-ASCII text stays
     readable, but DEL, C1 and bidi characters are escaped (`json_text`).
     """
