@@ -38,8 +38,8 @@ from pipelined.health import (
     Liveness,
     PathGuard,
     ProgressProbe,
+    StatusReporter,
     WatchdogPinger,
-    status_line,
 )
 from pipelined.layout import check_root
 from pipelined.logs import configure_logging, dropped_lines, get_logger
@@ -63,8 +63,6 @@ __all__ = ["ApplyLoop", "Daemon"]  # ApplyLoop re-exported
 log = get_logger("pipelined.daemon")
 
 HEALTH_EVERY_S = 0.5
-EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and again each second
-EXTEND_BY_USEC = 30_000_000
 WATCH_CHECK_S = 2.0  # stage folders created or replaced are watched within this
 UNWATCHED_RESCAN_S = 5.0  # a stat pass this often while a stage folder cannot be watched
 RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
@@ -105,11 +103,7 @@ class Daemon:
         self._liveness = Liveness([])
         self._pinger = WatchdogPinger(self.notifier, None)  # the real one: _watch_health()
         self._tick_in = HEALTH_EVERY_S
-        self._status = ""
-        self._status_commits = -1
-        self._stage_counts: dict[str, int] = {}
-        self._last_sync: str | None = None
-        self._last_extend = 0.0
+        self._status = StatusReporter(self.notifier, self._read_counts, self._started)
         self._last_watch_check = self._last_unwatched_rescan = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -123,7 +117,7 @@ class Daemon:
         self._reload_requested = True  # only a flag, as above; the health loop reloads
 
     def run(self) -> int:
-        started = self._started = time.monotonic()
+        started = self._started
         root = check_root(self.config.root, self.config.stages)
         db_path = self.config.db_path
         # Before the folder, the lock file or a -wal is created: a refused start
@@ -275,6 +269,14 @@ class Daemon:
             "(the last checkpoint saves what it held into the database file)"))
         self._wal_remembered = True
 
+    def _read_counts(self) -> tuple[dict[str, int], str | None]:
+        """Stories per stage and the last sync, for STATUS=."""
+        conn = open_read_only(self.config.db_path)
+        try:
+            return counts_by_stage(conn), meta(conn).get("last_sync")
+        finally:
+            conn.close()
+
     def _send_ready(self, stories: int) -> None:
         """READY=1: the database equals the folders (called on the apply thread).
 
@@ -319,47 +321,15 @@ class Daemon:
         """
         problems = self._liveness()
         self._pinger.tick(healthy=not problems)
+        writer = parts.writer
         if parts.apply.in_sync.done():
-            self._update_status(problems, parts.writer, self._folder_problems(parts))
+            self._status.running(problems, writer.commits, writer.last_error, writer.pending(),
+                                 self._folder_problems(parts))
         else:
-            self._extend_startup(problems)
+            self._status.starting(problems)
         # Kept for the health loop's first wait: READY must not delay a due ping.
         self._tick_in = min(HEALTH_EVERY_S, self._pinger.due_in())
         return self._tick_in
-
-    def _extend_startup(self, problems: list[str]) -> None:
-        """A long first import asks for more time each second while it makes progress."""
-        now = time.monotonic()
-        if problems:
-            self._send_status("starting, stalled: " + "; ".join(problems))
-            return
-        if now - self._started < EXTEND_EVERY_S or now - self._last_extend < EXTEND_EVERY_S:
-            return
-        self._last_extend = now
-        self._status = f"starting: reading the stories ({now - self._started:.0f} s)"
-        self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_BY_USEC}", f"STATUS={self._status}")
-
-    def _update_status(self, problems: list[str], writer: Writer,
-                       folder_problems: list[str]) -> None:
-        """STATUS= with the stories per stage and the last sync, sent when it changes."""
-        if writer.commits != self._status_commits:
-            try:
-                conn = open_read_only(self.config.db_path)
-                try:
-                    self._stage_counts = counts_by_stage(conn)
-                    self._last_sync = meta(conn).get("last_sync")
-                finally:
-                    conn.close()
-                self._status_commits = writer.commits
-            except Exception as exc:  # STATUS is advisory: try again next tick
-                log.debug("daemon.status_failed", error=str(exc))
-        self._send_status(status_line(self._stage_counts, self._last_sync, problems,
-                                      writer.last_error, writer.pending(), folder_problems))
-
-    def _send_status(self, text: str) -> None:
-        if text != self._status:
-            self._status = text
-            self.notifier.send(f"STATUS={text}")
 
     def _reload(self) -> None:
         """SIGHUP: RELOADING=1, the settings read again, what can change applied, READY=1.
@@ -388,7 +358,7 @@ class Daemon:
                             action="restart pipelined to apply needs_restart")
             else:
                 log.info("daemon.reloaded", applied=live, needs_restart=restart)
-        self._status = ""  # the next tick sends STATUS= again
+        self._status.resend()
         self.notifier.send("READY=1")
 
     def _keep_watching(self, parts: _Parts) -> None:

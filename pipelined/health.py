@@ -27,6 +27,7 @@ __all__ = [
     "Liveness",
     "PathGuard",
     "ProgressProbe",
+    "StatusReporter",
     "WatchdogPinger",
     "status_line",
 ]
@@ -162,6 +163,65 @@ def status_line(stages: Mapping[str, int], last_sync: str | None,
     if folder_problems:
         return f"degraded: {'; '.join(folder_problems)}; {text}"
     return f"in sync: {text}"
+
+
+EXTEND_EVERY_S = 1.0  # a startup this long sends EXTEND_TIMEOUT_USEC=, and again each second
+EXTEND_BY_USEC = 30_000_000
+
+
+class StatusReporter:
+    """What systemd hears as `STATUS=`, sent only when it changes, and during a long
+    start-up `EXTEND_TIMEOUT_USEC=` each second while it makes progress.
+
+    The main thread's alone. `read_counts` gives the stories per stage and the
+    last sync from the database; it is called again only after new commits.
+    """
+
+    def __init__(self, notifier: Notifier,
+                 read_counts: Callable[[], tuple[dict[str, int], str | None]],
+                 started: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.notifier = notifier
+        self._read_counts = read_counts
+        self._started = started
+        self._clock = clock
+        self.text = ""
+        self._commits = -1
+        self._counts: dict[str, int] = {}
+        self._last_sync: str | None = None
+        self._last_extend = 0.0
+
+    def starting(self, problems: Sequence[str]) -> None:
+        """Before READY: `starting, stalled: …`, or more time for a long first import."""
+        now = self._clock()
+        if problems:
+            self._send("starting, stalled: " + "; ".join(problems))
+            return
+        if now - self._started < EXTEND_EVERY_S or now - self._last_extend < EXTEND_EVERY_S:
+            return
+        self._last_extend = now
+        self.text = f"starting: reading the stories ({now - self._started:.0f} s)"
+        self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_BY_USEC}", f"STATUS={self.text}")
+
+    def running(self, problems: Sequence[str], commits: int, writer_error: str | None,
+                waiting: int, folder_problems: Sequence[str]) -> None:
+        """After READY: `status_line`, the counts read again after new commits."""
+        if commits != self._commits:
+            try:
+                self._counts, self._last_sync = self._read_counts()
+                self._commits = commits
+            except Exception:  # STATUS is advisory: read again at the next tick
+                pass
+        self._send(status_line(self._counts, self._last_sync, problems, writer_error,
+                               waiting, folder_problems))
+
+    def resend(self) -> None:
+        """The next STATUS= is sent even if unchanged (after a reload's READY=1)."""
+        self.text = ""
+
+    def _send(self, text: str) -> None:
+        if text != self.text:
+            self.text = text
+            self.notifier.send(f"STATUS={text}")
 
 
 class _Identity(NamedTuple):

@@ -21,12 +21,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
 from conftest import DEADLINE_S, DaemonProcess, Stories, wait_until
 
-from pipelined.health import Liveness, ProgressProbe, WatchdogPinger, status_line
+from pipelined.health import (
+    Liveness,
+    ProgressProbe,
+    StatusReporter,
+    WatchdogPinger,
+    status_line,
+)
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
 
 WATCHDOG_USEC = 200_000  # pings due every 0.1 s; a part is stalled after 1 s without progress
@@ -389,6 +396,60 @@ class TestStatusLine:
             "degraded: cannot write the database (BusyError: locked), 2 batches waiting; ")
         assert status_line({"1_backlog": 1}, None, problems=["writer is not running"],
                            writer_error="x").startswith("stalled: writer is not running; ")
+
+
+class TestStatusReporter:
+    def test_a_long_start_up_asks_for_more_time_each_second(
+            self, listener: NotifySocket) -> None:
+        """Nothing in the first second; then EXTEND_TIMEOUT_USEC= with STATUS= once a
+        second; a stalled part is said instead, and no more time is asked."""
+        clock = FakeClock()
+        status = StatusReporter(Notifier(listener.address), lambda: ({}, None), clock.now,
+                                clock)
+        status.starting([])
+        clock.now += 1.0
+        status.starting([])
+        clock.now += 0.5
+        status.starting([])  # within the second: nothing
+        clock.now += 0.5
+        status.starting([])
+        status.starting(["writer is stalled"])
+        listener.collect_for(0.2)
+        assert [m.text for m in listener.messages] == [
+            "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting: reading the stories (1 s)",
+            "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting: reading the stories (2 s)",
+            "STATUS=starting, stalled: writer is stalled",
+        ]
+
+    def test_status_is_sent_when_it_changes_and_counts_read_after_commits(
+            self, listener: NotifySocket) -> None:
+        """The counts are read again only after new commits; an unchanged line is not
+        sent again, unless resend() asked for it (after a reload); a failed read keeps
+        the last counts and is tried again."""
+        answers: list[Any] = [({"1_backlog": 1}, "t1"), OSError("the database is busy"),
+                              ({"1_backlog": 2}, "t2")]
+
+        def read_counts() -> tuple[dict[str, int], str | None]:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[no-any-return]
+
+        clock = FakeClock()
+        status = StatusReporter(Notifier(listener.address), read_counts, clock.now, clock)
+        status.running([], 1, None, 0, [])
+        status.running([], 1, None, 0, [])  # no new commit: no read, nothing sent
+        status.running([], 2, None, 0, [])  # the read fails: the last line stays
+        status.running([], 2, None, 0, [])  # read again: 2 stories
+        status.resend()
+        status.running([], 2, None, 0, [])
+        listener.collect_for(0.2)
+        assert answers == []  # read three times: after each new commit, and once again
+        assert [m.text for m in listener.messages] == [
+            "STATUS=in sync: 1 stories (1_backlog 1), last sync t1",
+            "STATUS=in sync: 2 stories (1_backlog 2), last sync t2",
+            "STATUS=in sync: 2 stories (1_backlog 2), last sync t2",
+        ]
 
 
 # -- the real daemon -----------------------------------------------------------------
