@@ -39,7 +39,7 @@ from pipelined.errors import (
     UnknownStage,
 )
 from pipelined.layout import is_story_name, stat_story
-from pipelined.schema import STORY_TYPES
+from pipelined.schema import MAX_TEXT, STORY_TYPES
 from pipelined.story import story_number
 
 __all__ = [
@@ -193,6 +193,10 @@ def create_story(root: Path, stages: Sequence[str], stage: str, title: str, stor
     name = title.strip()
     if not name:
         raise TitleError(title, "a story needs a title")
+    for what, given in (("title", name), ("agent", agent or "")):
+        if len(given) > MAX_TEXT:
+            raise TitleError(given[:40] + "...", f"the {what} is {len(given)} characters; "
+                                                 f"at most {MAX_TEXT}")
     if story_type not in STORY_TYPES:
         raise TitleError(story_type, f"the type is one of {', '.join(STORY_TYPES)}")
     folder = check_stage(root, stages, stage)

@@ -45,6 +45,9 @@ COMMANDS: Mapping[str, str] = {
     "new": "pipelined.commands.authoring:new",
     "move": "pipelined.commands.authoring:move",
     "init": "pipelined.commands.authoring:init",
+    "set": "pipelined.commands.editing:set_command",
+    "claim": "pipelined.commands.editing:claim",
+    "edit": "pipelined.commands.editing:edit",
 }
 # Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
 DAEMON_COMMANDS = frozenset({"run"})

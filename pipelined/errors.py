@@ -16,11 +16,15 @@ __all__ = [
     "DatabaseBusy",
     "DatabaseCorrupt",
     "DatabaseError",
+    "EditConflict",
+    "EditRefused",
+    "FieldError",
     "InotifyLimitError",
     "MigrationError",
     "PipelinedError",
     "RootError",
     "SearchQueryError",
+    "StoryClaimed",
     "StoryNotFound",
     "SyncTimeout",
     "TitleError",
@@ -166,3 +170,41 @@ class CommitFailed(PipelinedError):
         super().__init__(f"the database writer cannot commit ({type(cause).__name__}: "
                          f"{cause}), an error that does not pass by itself; stopping so that "
                          "a restart catches up from the folders (please report it)")
+
+
+class FieldError(PipelinedError):
+    """A field to set that does not exist, or a value of the wrong kind for it."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, value: object, why: str) -> None:
+        self.field = field
+        self.value = value
+        shown = repr(value)
+        super().__init__(f"{field}={shown if len(shown) <= 80 else shown[:77] + '...'}: {why}")
+
+
+class EditRefused(PipelinedError):
+    """A story file that cannot be edited safely line by line; nothing was written."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: cannot edit it: {why}; nothing was written")
+
+
+class EditConflict(PipelinedError):
+    """The story file changed between reading and writing it; nothing was written."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {why}; nothing was written (read it again and retry)")
+
+
+class StoryClaimed(PipelinedError):
+    """A claim of a story another agent holds."""
+
+    def __init__(self, story_id: str, agent: str) -> None:
+        self.story_id = story_id
+        self.agent = agent
+        super().__init__(f"{story_id} is claimed by {agent!r}")
+

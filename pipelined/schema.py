@@ -18,6 +18,7 @@ __all__ = [
     "FLAG_FIELDS",
     "ITEM_COLUMNS",
     "KIND",
+    "MAX_TEXT",
     "REFS_FIELDS",
     "RESET_ON_MOVE",
     "SORT_KEYS",
@@ -64,6 +65,8 @@ STATE_KEYS = ("stage", *FIELDS)
 # burst also changed it in the file). The history triggers (migration 0003)
 # read a stage change that sets it to 0 as that reset.
 RESET_ON_MOVE = "retry_count"
+# The longest name or agent pipelined writes into a file (`new`, `set`, MCP).
+MAX_TEXT = 500
 # The word after the number in a new story's id (`12_bug_login_crash`).
 STORY_TYPES = ("story", "bug", "spike", "refactor")
 # The orders `ls` and the views know.

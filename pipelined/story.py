@@ -165,6 +165,12 @@ def _jsonable(value: Any, budget: list[int], depth: int = 0) -> Any:
     return str(value)
 
 
+def check_field(key: str, value: Any) -> Any:
+    """A pipeline field's value as stored (`depends_on` as JSON text), or ValueError
+    saying what was expected and what was found."""
+    return _typed(key, value)
+
+
 def _typed(key: str, value: Any) -> Any:
     """Check one known field; raise ValueError saying what was expected and what was found.
 

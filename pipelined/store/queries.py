@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,13 @@ from typing import Any
 import apsw
 
 from pipelined.errors import PipelinedError
-from pipelined.schema import FLAG_FIELDS, ITEM_COLUMNS, REFS_FIELDS, errors_from_column
+from pipelined.schema import (
+    FLAG_FIELDS,
+    ITEM_COLUMNS,
+    REFS_FIELDS,
+    errors_from_column,
+    to_column,
+)
 from pipelined.store.connection import open_read_only, transaction
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "story_rows",
     "story_stage",
     "table_exists",
+    "wait_for_fields",
     "wait_for_stage",
 ]
 
@@ -194,13 +201,34 @@ def wait_for_stage(db_path: Path, story_id: str, stage: str, timeout_s: float,
                    poll_s: float = 0.05) -> bool:
     """Poll the database (read-only) until its row for `story_id` shows `stage` (a
     `move` waiting for a running daemon to sync its rename)."""
+    return _wait_for(db_path, lambda conn: story_stage(conn, story_id) == stage,
+                     timeout_s, poll_s)
+
+
+def wait_for_fields(db_path: Path, story_id: str, fields: Mapping[str, Any], timeout_s: float,
+                    poll_s: float = 0.02) -> bool:
+    """Poll until the row for `story_id` holds `fields` (stored forms, as the story
+    parser gives them): a `set` waiting for a running daemon to sync its edit."""
+    names = list(fields)
+    wanted = [to_column(name, fields[name]) for name in names]
+    sql = f"SELECT {', '.join(names)} FROM pipeline_items WHERE id = ?"
+
+    def holds(conn: apsw.Connection) -> bool:
+        row = conn.execute(sql, (story_id,)).fetchone()
+        return row is not None and list(row) == wanted
+
+    return _wait_for(db_path, holds, timeout_s, poll_s)
+
+
+def _wait_for(db_path: Path, holds: Callable[[apsw.Connection], bool], timeout_s: float,
+              poll_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     conn = None
     try:
         while True:
             try:
                 conn = conn or open_read_only(db_path)
-                if story_stage(conn, story_id) == stage:
+                if holds(conn):
                     return True
             except (PipelinedError, apsw.Error):
                 pass  # not created yet by a daemon that is starting: keep waiting
