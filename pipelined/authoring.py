@@ -39,7 +39,7 @@ from pipelined.errors import (
     UnknownStage,
 )
 from pipelined.layout import is_story_name, stat_story
-from pipelined.schema import MAX_TEXT, STORY_TYPES
+from pipelined.schema import MAX_TEXT, STORY_TYPES, parse_number
 from pipelined.story import story_number
 
 __all__ = [
@@ -278,8 +278,8 @@ def _cannot_write(folder: Path, exc: OSError) -> RootError:
 def find_story_file(root: Path, stages: Sequence[str], ref: str) -> tuple[str, str]:
     """(stage, story_id) of the story `ref` names: its id, or its bare number."""
     matches: list[tuple[str, str]] = []
-    if ref.isdigit():
-        number = int(ref)
+    number = parse_number(ref)
+    if number is not None:
         for stage in stages:
             try:
                 names = sorted(os.listdir(root / stage))

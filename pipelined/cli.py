@@ -48,6 +48,7 @@ COMMANDS: Mapping[str, str] = {
     "set": "pipelined.commands.editing:set_command",
     "claim": "pipelined.commands.editing:claim",
     "edit": "pipelined.commands.editing:edit",
+    "mcp": "pipelined.commands.mcp:mcp_command",
 }
 # Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
 DAEMON_COMMANDS = frozenset({"run"})

@@ -43,7 +43,7 @@ from pipelined.errors import (
     StoryClaimed,
     StoryNotFound,
 )
-from pipelined.schema import FIELDS, KIND, MAX_TEXT
+from pipelined.schema import FIELDS, KIND, MAX_TEXT, parse_number
 from pipelined.story import ParsedStory, check_field, parse_story
 
 __all__ = [
@@ -82,8 +82,8 @@ def parse_refs(text: str) -> list[int | str] | None:
         return None
     refs: list[int | str] = []
     for part in (p.strip() for p in text.split(",")):
-        if part.isdigit():
-            refs.append(int(part))
+        if (number := parse_number(part)) is not None:
+            refs.append(number)
         elif part and part[0].isdigit() and "_" in part and "/" not in part:
             refs.append(part)
         elif part:
@@ -108,9 +108,10 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if raw == "" or (kind != "text" and raw.strip() == ""):
         return name, None
     if kind == "count":
-        if not raw.strip().isdigit():
+        count = parse_number(raw.strip())
+        if count is None:
             raise FieldError(name, raw, "expected a whole number such as 0 or 3")
-        return name, int(raw.strip())
+        return name, count
     if kind == "flag":
         word = raw.strip().lower()
         if word not in ("true", "false", "yes", "no"):

@@ -32,6 +32,12 @@ __all__ = [
 ]
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a 10 kB id must not make a 10 kB error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class PipelinedError(Exception):
     """Base of every error pipelined reports to a user."""
 
@@ -107,7 +113,7 @@ class StoryNotFound(PipelinedError):
 
     def __init__(self, story_id: str) -> None:
         self.story_id = story_id
-        super().__init__(f"no story {story_id!r}")
+        super().__init__(f"no story {_shown(story_id)}")
 
 
 class UnknownStage(PipelinedError):
@@ -116,7 +122,7 @@ class UnknownStage(PipelinedError):
     def __init__(self, stage: str, stages: Sequence[str]) -> None:
         self.stage = stage
         self.stages = tuple(stages)
-        super().__init__(f"unknown stage {stage!r} (stages: {', '.join(stages)})")
+        super().__init__(f"unknown stage {_shown(stage)} (stages: {', '.join(stages)})")
 
 
 class AmbiguousStory(PipelinedError):
@@ -126,9 +132,9 @@ class AmbiguousStory(PipelinedError):
     def __init__(self, ref: str, paths: Sequence[str]) -> None:
         self.ref = ref
         self.paths = tuple(paths)
-        hint = ("give the full id" if ref.isdigit()
+        hint = ("give the full id" if ref.isascii() and ref.isdigit()
                 else "the same id in two stages is a conflict; remove one copy")
-        super().__init__(f"{ref!r} matches more than one story file: {', '.join(paths)} "
+        super().__init__(f"{_shown(ref)} matches more than one story file: {', '.join(paths)} "
                          f"({hint}; `pipelined doctor` shows conflicts)")
 
 
@@ -180,8 +186,7 @@ class FieldError(PipelinedError):
     def __init__(self, field: str, value: object, why: str) -> None:
         self.field = field
         self.value = value
-        shown = repr(value)
-        super().__init__(f"{field}={shown if len(shown) <= 80 else shown[:77] + '...'}: {why}")
+        super().__init__(f"{field}={_shown(value)}: {why}")
 
 
 class EditRefused(PipelinedError):

@@ -22,6 +22,7 @@ from pipelined.config import Config
 from pipelined.content import ContentMap
 from pipelined.errors import DatabaseError
 from pipelined.layout import check_readable_stages, check_root
+from pipelined.schema import parse_number
 from pipelined.shaping import stored_with_settings
 from pipelined.store.connection import open_read_only, open_writer
 from pipelined.store.lock import DaemonLock
@@ -63,9 +64,9 @@ def _old_high_water(db_path: Path) -> int:
                     "SELECT story_id FROM file_signatures"):
             try:
                 for (value,) in conn.execute(sql):
-                    text = str(value or 0).split("_", 1)[0]
-                    if text.isdigit() and int(text) < 2**63:
-                        found.append(int(text))
+                    number = parse_number(str(value or 0).split("_", 1)[0])
+                    if number is not None:
+                        found.append(number)
             except apsw.Error:
                 continue
     finally:

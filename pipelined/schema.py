@@ -18,6 +18,7 @@ __all__ = [
     "FLAG_FIELDS",
     "ITEM_COLUMNS",
     "KIND",
+    "MAX_NUMBER_DIGITS",
     "MAX_TEXT",
     "REFS_FIELDS",
     "RESET_ON_MOVE",
@@ -30,6 +31,7 @@ __all__ = [
     "errors_from_column",
     "errors_to_column",
     "from_column",
+    "parse_number",
     "to_column",
 ]
 
@@ -67,6 +69,20 @@ STATE_KEYS = ("stage", *FIELDS)
 RESET_ON_MOVE = "retry_count"
 # The longest name or agent pipelined writes into a file (`new`, `set`, MCP).
 MAX_TEXT = 500
+# A story number has at most this many digits (SQLite's INTEGER holds 2**63 - 1);
+# an id with a longer one is still a story, with no number.
+MAX_NUMBER_DIGITS = 18
+
+
+def parse_number(text: str) -> int | None:
+    """A story number as written (`12`, `007`): ASCII digits, at most
+    MAX_NUMBER_DIGITS of them; None for anything else (`²`, `١٢`, 5,000 digits,
+    which `int()` would take or choke on)."""
+    if 0 < len(text) <= MAX_NUMBER_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 # The word after the number in a new story's id (`12_bug_login_crash`).
 STORY_TYPES = ("story", "bug", "spike", "refactor")
 # The orders `ls` and the views know.

@@ -16,7 +16,12 @@ from typing import Any
 # The version of these rules (bump it there when they change what is stored) is
 # defined beside the other settings that shape stored rows: a restart compares
 # it without importing the parser.
-from pipelined.schema import FIELDS, KIND, StoryError  # FIELDS re-exported: the parser's fields
+from pipelined.schema import (  # FIELDS re-exported: the parser's fields
+    FIELDS,
+    KIND,
+    StoryError,
+    parse_number,
+)
 from pipelined.shaping import PARSER_VERSION
 
 __all__ = ["FIELDS", "PARSER_VERSION", "ParsedStory", "parse_story", "story_number"]
@@ -131,7 +136,7 @@ class ParsedStory:
 def story_number(story_id: str) -> int | None:
     """The number an id starts with (`10_story_login` -> 10), or None."""
     match = _ID_NUMBER.match(story_id)
-    return int(match.group(1)) if match else None
+    return parse_number(match.group(1)) if match else None
 
 
 def _null_fields() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pipelined.layout import (
     stat_story,
 )
 from pipelined.logs import get_logger
-from pipelined.schema import FIELDS, RESET_ON_MOVE, StoryError
+from pipelined.schema import FIELDS, RESET_ON_MOVE, StoryError, parse_number
 from pipelined.store.batch import Batch, RowUpsert, SignatureRow
 from pipelined.story import ParsedStory, parse_story, story_number, too_large
 
@@ -173,7 +173,8 @@ def read_at_most(fd: int, limit: int) -> bytes:
 
 def _stage_key(stage: str) -> tuple[int, str]:
     number, _, rest = stage.partition("_")
-    return (int(number) if number.isdigit() else -1, rest)
+    parsed = parse_number(number)
+    return (-1 if parsed is None else parsed, rest)
 
 
 def changed_story_ids(

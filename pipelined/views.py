@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pipelined.schema import SORT_KEYS
+from pipelined.schema import SORT_KEYS, parse_number
 from pipelined.story import story_number
 
 __all__ = [
@@ -54,8 +54,9 @@ class _Index:
         if isinstance(dep, int):
             return self.by_number.get(dep, [])
         if isinstance(dep, str):
-            if dep.isdigit():
-                return self.by_number.get(int(dep), [])
+            number = parse_number(dep)
+            if number is not None:
+                return self.by_number.get(number, [])
             found = self.by_id.get(dep)
             return [found] if found is not None else []
         return []

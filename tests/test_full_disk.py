@@ -23,10 +23,11 @@ import pytest
 from conftest import STAGES, Stories, modes_bind_prefix
 
 from pipelined.authoring import CLAIM_PREFIX
+from pipelined.schema import MAX_TEXT
 from pipelined.store.lock import holder, lock_path
 from pipelined.story import parse_story
 
-LIMIT = 4096  # bytes any file of the subprocess may reach
+LIMIT = 900  # bytes any file of the subprocess may reach
 
 
 def limit_file_size(limit: int) -> Callable[[], None]:
@@ -65,8 +66,8 @@ def left_behind(stories: Stories) -> list[str]:
 
 def long_title() -> str:
     """A title that makes the story file larger than LIMIT (it is written twice in full)."""
-    title = "Make the export page handle every column" + " and yet another column" * 120
-    assert len(title.encode()) * 2 > LIMIT
+    title = "Make the export page handle every column" + " and yet another column" * 20
+    assert len(title.encode()) * 2 > LIMIT and len(title) <= MAX_TEXT
     return title
 
 
@@ -76,7 +77,7 @@ class TestNewOnAFullDisk:
         """A story file larger than what the disk takes: the first write is cut
         short, the next fails; exit 1 with one `Error:` line, and no story file,
         temporary file or number claim is left (before: exit 0, a file cut at
-        4,096 bytes)."""
+        the limit)."""
         result = new_story(stories, tmp_path / "none.db", long_title())
         assert result.returncode == 1, result.stdout + result.stderr
         lines = result.stderr.strip().splitlines()

@@ -90,8 +90,9 @@ def test_every_command_has_a_budget() -> None:
     from pipelined.cli import COMMANDS
 
     budgeted = {command[0] for command in BUDGETS if not command[0].startswith("--")}
-    # run/rebuild load the sync; edit runs the user's editor
-    exempt = {"run", "rebuild", "backup", "new", "init", "edit"}
+    # run/rebuild load the sync; edit runs the user's editor; mcp serves until stopped
+    # (the daemon must never load it: test_the_daemon_never_loads_the_network_stack)
+    exempt = {"run", "rebuild", "backup", "new", "init", "edit", "mcp"}
     assert set(COMMANDS) - exempt <= budgeted, sorted(set(COMMANDS) - exempt - budgeted)
 
 
@@ -104,3 +105,21 @@ def test_rebuild_needs_no_watcher(settings: list[str], tmp_path: Path) -> None:
     loaded = set(json.loads(next(line for line in done.stderr.splitlines()
                                  if line.startswith("LOADED "))[len("LOADED "):]))
     assert "watchdog" not in loaded
+
+
+def test_the_daemon_never_loads_the_network_stack() -> None:
+    """Every module the daemon runs, loaded in a fresh interpreter: no mcp, starlette,
+    uvicorn or pydantic (the daemon stays network-free and its start fast; anyio comes
+    with pycrdt)."""
+    modules = ["pipelined.commands.run", "pipelined.daemon", "pipelined.apply",
+               "pipelined.startup", "pipelined.sync", "pipelined.state", "pipelined.watch",
+               "pipelined.store.writer", "pipelined.store.batch", "pipelined.logs"]
+    probe = ("import importlib, json, sys\n"
+             f"for name in {modules!r}: importlib.import_module(name)\n"
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=DEADLINE_S, check=True)
+    loaded = set(json.loads(done.stdout))
+    assert "pycrdt" in loaded and "watchdog" in loaded  # the probe did load the daemon
+    assert loaded & {"mcp", "mcp_types", "starlette", "uvicorn", "pydantic", "httpx"} == set()
+

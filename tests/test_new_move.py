@@ -93,7 +93,8 @@ class TestNew:
         for args, message in (
             (("new", "x", "--stage", "9_nope"), "Error: unknown stage '9_nope'"),
             (("new", "   "), "Error: bad value '   ': a story needs a title"),
-            (("new", "x", "--depends", "soon"), "Error: Invalid value for --depends"),
+            (("new", "x", "--depends", "soon"),
+             "Error: depends_on='soon': not a story number or id"),
         ):
             result = pipelined(stories, db, *args)
             assert result.returncode != 0

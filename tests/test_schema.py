@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipelined.schema import (
     FIELDS,
     ITEM_COLUMNS,
@@ -15,6 +17,7 @@ from pipelined.schema import (
     errors_from_column,
     errors_to_column,
     from_column,
+    parse_number,
     to_column,
 )
 from pipelined.state import PipelineState
@@ -93,3 +96,41 @@ class TestErrorColumn:
         """A database written by a version before error codes holds bare messages."""
         assert errors_from_column('["file is empty"]') == [
             {"code": "unknown", "message": "file is empty"}]
+
+
+class TestStoryNumbers:
+    @pytest.mark.parametrize(("text", "number"), [
+        ("12", 12), ("007", 7), ("9" * 18, int("9" * 18)), ("9" * 19, None), ("9" * 5000, None),
+        ("²", None), ("١٢", None), ("", None), ("12a", None), ("-1", None),
+    ])
+    def test_parse_number(self, text: str, number: int | None) -> None:
+        """ASCII digits only, and few enough for SQLite: `int()` would take `١٢` and choke
+        on `²` and on 5,000 digits."""
+        assert parse_number(text) == number
+
+
+class TestOddNumbersDoNotBreakReads:
+    def test_a_huge_number_and_odd_digits(self, tmp_path: Path) -> None:
+        """An id with 200 digits is a story with no number (the import goes on, the
+        high-water mark ignores it); a dependency written `²` names no story (before:
+        ValueError in `ls --ready`); a reference of 5,000 digits names no story."""
+        from conftest import Stories
+
+        from pipelined.config import resolve
+        from pipelined.maintenance import rebuild
+        from pipelined.store import queries
+        from pipelined.store.connection import open_read_only
+        from pipelined.views import unmet_dependencies
+
+        stories = Stories(tmp_path / "root")
+        huge = "9" * 200 + "_story_huge"
+        stories.write("1_backlog", huge, name="huge")
+        stories.write("1_backlog", "3_story_dep", name="dep", depends_on=["²"])
+        result = rebuild(resolve({"root": stories.root, "db": tmp_path / "p.db"}, env={}))
+        assert (result.stories, result.high_water) == (2, 3)
+        conn = open_read_only(tmp_path / "p.db")
+        items = queries.list_stories(conn)
+        assert unmet_dependencies(items)["3_story_dep"] == []  # names no story: none waits
+        assert queries.resolve_ref(conn, "9" * 5000) == []
+        assert queries.resolve_ref(conn, huge) == [huge]
+        conn.close()

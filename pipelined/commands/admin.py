@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -30,33 +28,11 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     Example: pipelined status --json
     """
-    from pipelined.store import queries
-    from pipelined.store.heartbeat import STALE_AFTER_S, read_heartbeat
-    from pipelined.store.lock import holder
+    from pipelined.freshness import pipeline_status
 
     config = load_config(root, db, stages, config_file)
-    conn = read_conn(config)
-    pid = holder(config.db_path)
-    counts = queries.counts_by_stage(conn)
-    info = queries.meta(conn)
-    beat = read_heartbeat(config.db_path) if pid is not None else None
-    if beat is not None and beat.get("pid") != pid:
-        beat = None  # left by an earlier daemon
-    result = {
-        "db": str(config.db_path),
-        "running": pid is not None,
-        "pid": pid,
-        "state": _daemon_state(pid, beat, STALE_AFTER_S),
-        "uptime_s": (round(time.time() - beat["started_unix"]) if beat else None),
-        "writer_error": beat.get("writer_error") if beat else None,
-        "pending_batches": beat.get("pending_batches") if beat else None,
-        "stat_pass_owed": beat.get("stat_pass_owed") if beat else None,
-        "folder_problems": beat.get("folder_problems", []) if beat else [],
-        "log_lines_dropped": beat.get("log_lines_dropped") if beat else None,
-        "stories": sum(counts.values()),
-        "stages": counts,
-        "last_sync": info.get("last_sync"),
-    }
+    result = pipeline_status(config.db_path, read_conn(config))
+    pid, counts = result["pid"], result["stages"]
     if as_json:
         print_json(result)
         return
@@ -77,19 +53,6 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
     click.echo(f"stories:   {result['stories']}")
     for stage, count in counts.items():
         echo_line(f"  {stage:<12} {count}")
-
-
-def _daemon_state(pid: int | None, beat: dict[str, Any] | None, stale_after_s: float) -> str:
-    """stopped, starting, ready, degraded or not responding (from the heartbeat)."""
-    if pid is None:
-        return "stopped"
-    if beat is None:
-        return "starting"
-    if beat["age_s"] > stale_after_s:
-        return "not responding"
-    if beat.get("degraded"):
-        return "degraded"
-    return "ready" if beat.get("ready") else "starting"
 
 
 @click.command()

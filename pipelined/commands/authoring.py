@@ -25,21 +25,6 @@ __all__ = ["init", "move", "new"]
 MOVE_WAIT_S = 10.0
 
 
-def _parse_depends(value: str | None) -> list[int | str] | None:
-    """`12,15` or `12,15_story_x` -> [12, 15] / [12, '15_story_x']."""
-    if not value:
-        return None
-    deps: list[int | str] = []
-    for part in (p.strip() for p in value.split(",")):
-        if part.isdigit():
-            deps.append(int(part))
-        elif part and part[0].isdigit() and "_" in part and "/" not in part:
-            deps.append(part)
-        elif part:
-            raise click.BadParameter(f"{part!r} is no story number or id", param_hint="--depends")
-    return deps or None
-
-
 @click.command()
 @settings_options
 @click.argument("title")
@@ -63,7 +48,9 @@ def new(root: Path | None, db: Path | None, stages: str | None, config_file: Pat
     from pipelined.authoring import create_story
 
     config = load_config(root, db, stages, config_file)
-    deps = _parse_depends(depends)
+    from pipelined.editing import parse_refs
+
+    deps = parse_refs(depends) if depends else None
     high_water = 0
     if config.db_path.is_file():  # no database yet: the folders alone know the numbers
         from pipelined.store import queries

@@ -20,6 +20,7 @@ from pipelined.schema import (
     ITEM_COLUMNS,
     REFS_FIELDS,
     errors_from_column,
+    parse_number,
     to_column,
 )
 from pipelined.store.connection import open_read_only, transaction
@@ -55,7 +56,11 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
 
 @contextmanager
 def snapshot(conn: apsw.Connection) -> Iterator[None]:
-    """One read transaction: every query inside sees the same committed state (WAL)."""
+    """One read transaction: every query inside sees the same committed state (WAL).
+    Inside another snapshot it is that one."""
+    if conn.in_transaction:
+        yield
+        return
     with transaction(conn, "DEFERRED"):  # an error inside is raised, not hidden by the end
         yield
 
@@ -168,13 +173,14 @@ def resolve_ref(conn: apsw.Connection, ref: str, *, deleted: bool = False) -> li
     all of them).
     """
     history = deleted and table_exists(conn, "story_history")
-    if not ref.isdigit():
+    number = parse_number(ref)
+    if number is None:
         found = conn.execute("SELECT 1 FROM pipeline_items WHERE id = ?", (ref,)).fetchone()
         if found is None and history:
             found = conn.execute("SELECT 1 FROM story_history WHERE story_id = ? LIMIT 1",
                                  (ref,)).fetchone()
         return [ref] if found is not None else []
-    pattern = f"{int(ref)}_*"
+    pattern = f"{number}_*"
     ids = {str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items WHERE id GLOB ?",
                                            (pattern,))}
     if history:

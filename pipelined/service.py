@@ -1,0 +1,325 @@
+"""The pipeline as a service: what the MCP tools (and the HTTP API) read and write.
+
+Free of any framework: each method takes plain values, returns a JSON-ready
+dict, and raises a `PipelinedError` with one line for anything a caller got
+wrong. Reads go through one read-only connection, opened again when the
+database file is replaced (a `rebuild`). Writes are file edits (`authoring`,
+`editing`) that the daemon syncs like an editor's; each waits a bounded time
+for the daemon to show it and says whether it did. Every answer carries
+`daemon`: its state and the last sync, and a note when the data may be old.
+
+Answers are bounded: a list pages (`limit`, `cursor`) and stops early rather
+than pass ANSWER_BYTES of JSON; a body is cut at BODY_CHARS with a note.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from pipelined.authoring import create_story, move_story
+from pipelined.config import Config
+from pipelined.editing import claim_story, update_story
+from pipelined.errors import (
+    AmbiguousStory,
+    DatabaseError,
+    FieldError,
+    PipelinedError,
+    StoryNotFound,
+    UnknownStage,
+)
+from pipelined.freshness import freshness, pipeline_status
+from pipelined.schema import FIELDS, STORY_TYPES, from_column
+from pipelined.store import history as store_history
+from pipelined.store import queries
+from pipelined.store.connection import open_read_only
+from pipelined.store.lock import holder
+from pipelined.store.preflight import check_before_reading
+from pipelined.store.search import search as run_search
+from pipelined.views import is_ready, sort_stories, stage_order, unmet_dependencies
+
+__all__ = [
+    "ANSWER_BYTES",
+    "BODY_CHARS",
+    "MAX_LIMIT",
+    "Pipeline",
+    "body_of",
+    "one_line",
+    "resolve_stage",
+    "story_type",
+]
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+# An answer travels twice in MCP (text and structured content): about 80 kB in all.
+ANSWER_BYTES = 36_000
+BODY_CHARS = 30_000
+HISTORY_ROWS = 5
+CONFIRM_WAIT_S = 5.0  # a write waits this long for a running daemon to show it
+_TYPE = re.compile(r"[0-9]+_([a-z]+)_")
+_FRONT_MATTER = re.compile(r"\A\ufeff?-{3,}[ \t]*\r?\n.*?^-{3,}[ \t]*(?:\r?\n|\Z)",
+                           re.MULTILINE | re.DOTALL)
+
+
+def resolve_stage(name: str, stages: tuple[str, ...] | list[str]) -> str:
+    """A stage folder from its name or its alias (`current` for `2_current`, any case)."""
+    if name in stages:
+        return name
+    wanted = name.strip().casefold()
+    for stage in stages:
+        alias = stage.split("_", 1)[1] if re.match(r"[0-9]+_", stage) else stage
+        if wanted in (stage.casefold(), alias.casefold()):
+            return stage
+    raise UnknownStage(name, stages)
+
+
+def story_type(story_id: str) -> str | None:
+    """The word after the number (`12_bug_crash` -> `bug`), if there is one."""
+    match = _TYPE.match(story_id)
+    return match.group(1) if match else None
+
+
+def body_of(content: str | None) -> str | None:
+    """A story file's text without its front matter."""
+    if content is None:
+        return None
+    match = _FRONT_MATTER.match(content)
+    return content[match.end():] if match else content
+
+
+def _compact(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A list record: no times but the last update, no nulls."""
+    keys = ("id", "stage", *FIELDS, "updated_at")
+    return {k: item[k] for k in keys if item.get(k) is not None}
+
+
+def _cursor(item: Mapping[str, Any]) -> str:
+    raw = json.dumps([item["stage"], item["id"]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _after_cursor(cursor: str) -> tuple[Any, ...]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stage, story_id = json.loads(raw)
+        return _order(str(stage), str(story_id))
+    except (ValueError, TypeError, binascii.Error):
+        raise FieldError("cursor", cursor, "not a cursor this server gave") from None
+
+
+def _order(stage: str, story_id: str) -> tuple[Any, ...]:
+    match = re.match(r"[0-9]+", story_id)
+    return (stage_order(stage), int(match.group()) if match else -1, story_id)
+
+
+class Pipeline:
+    """One root and database, served to agents and scripts (thread-safe)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._identity: tuple[int, int] | None = None
+
+    # -- reads -----------------------------------------------------------------------
+
+    def _read(self) -> Any:
+        """The read-only connection, opened again if the database file was replaced."""
+        db_path = self.config.db_path
+        try:
+            st = os.stat(db_path)
+            identity = (st.st_dev, st.st_ino)
+        except OSError:
+            identity = None
+        with self._lock:
+            if self._conn is None or identity != self._identity:
+                if self._conn is not None:
+                    self._conn.close()
+                check_before_reading(db_path)
+                self._conn = open_read_only(db_path)
+                self._identity = identity
+                if not queries.table_exists(self._conn, "pipeline_items"):
+                    self._conn.close()
+                    self._conn = None
+                    raise DatabaseError(db_path, "not a pipelined database (no pipeline_items)")
+            return self._conn
+
+    def _answer(self, conn: Any, **fields: Any) -> dict[str, Any]:
+        return {**fields, "daemon": freshness(self.config.db_path, conn)}
+
+    def _one_id(self, conn: Any, ref: str) -> str:
+        ids = queries.resolve_ref(conn, ref)
+        if len(ids) > 1:
+            raise AmbiguousStory(ref, ids)
+        if not ids:
+            raise StoryNotFound(ref)
+        return ids[0]
+
+    def status(self) -> dict[str, Any]:
+        conn = self._read()
+        with queries.snapshot(conn):
+            return self._answer(conn, **pipeline_status(self.config.db_path, conn))
+
+    def list_stories(self, *, stage: str | None = None, agent: str | None = None,
+                     unassigned: bool = False, blocked: bool | None = None,
+                     ready: bool = False, kind: str | None = None,
+                     limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
+        """Compact records by stage then number, a page at a time."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise FieldError("limit", limit, f"expected 1 to {MAX_LIMIT}")
+        if kind is not None and kind not in STORY_TYPES:
+            raise FieldError("type", kind, f"expected one of {', '.join(STORY_TYPES)}")
+        folder = resolve_stage(stage, self.config.stages) if stage is not None else None
+        after = _after_cursor(cursor) if cursor else None
+        conn = self._read()
+        with queries.snapshot(conn):
+            everything = queries.list_stories(conn)
+            daemon = freshness(self.config.db_path, conn)
+        unmet = unmet_dependencies(everything) if ready else {}
+        items = [i for i in everything
+                 if (folder is None or i["stage"] == folder)
+                 and (agent is None or i["agent"] == agent)
+                 and (not unassigned or i["agent"] is None)
+                 and (blocked is None or bool(i["blocked"]) == blocked)
+                 and (kind is None or story_type(i["id"]) == kind)
+                 and (not ready or is_ready(i, unmet[i["id"]]))]
+        items = sort_stories(items, "stage")
+        total = len(items)
+        if after is not None:
+            items = [i for i in items if _order(i["stage"], i["id"]) > after]
+        page: list[dict[str, Any]] = []
+        size = 0
+        for item in items[:limit]:
+            record = _compact(item)
+            size += len(json.dumps(record, ensure_ascii=False)) + 1
+            if page and size > ANSWER_BYTES:
+                break
+            page.append(record)
+        more = len(items) > len(page)
+        return {"stories": page, "total": total,
+                "next_cursor": _cursor(page[-1]) if more and page else None,
+                "daemon": daemon}
+
+    def view(self, ref: str, history_rows: int = HISTORY_ROWS) -> dict[str, Any]:
+        """One story: fields, extra keys, errors, files, the body, its last history rows."""
+        conn = self._read()
+        with queries.snapshot(conn):
+            story_id = self._one_id(conn, ref)
+            story = queries.get_story(conn, story_id)
+            if story is None:
+                raise StoryNotFound(ref)
+            recent = (store_history.history(conn, [story_id], limit=history_rows)
+                      if store_history.has_history(conn) else [])
+            answer = self._answer(conn)
+        content = story.pop("content")
+        body = body_of(content)
+        if body is not None and len(body) > BODY_CHARS:
+            story["body"] = body[:BODY_CHARS]
+            story["body_cut"] = (f"the body is {len(body)} characters; the first {BODY_CHARS} "
+                                 f"are here, the whole file is resource story://{story_id}")
+        else:
+            story["body"] = body
+        return {"story": story, "history": recent, **answer}
+
+    def markdown(self, ref: str) -> str:
+        """The story file's text as the database holds it (cut like a body)."""
+        conn = self._read()
+        with queries.snapshot(conn):
+            story = queries.get_story(conn, self._one_id(conn, ref))
+        if story is None:
+            raise StoryNotFound(ref)
+        text: str | None = story["content"]
+        if text is None:
+            return "(the file is over the size limit: its text is not copied)"
+        if len(text) > 2 * BODY_CHARS:
+            return text[:2 * BODY_CHARS] + f"\n\n[cut: {len(text)} characters in all]\n"
+        return text
+
+    def search(self, query: str, stage: str | None = None,
+               limit: int = 20) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise FieldError("limit", limit, f"expected 1 to {MAX_LIMIT}")
+        folder = resolve_stage(stage, self.config.stages) if stage is not None else None
+        conn = self._read()
+        with queries.snapshot(conn):
+            hits = [hit.as_dict() for hit in run_search(conn, query, stage=folder, limit=limit)]
+            return self._answer(conn, hits=hits)
+
+    def log(self, ref: str, limit: int = 50) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise FieldError("limit", limit, f"expected 1 to {MAX_LIMIT}")
+        conn = self._read()
+        with queries.snapshot(conn):
+            store_history.require_history(conn, self.config.db_path)
+            ids = queries.resolve_ref(conn, ref, deleted=True)
+            if len(ids) > 1:
+                raise AmbiguousStory(ref, ids)
+            if not ids:
+                raise StoryNotFound(ref)
+            rows = store_history.history(conn, ids, limit=limit)
+            return self._answer(conn, id=ids[0], history=rows)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _confirmed(self, wait: Any) -> bool | None:
+        """Whether a running daemon showed the change in time; None with no daemon."""
+        if holder(self.config.db_path) is None:
+            return None
+        return bool(wait())
+
+    def create(self, title: str, kind: str = "story", stage: str | None = None,
+               agent: str | None = None, blocked: bool = False,
+               depends_on: list[int | str] | None = None) -> dict[str, Any]:
+        folder = resolve_stage(stage, self.config.stages) if stage else self.config.stages[0]
+        conn = self._read()
+        new = create_story(self.config.root, self.config.stages, folder, title, kind,
+                           agent=agent, blocked=blocked, depends_on=depends_on,
+                           high_water=queries.high_water(conn))
+        confirmed = self._confirmed(lambda: queries.wait_for_stage(
+            self.config.db_path, new.story_id, folder, CONFIRM_WAIT_S))
+        return self._answer(conn, id=new.story_id, stage=folder, path=str(new.path),
+                            confirmed=confirmed)
+
+    def move(self, ref: str, stage: str) -> dict[str, Any]:
+        folder = resolve_stage(stage, self.config.stages)
+        moved = move_story(self.config.root, self.config.stages, ref, folder)
+        confirmed = self._confirmed(lambda: queries.wait_for_stage(
+            self.config.db_path, moved.story_id, folder, CONFIRM_WAIT_S))
+        return self._answer(self._read(), id=moved.story_id, from_stage=moved.from_stage,
+                            to_stage=moved.to_stage, moved=moved.from_stage != moved.to_stage,
+                            confirmed=confirmed)
+
+    def update(self, ref: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        if not changes:
+            raise FieldError("fields", {}, f"nothing to set (fields: {', '.join(FIELDS)})")
+        edited = update_story(self.config.root, self.config.stages, ref, changes,
+                              max_bytes=self.config.max_file_bytes)
+        return self._edited(edited)
+
+    def claim(self, ref: str, agent: str) -> dict[str, Any]:
+        edited = claim_story(self.config.root, self.config.stages, ref, agent,
+                             max_bytes=self.config.max_file_bytes)
+        return self._edited(edited)
+
+    def _edited(self, edited: Any) -> dict[str, Any]:
+        confirmed: bool | None = None
+        if edited.changed:
+            fields = {name: edited.after[name] for name in edited.changed}
+            confirmed = self._confirmed(lambda: queries.wait_for_fields(
+                self.config.db_path, edited.story_id, fields, CONFIRM_WAIT_S))
+        return self._answer(
+            self._read(), id=edited.story_id, changed=list(edited.changed),
+            fields={k: from_column(k, v) for k, v in edited.after.items()},
+            confirmed=confirmed)
+
+
+def one_line(error: PipelinedError) -> str:
+    """An error as the one line a caller is shown."""
+    return " ".join(str(error).split())
+
