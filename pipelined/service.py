@@ -42,7 +42,7 @@ from pipelined.store.connection import open_read_only
 from pipelined.store.lock import holder
 from pipelined.store.preflight import check_before_reading
 from pipelined.store.search import search as run_search
-from pipelined.views import is_ready, sort_stories, stage_order, unmet_dependencies
+from pipelined.views import is_ready, unmet_dependencies
 
 __all__ = [
     "ANSWER_BYTES",
@@ -62,6 +62,7 @@ ANSWER_BYTES = 36_000
 BODY_CHARS = 30_000
 HISTORY_ROWS = 5
 CONFIRM_WAIT_S = 5.0  # a write waits this long for a running daemon to show it
+CONFIRM_POLL_S = 0.005  # and looks this often: what an agent waits for, beyond the sync
 _TYPE = re.compile(r"[0-9]+_([a-z]+)_")
 _FRONT_MATTER = re.compile(r"\A\ufeff?-{3,}[ \t]*\r?\n.*?^-{3,}[ \t]*(?:\r?\n|\Z)",
                            re.MULTILINE | re.DOTALL)
@@ -108,14 +109,9 @@ def _after_cursor(cursor: str) -> tuple[Any, ...]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stage, story_id = json.loads(raw)
-        return _order(str(stage), str(story_id))
+        return queries.page_key(str(stage), str(story_id))
     except (ValueError, TypeError, binascii.Error):
         raise FieldError("cursor", cursor, "not a cursor this server gave") from None
-
-
-def _order(stage: str, story_id: str) -> tuple[Any, ...]:
-    match = re.match(r"[0-9]+", story_id)
-    return (stage_order(stage), int(match.group()) if match else -1, story_id)
 
 
 class Pipeline:
@@ -179,20 +175,26 @@ class Pipeline:
         after = _after_cursor(cursor) if cursor else None
         conn = self._read()
         with queries.snapshot(conn):
-            everything = queries.list_stories(conn)
             daemon = freshness(self.config.db_path, conn)
-        unmet = unmet_dependencies(everything) if ready else {}
-        items = [i for i in everything
-                 if (folder is None or i["stage"] == folder)
-                 and (agent is None or i["agent"] == agent)
-                 and (not unassigned or i["agent"] is None)
-                 and (blocked is None or bool(i["blocked"]) == blocked)
-                 and (kind is None or story_type(i["id"]) == kind)
-                 and (not ready or is_ready(i, unmet[i["id"]]))]
-        items = sort_stories(items, "stage")
-        total = len(items)
-        if after is not None:
-            items = [i for i in items if _order(i["stage"], i["id"]) > after]
+            if not ready:
+                items, total = queries.page_stories(
+                    conn, stage=folder, agent=agent, unassigned=unassigned, blocked=blocked,
+                    kind=kind, after=after, limit=limit + 1)
+            else:  # dependencies may be in any stage: resolved against every row
+                everything = queries.list_stories(conn)
+        if ready:
+            unmet = unmet_dependencies(everything)
+            items = sorted((i for i in everything
+                            if (folder is None or i["stage"] == folder)
+                            and (agent is None or i["agent"] == agent)
+                            and (not unassigned or i["agent"] is None)
+                            and (blocked is None or bool(i["blocked"]) == blocked)
+                            and (kind is None or story_type(i["id"]) == kind)
+                            and is_ready(i, unmet[i["id"]])),
+                           key=lambda i: queries.page_key(i["stage"], i["id"]))
+            total = len(items)
+            if after is not None:
+                items = [i for i in items if queries.page_key(i["stage"], i["id"]) > after]
         page: list[dict[str, Any]] = []
         size = 0
         for item in items[:limit]:
@@ -282,7 +284,7 @@ class Pipeline:
                            agent=agent, blocked=blocked, depends_on=depends_on,
                            high_water=queries.high_water(conn))
         confirmed = self._confirmed(lambda: queries.wait_for_stage(
-            self.config.db_path, new.story_id, folder, CONFIRM_WAIT_S))
+            self.config.db_path, new.story_id, folder, CONFIRM_WAIT_S, CONFIRM_POLL_S))
         return self._answer(conn, id=new.story_id, stage=folder, path=str(new.path),
                             confirmed=confirmed)
 
@@ -290,7 +292,7 @@ class Pipeline:
         folder = resolve_stage(stage, self.config.stages)
         moved = move_story(self.config.root, self.config.stages, ref, folder)
         confirmed = self._confirmed(lambda: queries.wait_for_stage(
-            self.config.db_path, moved.story_id, folder, CONFIRM_WAIT_S))
+            self.config.db_path, moved.story_id, folder, CONFIRM_WAIT_S, CONFIRM_POLL_S))
         return self._answer(self._read(), id=moved.story_id, from_stage=moved.from_stage,
                             to_stage=moved.to_stage, moved=moved.from_stage != moved.to_stage,
                             confirmed=confirmed)
@@ -312,7 +314,7 @@ class Pipeline:
         if edited.changed:
             fields = {name: edited.after[name] for name in edited.changed}
             confirmed = self._confirmed(lambda: queries.wait_for_fields(
-                self.config.db_path, edited.story_id, fields, CONFIRM_WAIT_S))
+                self.config.db_path, edited.story_id, fields, CONFIRM_WAIT_S, CONFIRM_POLL_S))
         return self._answer(
             self._read(), id=edited.story_id, changed=list(edited.changed),
             fields={k: from_column(k, v) for k, v in edited.after.items()},

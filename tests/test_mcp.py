@@ -277,3 +277,37 @@ class TestOverStdioWithADaemon:
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1 and done.stdout == ""
         assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1
+
+
+class TestBounds:
+    def test_pages_of_long_records_stay_small_and_follow_the_ls_order(
+            self, tmp_path: Path) -> None:
+        """600 stories with 480-character names: a page of `limit` 500 stops early (every
+        answer is checked under 80 kB), and the pages together are every story once, in
+        the order `ls` shows them (stage number, then story number)."""
+        from pipelined.store import queries
+        from pipelined.store.connection import open_read_only
+        from pipelined.views import sort_stories
+
+        stories = Stories(tmp_path / "root")
+        for n in range(1, 601):
+            stage = STAGES[n % 3]
+            stories.write(stage, f"{n}_{'bug' if n % 7 == 0 else 'story'}_s", name="n" * 480)
+        tools = build(stories, tmp_path / "p.db")
+        seen: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            answer = tools.ok("story_list", limit=500, **({"cursor": cursor} if cursor else {}))
+            pages += 1
+            assert answer["total"] == 600 and len(answer["stories"]) < 500
+            seen += ids(answer)
+            cursor = answer["next_cursor"]
+            if cursor is None:
+                break
+        conn = open_read_only(tmp_path / "p.db")
+        expected = [i["id"] for i in sort_stories(queries.list_stories(conn), "stage")]
+        conn.close()
+        assert pages > 2 and seen == expected
+        bugs = tools.ok("story_list", type="bug", limit=500)
+        assert bugs["total"] == 85 and all("_bug_" in s["id"] for s in bugs["stories"])

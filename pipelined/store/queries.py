@@ -18,6 +18,7 @@ from pipelined.errors import PipelinedError
 from pipelined.schema import (
     FLAG_FIELDS,
     ITEM_COLUMNS,
+    MAX_NUMBER_DIGITS,
     REFS_FIELDS,
     errors_from_column,
     parse_number,
@@ -32,6 +33,8 @@ __all__ = [
     "high_water",
     "list_stories",
     "meta",
+    "page_key",
+    "page_stories",
     "parse_errors",
     "resolve_ref",
     "snapshot",
@@ -87,6 +90,62 @@ def list_stories(
     if where:
         sql += " WHERE " + " AND ".join(where)
     return [_item(row) for row in conn.execute(sql, params)]
+
+
+# The order of `ls` (views.sort_stories "stage"), in SQL: the stage's number (none:
+# last), the stage, the story number (none: -1), the id. Migration 0006 indexes
+# these very expressions (SQLite matches them as written: tests/test_queries.py
+# checks the text and the plans); `page_key` is the same order in Python.
+# Every id starts with digits and `_` (layout.is_story_name), so the number is its
+# CAST, when it has at most MAX_NUMBER_DIGITS digits.
+STAGE_NUMBER_SQL = ("(CASE WHEN stage GLOB '[0-9]*_*' AND substr(stage, 1, instr(stage, '_') - 1) "
+                    f"NOT GLOB '*[^0-9]*' THEN CAST(stage AS INTEGER) ELSE {1 << 62} END)")
+STORY_NUMBER_SQL = (f"(CASE WHEN instr(id, '_') <= {MAX_NUMBER_DIGITS + 1} "
+                    "THEN CAST(id AS INTEGER) ELSE -1 END)")
+_ORDER_KEY = f"{STAGE_NUMBER_SQL}, stage, {STORY_NUMBER_SQL}, id"
+_IN_STAGE_KEY = f"{STORY_NUMBER_SQL}, id"
+
+
+def page_key(stage: str, story_id: str) -> tuple[int, str, int, str]:
+    """A story's place in the order of `page_stories` (its stage and id as they were)."""
+    stage_number = parse_number(stage.split("_", 1)[0]) if "_" in stage else None
+    number = parse_number(story_id.split("_", 1)[0]) if "_" in story_id else None
+    return (1 << 62 if stage_number is None else stage_number, stage,
+            -1 if number is None else number, story_id)
+
+
+def page_stories(conn: apsw.Connection, *, stage: str | None = None, agent: str | None = None,
+                 unassigned: bool = False, blocked: bool | None = None,
+                 kind: str | None = None, after: tuple[Any, ...] | None = None,
+                 limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """A page of stories without content in the order of `ls`, after the story whose
+    `page_key` is `after`; and how many match in all."""
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (("stage = ?", stage), ("agent = ?", agent)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if unassigned:
+        where.append("agent IS NULL")
+    if blocked is not None:
+        where.append("coalesce(blocked, 0) = ?")
+        params.append(int(blocked))
+    if kind is not None:  # the word after the number: `12_bug_crash` is a bug
+        where.append("substr(id, instr(id, '_') + 1, ?) = ?")
+        params += [len(kind) + 1, f"{kind}_"]
+    condition = " WHERE " + " AND ".join(where) if where else ""
+    (total,) = conn.execute(f"SELECT count(*) FROM pipeline_items{condition}", params)
+    # In one stage the order is the story number's: index pipeline_items_in_stage.
+    order, key = (_IN_STAGE_KEY, list(after or ())[2:]) if stage is not None else (
+        _ORDER_KEY, list(after or ()))
+    if after is not None:
+        condition += (" AND " if condition else " WHERE ") + (
+            f"({order}) > ({', '.join('?' * len(key))})")
+        params += key
+    sql = (f"SELECT {', '.join(ITEM_COLUMNS)} FROM pipeline_items{condition} "
+           f"ORDER BY {order} LIMIT ?")
+    return [_item(row) for row in conn.execute(sql, [*params, limit])], int(total[0])
 
 
 def get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
