@@ -9,7 +9,8 @@ and waits for READY, then measures with the official SDK's client over stdio
 (`mcp.Client(StdioServerParameters(...))`, the way agent clients start it):
 
 1. start to an answered `initialize`: `pipelined mcp` spawned afresh each time
-   (median of 5);
+   (median of 5), beside the floor: a bare `MCPServer` of the same SDK with no
+   tool, started by the same interpreter (the SDK's own import is most of it);
 2. on one warm server: `story_view` of random ids, `story_list` (limit 50, a
    stage or an agent filter, each page checked), `story_search` of one word;
    p50 and p95 of --calls calls each, timed around the client call;
@@ -153,6 +154,9 @@ def main() -> None:
         daemon.wait_state_loaded()
         params = server_params(root, db)
         inits = [anyio.run(time_initialize, params) for _ in range(INIT_ROUNDS)]
+        bare = StdioServerParameters(command=sys.executable, args=[
+            "-c", "from mcp.server.mcpserver import MCPServer; MCPServer('bare').run('stdio')"])
+        floor = [anyio.run(time_initialize, bare) for _ in range(INIT_ROUNDS)]
         warm = anyio.run(warm_measures, params, ids, paths, db, args.calls, rng)
         sample = rng.choice(ids)
         cli = {
@@ -173,6 +177,8 @@ def main() -> None:
     rows = [
         ("`pipelined mcp` start to answered initialize (s, median of 5)",
          f"{statistics.median(inits):.2f}", "<= 0.6", statistics.median(inits) <= 0.6),
+        ("  a bare MCPServer of the same SDK, same run (s, median of 5)",
+         f"{statistics.median(floor):.2f}", "", None),
         ("`story_view` p50 / p95 (ms)",
          f"{percentile(warm['view'], 50) * ms:.1f} / {percentile(warm['view'], 95) * ms:.1f}",
          "p50 <= 5", percentile(warm["view"], 50) * ms <= 5),
@@ -200,8 +206,9 @@ def main() -> None:
         shown = "" if met is None else ("yes" if met else "no")
         print(f"| {label} | {value} | {target} | {shown} |")
     if args.json_out:
-        args.json_out.write_text(json.dumps({"n": args.n, "initialize_s": inits, **warm,
-                                             "cli": cli}, indent=1))
+        raw = {"n": args.n, "initialize_s": inits, "bare_initialize_s": floor, **warm,
+               "cli": cli}
+        args.json_out.write_text(json.dumps(raw, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 
