@@ -193,6 +193,8 @@ def create_story(root: Path, stages: Sequence[str], stage: str, title: str, stor
     name = title.strip()
     if not name:
         raise TitleError(title, "a story needs a title")
+    if not any(char.isalnum() for char in name):
+        raise TitleError(title[:40], "the title has no letter or digit to name the file by")
     for what, given in (("title", name), ("agent", agent or "")):
         if len(given) > MAX_TEXT:
             raise TitleError(given[:40] + "...", f"the {what} is {len(given)} characters; "

@@ -160,6 +160,10 @@ class TestRefused:
         stories.write("2_current", "12_bug_crash", "---\nname: crash\n---\n")
         with pytest.raises(PipelinedError, match="more than one story"):
             edit(stories, "12", agent="a")
+        copy = stories.write("4_merge", "12_story_login", STORY)  # one id in two stages
+        with pytest.raises(PipelinedError, match="the same id in two stages is a conflict"):
+            edit(stories, "12_story_login", agent="a")
+        assert story.read_text() == copy.read_text() == STORY
 
     @pytest.mark.parametrize(("text", "parsed"), [
         ("agent=", ("agent", None)), ("retry_count=3", ("retry_count", 3)),

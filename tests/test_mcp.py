@@ -311,3 +311,16 @@ class TestBounds:
         assert pages > 2 and seen == expected
         bugs = tools.ok("story_list", type="bug", limit=500)
         assert bugs["total"] == 85 and all("_bug_" in s["id"] for s in bugs["stories"])
+
+
+class TestTitles:
+    def test_a_title_with_nothing_to_name_the_file_by(self, writable: tuple[Stories, Tools]
+                                                      ) -> None:
+        """Punctuation alone is refused; a title in another script keeps its name and gets
+        the `untitled` slug (its id must stay a portable ASCII file name)."""
+        stories, tools = writable
+        assert "no letter or digit" in tools.error("story_create", title="?!  --- !")
+        created = tools.ok("story_create", title="ログイン画面")
+        assert created["id"] == "9_story_untitled"
+        text = stories.path("1_backlog", "9_story_untitled").read_text()
+        assert 'name: "ログイン画面"' in text
