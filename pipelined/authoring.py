@@ -279,6 +279,8 @@ def _cannot_write(folder: Path, exc: OSError) -> RootError:
 
 def find_story_file(root: Path, stages: Sequence[str], ref: str) -> tuple[str, str]:
     """(stage, story_id) of the story `ref` names: its id, or its bare number."""
+    if "\x00" in ref or "/" in ref:
+        raise StoryNotFound(ref)  # no file name holds these
     matches: list[tuple[str, str]] = []
     number = parse_number(ref)
     if number is not None:

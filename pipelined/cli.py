@@ -49,6 +49,7 @@ COMMANDS: Mapping[str, str] = {
     "claim": "pipelined.commands.editing:claim",
     "edit": "pipelined.commands.editing:edit",
     "mcp": "pipelined.commands.mcp:mcp_command",
+    "serve": "pipelined.commands.serve:serve",
 }
 # Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
 DAEMON_COMMANDS = frozenset({"run"})

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 DEFAULT_STAGES = ("1_backlog", "2_current", "4_merge")
-STAGE_NAME = re.compile(r"^[0-9]+_[A-Za-z0-9][A-Za-z0-9_-]*$")
+STAGE_NAME = re.compile(r"^[0-9]{1,18}_[A-Za-z0-9][A-Za-z0-9_-]*$")  # a number SQLite holds
 LOG_FORMATS = ("auto", "console", "json", "logfmt")
 
 
@@ -54,7 +54,8 @@ class Config:
             raise ConfigError("stages", list(self.stages), "at least one stage is needed")
         for stage in self.stages:
             if not STAGE_NAME.match(stage):
-                raise ConfigError("stages", stage, "a stage is named <digits>_<name>")
+                raise ConfigError("stages", stage,
+                                  "a stage is named <digits>_<name>, at most 18 digits")
         if len(set(self.stages)) != len(self.stages):
             raise ConfigError("stages", list(self.stages), "a stage is listed twice")
         self._check_ranges()

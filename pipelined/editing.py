@@ -24,6 +24,7 @@ the edit like any editor's (docs/design.md, "Surfaces"). Four promises:
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import stat
@@ -40,6 +41,7 @@ from pipelined.errors import (
     EditConflict,
     EditRefused,
     FieldError,
+    RootError,
     StoryClaimed,
     StoryNotFound,
 )
@@ -154,8 +156,9 @@ def _yaml_value(name: str, stored: Any) -> str:
         return "true" if stored else "false"
     if kind == "count":
         return str(stored)
-    if kind == "refs":
-        return str(stored)  # already JSON text: [12, "13_story_x"]
+    if kind == "refs":  # stored as JSON text; written as a YAML flow list, readable
+        items = json.loads(stored)
+        return "[" + ", ".join(str(i) if isinstance(i, int) else _quoted(i) for i in items) + "]"
     return _quoted(stored)
 
 
@@ -192,7 +195,7 @@ def _rewrite(text: str, values: Mapping[str, Any], path: Path) -> str:
     head = text[len(bom):]
     opening = _OPENING.match(head)
     cr = "\r" if opening is not None and opening.group().endswith("\r\n") else ""
-    new_lines = [f"{name}: {_yaml_value(name, value)}{cr}" for name, value in values.items()]
+    new_lines = [f"{name}: {_yaml_value(name, value)}" for name, value in values.items()]
     if opening is None:  # no front matter: one is put on top, the text follows as it was
         return bom + "\n".join(["---", *new_lines, "---", ""]) + head
     lines = head[opening.end():].split("\n")
@@ -205,7 +208,7 @@ def _rewrite(text: str, values: Mapping[str, Any], path: Path) -> str:
         if len(found) > 1:
             raise EditRefused(path, f"{name} is written {len(found)} times in the front matter")
         if not found:
-            lines.insert(end, new_line)
+            lines.insert(end, new_line + cr)
             end += 1
             continue
         i = found[0]
@@ -214,7 +217,7 @@ def _rewrite(text: str, values: Mapping[str, Any], path: Path) -> str:
         if rest[:1] in ("|", ">") or follows[:1] in (" ", "\t", "-"):
             raise EditRefused(path, f"the value of {name} spans several lines; change it "
                                     "in an editor")
-        lines[i] = new_line if lines[i].endswith("\r") or not cr else new_line[:-1]
+        lines[i] = new_line + ("\r" if lines[i].endswith("\r") else "")
     return bom + opening.group() + "\n".join(lines)
 
 
@@ -245,7 +248,9 @@ def update_story(root: Path, stages: Sequence[str], ref: str, changes: Mapping[s
         before = dict(before_parse.fields)
         if require is not None:
             require(story_id, before)
-        changed = tuple(name for name, value in values.items() if before.get(name) != value)
+        wrong = {e.message.split(":", 1)[0] for e in before_parse.errors if e.code == "bad_value"}
+        changed = tuple(name for name, value in values.items()
+                        if before.get(name) != value or name in wrong)
         after = {**before, **values}
         if not changed:
             return Edited(story_id, stage, path, before, after, ())
@@ -267,7 +272,7 @@ def claim_story(root: Path, stages: Sequence[str], ref: str, agent: str,
 
     def unclaimed(story_id: str, fields: dict[str, Any]) -> None:
         holder = fields.get("agent")
-        if holder not in (None, wanted):
+        if holder is not None and holder.strip() and holder != wanted:
             raise StoryClaimed(story_id, holder)
 
     return update_story(root, stages, ref, {"agent": wanted}, max_bytes=max_bytes,
@@ -275,14 +280,17 @@ def claim_story(root: Path, stages: Sequence[str], ref: str, agent: str,
 
 
 def _edit_target(root: Path, path: Path) -> Path:
-    """The file to edit: the story file, or the file inside the root its symlink names
-    (renaming over the symlink would turn it into a copy)."""
-    if not path.is_symlink():
-        return path
+    """The file to edit: the story file, or the file its symlink names (renaming over
+    the symlink would turn it into a copy). Wherever the path leads (a symlinked story,
+    a stage folder that is a symlink), the file must be a `.md` file inside the root
+    and outside `.git`: an edit never writes into `.git/config` or another file a
+    committed symlink points at."""
     real = Path(os.path.realpath(path))
-    root_real = os.path.realpath(root)
-    if not str(real).startswith(root_real + os.sep):
-        raise EditRefused(path, "a symlink out of the root")
+    root_real = Path(os.path.realpath(root))
+    if not real.is_relative_to(root_real) or real == root_real:
+        raise EditRefused(path, "it leads out of the root (a symlink)")
+    if real.suffix != ".md" or ".git" in real.relative_to(root_real).parts:
+        raise EditRefused(path, f"it leads to {real}, which is no story file (a symlink)")
     return real
 
 
@@ -307,6 +315,8 @@ def _lock(path: Path, deadline: float, ref: str) -> int:
                     if time.monotonic() > deadline:
                         raise EditConflict(path, "another edit holds it") from None
                     time.sleep(_LOCK_POLL_S)
+                except OSError as exc:  # no locks on this file system (ENOLCK)
+                    raise EditRefused(path, f"cannot lock it ({exc.strerror})") from None
             held = os.fstat(fd)
             try:
                 now = os.stat(path, follow_symlinks=False)
@@ -324,7 +334,10 @@ def _read_all(fd: int, max_bytes: int, path: Path) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = os.read(fd, 1 << 16)
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError as exc:
+            raise EditRefused(path, f"cannot read it ({exc.strerror})") from None
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
@@ -374,8 +387,8 @@ def _replace(path: Path, new_raw: bytes, old_raw: bytes, st: os.stat_result) -> 
     try:
         fsync_folder(folder)
     except OSError as exc:
-        raise EditRefused(path, f"written, but the folder cannot be synced ({exc.strerror})"
-                          ) from None
+        raise RootError(path, f"written, but its folder cannot be synced ({exc.strerror}): "
+                              "the edit may not survive a power cut") from None
 
 
 def _unchanged(path: Path, old_raw: bytes, st: os.stat_result) -> bool:

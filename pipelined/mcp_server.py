@@ -135,6 +135,10 @@ def build_server(config: Config) -> MCPServer:
         given = {"name": name, "agent": agent, "blocked": blocked,
                  "retry_count": retry_count, "depends_on": depends_on}
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        both = sorted(set(changes) & set(clear or ()))
+        if both:
+            raise ToolError(f"{', '.join(both)}: given a value and listed in clear; "
+                            "choose one")
         changes.update(dict.fromkeys(clear or ()))
         return _answer(lambda: pipeline.update(id, changes))
 

@@ -8,8 +8,10 @@ database file is replaced (a `rebuild`). Writes are file edits (`authoring`,
 for the daemon to show it and says whether it did. Every answer carries
 `daemon`: its state and the last sync, and a note when the data may be old.
 
-Answers are bounded: a list pages (`limit`, `cursor`) and stops early rather
-than pass ANSWER_BYTES of JSON; a body is cut at BODY_CHARS with a note.
+Answers are bounded, counted as JSON with every non-ASCII character escaped
+(the larger of the two forms an MCP answer travels in): a list pages (`limit`,
+`cursor`) and stops early rather than pass ANSWER_BYTES; long names and other
+keys are cut; a body is cut to what is left, with a note.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from pipelined.store.connection import open_read_only
 from pipelined.store.lock import holder
 from pipelined.store.preflight import check_before_reading
 from pipelined.store.search import search as run_search
-from pipelined.views import is_ready, unmet_dependencies
+from pipelined.story import story_number
+from pipelined.views import board_columns, is_ready, unmet_dependencies
 
 __all__ = [
     "ANSWER_BYTES",
-    "BODY_CHARS",
     "MAX_LIMIT",
     "Pipeline",
     "body_of",
@@ -59,7 +61,9 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 # An answer travels twice in MCP (text and structured content): about 80 kB in all.
 ANSWER_BYTES = 36_000
-BODY_CHARS = 30_000
+NAME_BYTES = 1_200  # a name longer than this (as JSON) is cut in answers
+EXTRA_BYTES = 8_000  # other front-matter keys past this are left out of `story_view`
+RESOURCE_BYTES = 70_000
 HISTORY_ROWS = 5
 CONFIRM_WAIT_S = 5.0  # a write waits this long for a running daemon to show it
 CONFIRM_POLL_S = 0.005  # and looks this often: what an agent waits for, beyond the sync
@@ -94,6 +98,55 @@ def body_of(content: str | None) -> str | None:
     return content[match.end():] if match else content
 
 
+def _char_cost(char: str) -> int:
+    code = ord(char)
+    if 0x20 <= code < 0x7F:
+        return 2 if char in '"\\' else 1
+    return 12 if code > 0xFFFF else 6
+
+
+def json_cost(value: Any) -> int:
+    """Bytes of `value` as JSON with every non-ASCII character escaped."""
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def cut_text(text: str, budget: int) -> tuple[str, bool]:
+    """`text`, or its longest start whose JSON string fits `budget` bytes; and
+    whether it was cut."""
+    if len(text) * 12 + 2 <= budget or json_cost(text) <= budget:
+        return text, False
+    used, end = 2, 0
+    for end, char in enumerate(text):  # noqa: B007 (end is the cut)
+        used += _char_cost(char)
+        if used > budget:
+            break
+    return text[:end], True
+
+
+def _short_names(item: dict[str, Any]) -> dict[str, Any]:
+    """The record with a very long name cut (a person may write any length)."""
+    name = item.get("name")
+    if isinstance(name, str):
+        cut, was_cut = cut_text(name, NAME_BYTES)
+        if was_cut:
+            return {**item, "name": cut + "…"}
+    return item
+
+
+def _within_budget(rows: list[dict[str, Any]], keep: str) -> list[dict[str, Any]]:
+    """As many rows as fit ANSWER_BYTES: the first ones (best hits) or the last ones
+    (the newest history)."""
+    ordered = rows if keep == "first" else rows[::-1]
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for row in ordered:
+        size += json_cost(row) + 1
+        if kept and size > ANSWER_BYTES - 2_000:
+            break
+        kept.append(row)
+    return kept if keep == "first" else kept[::-1]
+
+
 def _compact(item: Mapping[str, Any]) -> dict[str, Any]:
     """A list record: no times but the last update, no nulls."""
     keys = ("id", "stage", *FIELDS, "updated_at")
@@ -106,11 +159,13 @@ def _cursor(item: Mapping[str, Any]) -> str:
 
 
 def _after_cursor(cursor: str) -> tuple[Any, ...]:
+    if len(cursor) > 2000:
+        raise FieldError("cursor", cursor, "not a cursor this server gave")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stage, story_id = json.loads(raw)
         return queries.page_key(str(stage), str(story_id))
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise FieldError("cursor", cursor, "not a cursor this server gave") from None
 
 
@@ -119,32 +174,32 @@ class Pipeline:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._identity: tuple[int, int] | None = None
-
-    # -- reads -----------------------------------------------------------------------
+        # One read-only connection per thread: a web server answers requests on a
+        # pool of threads, and a snapshot is a transaction of its connection.
+        self._local = threading.local()
 
     def _read(self) -> Any:
-        """The read-only connection, opened again if the database file was replaced."""
+        """This thread's read-only connection, opened again if the database file was
+        replaced (a `rebuild`)."""
         db_path = self.config.db_path
         try:
             st = os.stat(db_path)
-            identity = (st.st_dev, st.st_ino)
+            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:
             identity = None
-        with self._lock:
-            if self._conn is None or identity != self._identity:
-                if self._conn is not None:
-                    self._conn.close()
-                check_before_reading(db_path)
-                self._conn = open_read_only(db_path)
-                self._identity = identity
-                if not queries.table_exists(self._conn, "pipeline_items"):
-                    self._conn.close()
-                    self._conn = None
-                    raise DatabaseError(db_path, "not a pipelined database (no pipeline_items)")
-            return self._conn
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or identity != local.identity:
+            if conn is not None:
+                local.conn = None
+                conn.close()
+            check_before_reading(db_path)
+            conn = open_read_only(db_path)
+            if not queries.table_exists(conn, "pipeline_items"):
+                conn.close()
+                raise DatabaseError(db_path, "not a pipelined database (no pipeline_items)")
+            local.conn, local.identity = conn, identity
+        return conn
 
     def _answer(self, conn: Any, **fields: Any) -> dict[str, Any]:
         return {**fields, "daemon": freshness(self.config.db_path, conn)}
@@ -160,13 +215,16 @@ class Pipeline:
     def status(self) -> dict[str, Any]:
         conn = self._read()
         with queries.snapshot(conn):
-            return self._answer(conn, **pipeline_status(self.config.db_path, conn))
+            return self._answer(conn, **pipeline_status(self.config.db_path, conn),
+                                stage_folders=list(self.config.stages))
 
     def list_stories(self, *, stage: str | None = None, agent: str | None = None,
                      unassigned: bool = False, blocked: bool | None = None,
                      ready: bool = False, kind: str | None = None,
-                     limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
-        """Compact records by stage then number, a page at a time."""
+                     limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+                     compact: bool = True) -> dict[str, Any]:
+        """Records by stage then number, a page at a time: compact ones (no times but
+        the last update, no nulls), or as `ls --json` shows them."""
         if not 1 <= limit <= MAX_LIMIT:
             raise FieldError("limit", limit, f"expected 1 to {MAX_LIMIT}")
         if kind is not None and kind not in STORY_TYPES:
@@ -198,8 +256,8 @@ class Pipeline:
         page: list[dict[str, Any]] = []
         size = 0
         for item in items[:limit]:
-            record = _compact(item)
-            size += len(json.dumps(record, ensure_ascii=False)) + 1
+            record = _short_names(_compact(item) if compact else dict(item))
+            size += json_cost(record) + 1
             if page and size > ANSWER_BYTES:
                 break
             page.append(record)
@@ -219,14 +277,17 @@ class Pipeline:
             recent = (store_history.history(conn, [story_id], limit=history_rows)
                       if store_history.has_history(conn) else [])
             answer = self._answer(conn)
-        content = story.pop("content")
-        body = body_of(content)
-        if body is not None and len(body) > BODY_CHARS:
-            story["body"] = body[:BODY_CHARS]
-            story["body_cut"] = (f"the body is {len(body)} characters; the first {BODY_CHARS} "
-                                 f"are here, the whole file is resource story://{story_id}")
-        else:
-            story["body"] = body
+        body = body_of(story.pop("content"))
+        story = _short_names(story)
+        if json_cost(story["extra"]) > EXTRA_BYTES:
+            story["extra_cut"] = (f"{json_cost(story['extra'])} bytes of other front-matter keys "
+                                  f"are left out: the whole file is resource story://{story_id}")
+            story["extra"] = {}
+        left = ANSWER_BYTES - json_cost({"story": story, "history": recent, **answer}) - 200
+        story["body"], cut = (None, False) if body is None else cut_text(body, max(0, left))
+        if cut:
+            story["body_cut"] = (f"the body is {len(body or '')} characters; the start is "
+                                 f"here, the whole file is resource story://{story_id}")
         return {"story": story, "history": recent, **answer}
 
     def markdown(self, ref: str) -> str:
@@ -239,8 +300,9 @@ class Pipeline:
         text: str | None = story["content"]
         if text is None:
             return "(the file is over the size limit: its text is not copied)"
-        if len(text) > 2 * BODY_CHARS:
-            return text[:2 * BODY_CHARS] + f"\n\n[cut: {len(text)} characters in all]\n"
+        cut, was_cut = cut_text(text, RESOURCE_BYTES)
+        if was_cut:
+            return cut + f"\n\n[cut here: the file has {len(text)} characters]\n"
         return text
 
     def search(self, query: str, stage: str | None = None,
@@ -250,8 +312,19 @@ class Pipeline:
         folder = resolve_stage(stage, self.config.stages) if stage is not None else None
         conn = self._read()
         with queries.snapshot(conn):
-            hits = [hit.as_dict() for hit in run_search(conn, query, stage=folder, limit=limit)]
-            return self._answer(conn, hits=hits)
+            hits = [_short_names(hit.as_dict())
+                    for hit in run_search(conn, query, stage=folder, limit=limit)]
+            return self._answer(conn, hits=_within_budget(hits, keep="first"))
+
+    def recent(self, limit: int = 100) -> dict[str, Any]:
+        """The newest history rows of every story, oldest first."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise FieldError("limit", limit, f"expected 1 to {MAX_LIMIT}")
+        conn = self._read()
+        with queries.snapshot(conn):
+            store_history.require_history(conn, self.config.db_path)
+            rows = store_history.history(conn, limit=limit)
+            return self._answer(conn, history=_within_budget(rows, keep="last"))
 
     def log(self, ref: str, limit: int = 50) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIMIT:
@@ -265,7 +338,65 @@ class Pipeline:
             if not ids:
                 raise StoryNotFound(ref)
             rows = store_history.history(conn, ids, limit=limit)
-            return self._answer(conn, id=ids[0], history=rows)
+            return self._answer(conn, id=ids[0], history=_within_budget(rows, keep="last"))
+
+    def show(self, ref: str) -> dict[str, Any]:
+        """One story as `pipelined show --json` prints it."""
+        conn = self._read()
+        with queries.snapshot(conn):
+            story = queries.get_story(conn, self._one_id(conn, ref))
+            if story is None:
+                raise StoryNotFound(ref)
+            return self._answer(conn, **story)
+
+    def board(self, per_column: int = 200) -> dict[str, Any]:
+        """`board --json`'s columns, each capped at `per_column` cards (`more` says how
+        many it left out; `next_cursor` pages on with `cards`)."""
+        conn = self._read()
+        with queries.snapshot(conn):
+            items = queries.list_stories(conn)
+            daemon = freshness(self.config.db_path, conn)
+        columns = board_columns(items, self.config.stages)
+        for column in columns:
+            cards = column["cards"]
+            column["more"] = max(0, len(cards) - per_column)
+            column["cards"] = cards[:per_column]
+            last = cards[per_column - 1] if column["more"] else None
+            column["next_cursor"] = _cursor({**last, "stage": column["stage"]}) if last else None
+        return {"columns": columns, "daemon": daemon}
+
+    def cards(self, stage: str, cursor: str | None = None, limit: int = 200,
+              ref: str | None = None) -> dict[str, Any]:
+        """Board cards: a page of one stage's, or the one story `ref` names."""
+        conn = self._read()
+        with queries.snapshot(conn):
+            if ref is not None:
+                story = queries.get_story(conn, self._one_id(conn, ref))
+                items = [] if story is None else [story]
+                next_cursor = None
+            else:
+                folder = resolve_stage(stage, self.config.stages)
+                after = _after_cursor(cursor) if cursor else None
+                items, _total = queries.page_stories(conn, stage=folder, after=after,
+                                                     limit=limit + 1)
+                next_cursor = _cursor(items[limit - 1]) if len(items) > limit else None
+                items = items[:limit]
+            targets = self._dependency_targets(conn, items)
+            daemon = freshness(self.config.db_path, conn)
+        unmet = unmet_dependencies([*items, *(t for t in targets if t["id"] not in
+                                              {i["id"] for i in items})])
+        cards = [{"id": i["id"], "number": story_number(i["id"]), "stage": i["stage"],
+                  "name": i["name"], "agent": i["agent"], "blocked": bool(i["blocked"]),
+                  "depends_on": i["depends_on"], "unmet": unmet[i["id"]]} for i in items]
+        return {"cards": cards, "next_cursor": next_cursor, "daemon": daemon}
+
+    @staticmethod
+    def _dependency_targets(conn: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stories the items' `depends_on` entries name (for their unmet ones)."""
+        refs = {str(dep) for item in items for dep in item.get("depends_on") or ()
+                if not isinstance(dep, bool)}
+        ids = {found for ref in refs for found in queries.resolve_ref(conn, ref)}
+        return queries.stories_by_id(conn, sorted(ids))
 
     # -- writes ----------------------------------------------------------------------
 
@@ -317,7 +448,7 @@ class Pipeline:
                 self.config.db_path, edited.story_id, fields, CONFIRM_WAIT_S, CONFIRM_POLL_S))
         return self._answer(
             self._read(), id=edited.story_id, changed=list(edited.changed),
-            fields={k: from_column(k, v) for k, v in edited.after.items()},
+            fields=_short_names({k: from_column(k, v) for k, v in edited.after.items()}),
             confirmed=confirmed)
 
 

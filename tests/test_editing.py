@@ -262,3 +262,48 @@ class TestCommandsWithADaemon:
                                 check=False)
         assert failed.returncode == 1
         assert failed.stderr.startswith("Error: ") and "exited with status 1" in failed.stderr
+
+
+class TestReviewedEdges:
+    def test_a_blank_agent_can_be_claimed(self, stories: Stories) -> None:
+        stories.write("1_backlog", "5_story_blank", '---\nname: x\nagent: ""\n---\n')
+        assert claim_story(stories.root, STAGES, "5", "coder-1", max_bytes=LIMIT).changed == (
+            "agent",)
+
+    def test_a_symlink_to_a_file_that_is_no_story_is_not_edited(self, stories: Stories) -> None:
+        """A committed symlink pointing at `.git/config` (or any non-.md file, or out of
+        the root) must not let a claim write into it."""
+        git = stories.root / ".git"
+        git.mkdir()
+        config = git / "config"
+        config.write_text("[core]\n")
+        stories.path("1_backlog", "5_story_trap").symlink_to(config)
+        outside = stories.root.parent / "outside.md"
+        outside.write_text("---\nname: out\n---\n")
+        stories.path("1_backlog", "6_story_out").symlink_to(outside)
+        md_in_git = git / "notes.md"
+        md_in_git.write_text("---\nname: hidden\n---\n")
+        stories.path("1_backlog", "7_story_git").symlink_to(md_in_git)
+        for ref in ("5", "6", "7"):
+            with pytest.raises(EditRefused):
+                claim_story(stories.root, STAGES, ref, "coder-1", max_bytes=LIMIT)
+        assert config.read_text() == "[core]\n" and "coder" not in outside.read_text()
+        assert "coder" not in md_in_git.read_text()
+
+    def test_clearing_a_field_that_holds_a_bad_value_clears_it(self, stories: Stories) -> None:
+        path = stories.write("1_backlog", "5_story_bad", "---\nname: x\nretry_count: abc\n---\n")
+        edited = edit(stories, "5", retry_count=None)
+        assert edited.changed == ("retry_count",)
+        assert parse_story(path.read_bytes(), LIMIT).errors == ()
+
+    def test_dependency_ids_with_any_characters_are_written_readably(
+            self, stories: Stories, story: Path) -> None:
+        edit(stories, "12", depends_on=[3, "4_story_café", "5_story_🚀"])
+        assert 'depends_on: [3, "4_story_café", "5_story_🚀"]' in story.read_text()
+        parsed = parse_story(story.read_bytes(), LIMIT)
+        assert json.loads(parsed.fields["depends_on"]) == [3, "4_story_café", "5_story_🚀"]
+
+    def test_each_line_keeps_its_own_ending(self, stories: Stories) -> None:
+        path = stories.write("1_backlog", "5_story_mixed", "---\nname: x\r\nagent: z\n---\n")
+        edit(stories, "5", name="y", agent="w")
+        assert path.read_bytes() == b'---\nname: "y"\r\nagent: "w"\n---\n'

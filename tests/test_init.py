@@ -65,7 +65,8 @@ class TestInit:
         result = init(str(tmp_path / "r"), "--stages", "backlog")
         assert result.returncode == 2
         assert result.stderr.strip().splitlines() == [
-            "Error: bad setting stages='backlog': a stage is named <digits>_<name>"]
+            "Error: bad setting stages='backlog': a stage is named <digits>_<name>, "
+            "at most 18 digits"]
         assert not (tmp_path / "r").exists()
 
     def test_example_and_a_daemon_on_it(self, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "parse_errors",
     "resolve_ref",
     "snapshot",
+    "stories_by_id",
     "story_rows",
     "story_stage",
     "table_exists",
@@ -173,6 +174,17 @@ def _get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
             "ORDER BY winner DESC, path", (story_id,))
     ]
     return item
+
+
+def stories_by_id(conn: apsw.Connection, ids: list[str]) -> list[dict[str, Any]]:
+    """These stories without content (the ones that exist)."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found += [_item(row) for row in conn.execute(
+            f"SELECT {', '.join(ITEM_COLUMNS)} FROM pipeline_items "
+            f"WHERE id IN ({', '.join('?' * len(chunk))})", chunk)]
+    return found
 
 
 def story_rows(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
