@@ -64,15 +64,16 @@ _WRITING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def _markdown() -> MarkdownIt:
-    """CommonMark with raw HTML off; markdown-it's own link check drops javascript:,
-    vbscript:, file: and data: (but images) links; links open in a new tab."""
+    """CommonMark with raw HTML and images off; markdown-it's own link check drops
+    javascript:, vbscript:, file: and data: links; links open in a new tab."""
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable("table")
+    md.disable("image")  # `![alt](url)` stays text: a story cannot make the board fetch
 
-    def link_open(tokens: Any, idx: int, options: Any, env: Any) -> str:
+    def link_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         tokens[idx].attrSet("rel", "noopener noreferrer nofollow")
         tokens[idx].attrSet("target", "_blank")
-        return str(md.renderer.renderToken(tokens, idx, options, env))  # type: ignore[attr-defined]
+        return str(renderer.renderToken(tokens, idx, options, env))
 
     md.add_render_rule("link_open", link_open)
     return md

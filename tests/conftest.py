@@ -9,8 +9,10 @@ wait polls a condition with a deadline; nothing sleeps blindly.
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -350,3 +352,45 @@ def log_events(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list
                        if line.startswith("{")]
     finally:
         configure_logging()  # the next test's first line picks up its own stderr
+
+
+class Served:
+    """A `pipelined serve` subprocess; requests with http.client (the stdlib)."""
+
+    def __init__(self, stories: Stories, db: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelined", "serve", "--root", str(stories.root),
+             "--db", str(db), "--listen", "127.0.0.1:0", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + self.proc.stderr.read()
+        self.port = int(match.group(1))
+        self.host = f"127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=DEADLINE_S)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={
+                "content-type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            raw = response.read()
+            shown = json.loads(raw) if response.getheader("content-type", "").startswith(
+                "application/json") else raw.decode()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, shown
+        finally:
+            conn.close()
+
+    def get(self, path: str, **headers: str) -> Any:
+        status, _headers, body = self.request("GET", path, headers=headers)
+        assert status == 200, (path, status, body)
+        return body
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(DEADLINE_S)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()

@@ -5,7 +5,6 @@ stream, MCP over HTTP; and the change feed's bounds in-process."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import re
 import socket
@@ -18,56 +17,15 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import DEADLINE_S, DaemonProcess, Stories
+from conftest import DEADLINE_S, DaemonProcess, Served, Stories
 from mcp import Client
 
 from pipelined.web import CSP
 
 XSS = ('---\nname: "<img src=x onerror=alert(1)>"\n---\n'
        "<script>alert(1)</script>\n\n[click](javascript:alert(1)) "
-       "<img src=x onerror=alert(2)>\n")
-
-
-class Served:
-    """A `pipelined serve` subprocess; requests with http.client (the stdlib)."""
-
-    def __init__(self, stories: Stories, db: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelined", "serve", "--root", str(stories.root),
-             "--db", str(db), "--listen", "127.0.0.1:0", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + self.proc.stderr.read()
-        self.port = int(match.group(1))
-        self.host = f"127.0.0.1:{self.port}"
-
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=DEADLINE_S)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={
-                "content-type": "application/json", **(headers or {})})
-            response = conn.getresponse()
-            raw = response.read()
-            shown = json.loads(raw) if response.getheader("content-type", "").startswith(
-                "application/json") else raw.decode()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, shown
-        finally:
-            conn.close()
-
-    def get(self, path: str, **headers: str) -> Any:
-        status, _headers, body = self.request("GET", path, headers=headers)
-        assert status == 200, (path, status, body)
-        return body
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(DEADLINE_S)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+       "<img src=x onerror=alert(2)> ![pixel](http://203.0.113.9/p.png) "
+       "[docs](https://example.com/docs)\n")
 
 
 @pytest.fixture
@@ -122,8 +80,13 @@ class TestReads:
         travel as JSON strings (the board sets them as text)."""
         story = served.get("/api/stories/12?html=1")
         html = story["html"]
-        assert re.search(r"<(script|img)\b", html) is None and "href=" not in html
+        assert re.search(r"<(script|img)\b", html) is None and "javascript" not in re.sub(
+            r"\[click\]\(javascript:alert\(1\)\)", "", html)
         assert "&lt;script&gt;" in html and "[click](javascript:alert(1))" in html
+        assert re.findall(r"<a [^>]*>", html) == [  # the picture stays a link, never fetched
+            '<a href="http://203.0.113.9/p.png" rel="noopener noreferrer nofollow" '
+            'target="_blank">', '<a href="https://example.com/docs" '
+            'rel="noopener noreferrer nofollow" target="_blank">']
         assert story["name"] == "<img src=x onerror=alert(1)>"
 
 
