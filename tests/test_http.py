@@ -5,6 +5,7 @@ stream, MCP over HTTP; and the change feed's bounds in-process."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
 import socket
@@ -243,3 +244,44 @@ class TestMcpOverHttp:
 
         result = anyio.run(main)
         assert not result.is_error and result.structured_content["story"]["name"] == "Login form"
+
+
+class TestSocketActivation:
+    def test_serve_takes_the_socket_systemd_passes(self, stories: Stories,
+                                                   daemon: DaemonProcess) -> None:
+        """LISTEN_FDS=1 and LISTEN_PID of the server: it answers on fd 3, bound by its
+        parent (as pipelined-serve.socket does), whatever --listen says."""
+        stories.write("1_backlog", "10_story_login", name="Login")
+        daemon.start()
+        daemon.wait_row("10_story_login")
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        # What systemd does between fork and exec: the socket at fd 3, LISTEN_PID = the
+        # server's own pid (execv keeps it), LISTEN_FDS=1.
+        wrapper = ("import os, sys\n"
+                   "os.dup2(int(sys.argv[1]), 3)\n"
+                   "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+                   "os.execv(sys.executable, [sys.executable, '-m', 'pipelined', "
+                   "*sys.argv[2:]])\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", wrapper, str(listener.fileno()), "serve", "--root",
+             str(stories.root), "--db", str(daemon.db), "--listen", "127.0.0.1:1"],
+            pass_fds=(listener.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        listener.close()
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert f"127.0.0.1:{port}/" in line, line + proc.stderr.read()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+            conn.request("GET", "/api/stories/10")
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["name"] == "Login"
+            conn.close()
+        finally:
+            proc.terminate()
+            proc.wait(DEADLINE_S)
+            assert proc.stderr is not None
+            proc.stderr.close()

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.e2e  # the real daemon, or the units' commands, as subp
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 SYSTEM_UNIT = UNITS / "pipelined.service"
 USER_UNIT = UNITS / "pipelined-user.service"
+SERVE_UNIT = UNITS / "pipelined-serve.service"
+SERVE_SOCKET = UNITS / "pipelined-serve.socket"
 ANALYZE = shutil.which("systemd-analyze")
 
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
@@ -138,6 +140,20 @@ class TestSecurityScore:
                           done.stdout)
         assert score is not None and float(score.group(1)) <= 1.0
 
+    def test_serve_unit_is_at_most_1_5(self, tmp_path: Path) -> None:
+        """`pipelined serve`, socket-activated: no network of its own, the sandbox of the
+        daemon; `--threshold=15` passes (score <= 1.5)."""
+        done = analyze("security", "--offline=yes", "--threshold=15", str(SERVE_UNIT),
+                       cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+        score = re.search(r"Overall exposure level for pipelined-serve.service: ([0-9.]+)",
+                          done.stdout)
+        assert score is not None and float(score.group(1)) <= 1.5
+        settings = unit_settings(SERVE_UNIT)
+        assert settings["PrivateNetwork"] == ["yes"]
+        assert settings["RestrictAddressFamilies"] == ["AF_UNIX"]
+        assert unit_settings(SERVE_SOCKET)["ListenStream"] == ["127.0.0.1:8765"]
+
     def test_the_threshold_really_fails_a_weak_unit(self, tmp_path: Path) -> None:
         """The score test can fail: a unit without the sandbox exits 1 at threshold 5."""
         weak = tmp_path / "weak.service"
@@ -171,6 +187,21 @@ class TestVerify:
         home holding a stub venv."""
         stub_executable(Path(user_env["HOME"]) / ".local/share/pipelined/venv/bin/pipelined")
         done = analyze("--user", "verify", str(USER_UNIT), env=user_env, cwd=tmp_path)
+        assert done.stderr == ""
+        assert done.returncode == 0
+
+    def test_serve_units_verify_with_empty_stderr(self, tmp_path: Path) -> None:
+        """The socket and its service, verified together (ExecStart= points at a stub)."""
+        venv = tmp_path / "opt" / "pipelined" / "venv"
+        stub_executable(venv / "bin" / "pipelined")
+        units = tmp_path / "units"
+        units.mkdir()
+        for source in (SERVE_SOCKET, SERVE_UNIT):
+            text = source.read_text(encoding="utf-8")
+            (units / source.name).write_text(text.replace("/opt/pipelined/venv", str(venv)),
+                                             encoding="utf-8")
+        done = analyze("verify", str(units / SERVE_SOCKET.name), str(units / SERVE_UNIT.name),
+                       cwd=tmp_path)
         assert done.stderr == ""
         assert done.returncode == 0
 

@@ -98,13 +98,14 @@ def serve(root: Path | None, db: Path | None, stages: str | None, config_file: P
     config = load_config(root, db, stages, config_file)
     host, port = _listen_address(listen)
     token = _read_token(token_file) if token_file is not None else None
-    if token is None and not _is_loopback(host):
-        raise ConfigError("listen", listen, "listening beyond loopback needs --token-file "
-                                            "(writes would be open to the network)")
     check_root(config.root, config.stages)
     read_conn(config).close()  # no database, or not ours: one Error: line, before serving
     sock = _socket(host, port)
-    port = sock.getsockname()[1]
+    host, port = sock.getsockname()[:2]  # systemd's socket may listen elsewhere
+    if token is None and not _is_loopback(host):
+        sock.close()
+        raise ConfigError("listen", f"{host}:{port}", "listening beyond loopback needs "
+                          "--token-file (writes would be open to the network)")
     names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
     hosts = {f"{name}:{port}" for name in names} | {
         h if ":" in h else f"{h}:{port}" for h in allow_host}
