@@ -37,8 +37,9 @@ def board(stories: Stories, daemon: DaemonProcess) -> Iterator[tuple[Served, Dae
         server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """One chromium for the module (each test opens its own pages)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -145,3 +146,31 @@ class TestSmallScreens:
         page.locator("section.column").nth(2).scroll_into_view_if_needed()
         assert card(page, "13_story_xss").is_visible()
 
+
+
+class TestLongColumns:
+    def test_the_last_card_shown_and_load_more(self, stories: Stories, daemon: DaemonProcess,
+                                               browser: object) -> None:
+        """A column of 205 stories shows 200; saving the 200th keeps it (it once vanished:
+        found by the benchmark); "load more" brings the other five, in order."""
+        for n in range(1, 206):
+            stories.write("1_backlog", f"{n}_story_s", name=f"story {n}")
+        daemon.start()
+        daemon.wait_row("205_story_s")
+        server = Served(stories, daemon.db)
+        try:
+            page = open_board(browser, server)
+            column = page.locator('section[data-stage="1_backlog"]')
+            assert column.locator("article.card").count() == 200
+            assert column.locator(".count").inner_text() == "205"
+            stories.write("1_backlog", "200_story_s", name="story 200 saved")
+            expect(card(page, "200_story_s")).to_contain_text("saved")
+            stories.write("1_backlog", "203_story_s", name="story 203 saved")
+            column.locator("button.more").click()
+            expect(column.locator("article.card")).to_have_count(205)
+            ids = [column.locator("article.card").nth(i).get_attribute("data-id")
+                   for i in (199, 200, 204)]
+            assert ids == ["200_story_s", "201_story_s", "205_story_s"]
+            expect(card(page, "203_story_s")).to_contain_text("saved")
+        finally:
+            server.stop()

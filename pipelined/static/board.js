@@ -96,24 +96,25 @@ function refreshAgents() {
   }
 }
 
-// Put a card in its column at its place (number order), or leave it out when the
-// column has not loaded that far yet ("load more" brings it).
+// Put a card in its column at its place (number order), or leave it out when it
+// falls past the last card a capped column shows ("load more" brings it).
 function place(card) {
+  const column = columns.get(card.stage);
+  const lastEl = column ? column.list.lastElementChild : null;
+  const last = lastEl ? (cards.get(lastEl.dataset.id) || {}).data : null;
   const old = cards.get(card.id);
   if (old) old.el.remove();
   cards.delete(card.id);
-  const column = columns.get(card.stage);
   if (!column) return;
-  const list = column.list;
+  if (column.cursor && (!last || before(last, card))) return; // beyond what it shows
   let next = null;
-  for (const el of list.children) {
+  for (const el of column.list.children) {
     const other = cards.get(el.dataset.id);
     if (other && before(card, other.data)) { next = el; break; }
   }
-  if (!next && column.cursor) return; // beyond what this column shows
   const entry = { data: card, el: cardElement(card) };
   cards.set(card.id, entry);
-  list.insertBefore(entry.el, next);
+  column.list.insertBefore(entry.el, next);
   applyFilter(entry);
 }
 
@@ -175,11 +176,8 @@ async function loadMore(stage) {
   const column = columns.get(stage);
   if (!column.cursor) return;
   const page = await api(`/api/cards?stage=${encodeURIComponent(stage)}&cursor=${encodeURIComponent(column.cursor)}&limit=${PER_COLUMN}`);
-  column.cursor = null; // place() appends at the end only when nothing is left to load
-  for (const card of page.cards) {
-    column.cursor = null;
-    place(card);
-  }
+  column.cursor = null; // every card of the page goes in, at the end
+  for (const card of page.cards) place(card);
   column.cursor = page.next_cursor;
   column.moreEl.hidden = !column.cursor;
   refreshAgents();
