@@ -70,6 +70,15 @@ def _socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _no_delay(sock: socket.socket) -> socket.socket:
+    """TCP_NODELAY on the listening socket (accepted ones inherit it): a response
+    written as headers then body must not wait for the client's delayed ACK (40 ms
+    on every request of a kept-alive connection)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 @click.command()
 @settings_options
 @click.option("--listen", default="127.0.0.1:8765", show_default=True,
@@ -100,7 +109,7 @@ def serve(root: Path | None, db: Path | None, stages: str | None, config_file: P
     token = _read_token(token_file) if token_file is not None else None
     check_root(config.root, config.stages)
     read_conn(config).close()  # no database, or not ours: one Error: line, before serving
-    sock = _socket(host, port)
+    sock = _no_delay(_socket(host, port))
     host, port = sock.getsockname()[:2]  # systemd's socket may listen elsewhere
     if token is None and not _is_loopback(host):
         sock.close()
