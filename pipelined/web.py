@@ -152,6 +152,16 @@ def _endpoint(work: Callable[[Request], Any]) -> Callable[[Request], Awaitable[R
     return endpoint
 
 
+async def _posted(request: Request, work: Callable[[dict[str, Any]], Any]) -> Response:
+    """A write: the JSON body to `work` (in a thread), its answer or its one line."""
+    try:
+        body = await _json_body(request)
+        value = await run_in_threadpool(work, body)
+    except PipelinedError as exc:
+        return _error(exc)
+    return JSONResponse(value)
+
+
 def _flag(request: Request, name: str) -> bool | None:
     value = request.query_params.get(name)
     if value is None:
@@ -220,24 +230,17 @@ class _Api:
         return self.pipeline.board(_int(request, "per_column", 200))
 
     async def move(self, request: Request) -> Response:
-        try:
-            stage = (await _json_body(request)).get("stage")
+        def work(body: dict[str, Any]) -> Any:
+            stage = body.get("stage")
             if not isinstance(stage, str):
                 raise FieldError("stage", stage, "expected a stage name")
-            value = await run_in_threadpool(self.pipeline.move,
-                                            request.path_params["story_id"], stage)
-        except PipelinedError as exc:
-            return _error(exc)
-        return JSONResponse(value)
+            return self.pipeline.move(request.path_params["story_id"], stage)
+
+        return await _posted(request, work)
 
     async def update(self, request: Request) -> Response:
-        try:
-            body = await _json_body(request)
-            value = await run_in_threadpool(self.pipeline.update,
-                                            request.path_params["story_id"], body)
-        except PipelinedError as exc:
-            return _error(exc)
-        return JSONResponse(value)
+        return await _posted(request, lambda body: self.pipeline.update(
+            request.path_params["story_id"], body))
 
     async def events(self, request: Request) -> Response:
         last = request.headers.get("last-event-id") or request.query_params.get("since")
