@@ -11,8 +11,11 @@ from conftest import DaemonProcess, Served, Stories, wait_until
 from playwright.sync_api import expect
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None,
-                                reason="needs Debian's chromium (apt-get install chromium)")
+# A real browser per module: in the slow pass of `.ci/run` (-m slow), beside the other
+# heavy tests, so the default suite stays about two minutes.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which(CHROMIUM) is None,
+                                 reason="needs Debian's chromium (apt-get install chromium)")]
 
 XSS_NAME = '<img src=x onerror="window.__pwned = 1">'
 XSS_BODY = ('<script>window.__pwned = 2</script>\n\n'
