@@ -76,6 +76,7 @@ class TestFullDisk:
 
 
 class TestLockedDatabase:
+    @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_write_lock_held_by_another_program(self, stories: Stories,
                                                 daemon: DaemonProcess) -> None:
         """Another program holds a write transaction: edits wait, then all land."""

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import apsw
+import pytest
 from conftest import (
     STAGES,
     DaemonProcess,
@@ -71,6 +72,7 @@ class TestChunkedImport:
         assert state_matches_rows(daemon)
         assert daemon.stop() == 0
 
+    @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_kill_between_chunks_rereads_only_the_rest(self, stories: Stories,
                                                        daemon: DaemonProcess) -> None:
         """kill -9 once the first chunk is committed: the next start reads only the
@@ -114,6 +116,7 @@ class TestChunkedImport:
         assert last.startswith(f"Error: database {daemon.db}: quick_check found")
         assert "pipelined rebuild" in last
 
+    @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_second_signal_during_a_first_import_stops_cleanly(
             self, stories: Stories, daemon: DaemonProcess) -> None:
         """Two SIGTERMs once the first chunk is in: the writer is abandoned while the

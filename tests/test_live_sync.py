@@ -156,6 +156,7 @@ class TestConflicts:
 
 
 class TestBusyTree:
+    @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_delete_goes_through_while_another_file_keeps_changing(
         self, stories: Stories, daemon: DaemonProcess
     ) -> None:

@@ -634,6 +634,7 @@ class TestExtendTimeout:
         assert {m.pid for m in received} == {notified.pid}
         assert notified.query("SELECT count(*) FROM pipeline_items")[0][0] == 1500
 
+    @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_a_wedged_first_import_does_not_extend(
             self, stories: Stories, notified: NotifiedDaemon) -> None:
         """When the import's writer makes no progress, the daemon stops asking for time
