@@ -375,3 +375,16 @@ class TestSampleConfig:
         assert settings
         for name, value in settings.items():
             assert getattr(defaults, name) == value, name
+
+
+class TestStageNames:
+    @pytest.mark.parametrize("stage", ["1" * 18 + "_done"])
+    def test_a_stage_number_of_18_digits_is_fine(self, stage: str) -> None:
+        assert Config(root=Path("."), stages=(stage,)).validate().stages == (stage,)
+
+    @pytest.mark.parametrize("stage", ["1" * 19 + "_done", "backlog", "1_", "²_x"])
+    def test_other_stage_names_are_refused(self, stage: str) -> None:
+        """A stage number SQLite cannot hold would break the paged order (the list API's
+        keyset), so it is refused with the others."""
+        with pytest.raises(ConfigError, match="at most 18 digits"):
+            Config(root=Path("."), stages=(stage,)).validate()
