@@ -22,7 +22,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipelined.authoring import create_story, move_story
@@ -41,7 +41,6 @@ from pipelined.schema import FIELDS, STORY_TYPES, from_column
 from pipelined.store import history as store_history
 from pipelined.store import queries
 from pipelined.store.connection import open_read_only
-from pipelined.store.lock import holder
 from pipelined.store.preflight import check_before_reading
 from pipelined.store.search import search as run_search
 from pipelined.story import story_number
@@ -400,11 +399,8 @@ class Pipeline:
 
     # -- writes ----------------------------------------------------------------------
 
-    def _confirmed(self, wait: Any) -> bool | None:
-        """Whether a running daemon showed the change in time; None with no daemon."""
-        if holder(self.config.db_path) is None:
-            return None
-        return bool(wait())
+    def _confirmed(self, wait: Callable[[], bool]) -> bool | None:
+        return queries.confirmed_by_daemon(self.config.db_path, wait)
 
     def create(self, title: str, kind: str = "story", stage: str | None = None,
                agent: str | None = None, blocked: bool = False,

@@ -215,7 +215,10 @@ class TestClaim:
         script = ("import os, sys, time\n"
                   "from pipelined.cli import main\n"
                   "open(sys.argv[1] + '.' + sys.argv[4], 'w').close()\n"
-                  "while not os.path.exists(sys.argv[1]): time.sleep(0.001)\n"
+                  "deadline = time.monotonic() + 60\n"
+                  "while not os.path.exists(sys.argv[1]):  # the start line, polled\n"
+                  "    assert time.monotonic() < deadline, 'never released'\n"
+                  "    time.sleep(0.001)\n"
                   "sys.argv = ['pipelined', *sys.argv[2:]]\n"
                   "main()\n")
         procs = [subprocess.Popen(

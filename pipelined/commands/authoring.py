@@ -83,16 +83,14 @@ def move(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     """
     from pipelined.authoring import move_story
     from pipelined.errors import SyncTimeout
-    from pipelined.store.lock import holder
-    from pipelined.store.queries import wait_for_stage
+    from pipelined.store.queries import confirmed_by_daemon, wait_for_stage
 
     config = load_config(root, db, stages, config_file)
     moved = move_story(config.root, config.stages, story_id, stage)
-    synced: bool | None = None
-    if not no_wait and holder(config.db_path) is not None:
-        synced = wait_for_stage(config.db_path, moved.story_id, stage, MOVE_WAIT_S)
-        if not synced:
-            raise SyncTimeout(f"moved {moved.story_id} to {stage}", MOVE_WAIT_S)
+    synced = None if no_wait else confirmed_by_daemon(config.db_path, lambda: wait_for_stage(
+        config.db_path, moved.story_id, stage, MOVE_WAIT_S))
+    if synced is False:
+        raise SyncTimeout(f"moved {moved.story_id} to {stage}", MOVE_WAIT_S)
     if as_json:
         print_json({"id": moved.story_id, "from_stage": moved.from_stage,
                     "to_stage": moved.to_stage, "path": str(moved.path.absolute()),

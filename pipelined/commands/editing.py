@@ -24,15 +24,16 @@ def _synced(config: Any, edited: Any, no_wait: bool) -> bool | None:
     """With a daemon running: whether it showed the edit in the database in time
     (SyncTimeout if not); None when no daemon runs or nothing changed."""
     from pipelined.errors import SyncTimeout
-    from pipelined.store.lock import holder
-    from pipelined.store.queries import wait_for_fields
+    from pipelined.store.queries import confirmed_by_daemon, wait_for_fields
 
-    if no_wait or not edited.changed or holder(config.db_path) is None:
+    if no_wait or not edited.changed:
         return None
     fields = {name: edited.after[name] for name in edited.changed}
-    if not wait_for_fields(config.db_path, edited.story_id, fields, SYNC_WAIT_S):
+    synced = confirmed_by_daemon(config.db_path, lambda: wait_for_fields(
+        config.db_path, edited.story_id, fields, SYNC_WAIT_S))
+    if synced is False:
         raise SyncTimeout(f"edited {edited.story_id}", SYNC_WAIT_S)
-    return True
+    return synced
 
 
 def _report(edited: Any, synced: bool | None, as_json: bool) -> None:

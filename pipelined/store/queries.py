@@ -25,8 +25,10 @@ from pipelined.schema import (
     to_column,
 )
 from pipelined.store.connection import open_read_only, transaction
+from pipelined.store.lock import holder
 
 __all__ = [
+    "confirmed_by_daemon",
     "conflicts",
     "counts_by_stage",
     "get_story",
@@ -272,6 +274,14 @@ def story_stage(conn: apsw.Connection, story_id: str) -> str | None:
     """The stage the database shows for a story, or None if it has no row."""
     row = conn.execute("SELECT stage FROM pipeline_items WHERE id = ?", (story_id,)).fetchone()
     return str(row[0]) if row else None
+
+
+def confirmed_by_daemon(db_path: Path, wait: Callable[[], bool]) -> bool | None:
+    """After a file edit: whether the daemon holding the database showed it in time
+    (`wait()` polls for it), or None when no daemon runs (nothing will sync it yet)."""
+    if holder(db_path) is None:
+        return None
+    return wait()
 
 
 def wait_for_stage(db_path: Path, story_id: str, stage: str, timeout_s: float,
