@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from pipelined import __version__
-from pipelined.errors import PipelinedError
+from pipelined.errors import EXIT_NEEDS_A_PERSON, PipelinedError
 
 __all__ = ["COMMANDS", "DAEMON_COMMANDS", "LazyCommands", "PipelinedGroup", "main"]
 
@@ -53,6 +53,8 @@ COMMANDS: Mapping[str, str] = {
 }
 # Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
 DAEMON_COMMANDS = frozenset({"run"})
+# What systemd runs: their errors that a restart cannot fix exit EXIT_NEEDS_A_PERSON.
+SERVICE_COMMANDS = frozenset({"run", "serve"})
 
 
 class LazyCommands(MutableMapping[str, click.Command]):
@@ -111,6 +113,8 @@ class PipelinedGroup(click.Group):
             from pipelined.terminal import one_line  # the message may quote a file name
 
             _error_line(one_line(f"Error: {exc}"))
+            if ctx.invoked_subcommand in SERVICE_COMMANDS and not exc.restart_helps:
+                sys.exit(EXIT_NEEDS_A_PERSON)  # systemd: do not restart (see errors.py)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:  # a bad flag or value: one line, not a usage block
             from pipelined.terminal import one_line  # it quotes what was typed
@@ -140,9 +144,12 @@ class PipelinedGroup(click.Group):
 
 
 def _error_line(line: str) -> None:
-    """`line` on stderr; if stderr has gone, the caller's exit code must still be the one."""
+    """`line` on stderr (at priority error when that is the journal); if stderr has
+    gone, the caller's exit code must still be the one."""
+    from pipelined.logs import journal_prefix
+
     try:
-        click.echo(line, err=True)
+        click.echo(journal_prefix(3) + line, err=True)
     except OSError:
         from pipelined.terminal import discard_output
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "EXIT_NEEDS_A_PERSON",
     "AmbiguousStory",
     "CommitFailed",
     "ConfigError",
@@ -42,12 +43,21 @@ class PipelinedError(Exception):
     """Base of every error pipelined reports to a user."""
 
     exit_code = 1
+    # False where starting again cannot help until a person acts (a bad setting, a
+    # damaged database): the daemon then exits EXIT_NEEDS_A_PERSON, which the units
+    # list in RestartPreventExitStatus=, instead of being restarted in a loop.
+    restart_helps = True
+
+
+# sysexits.h's EX_CONFIG: what `pipelined run` exits with for such an error.
+EXIT_NEEDS_A_PERSON = 78
 
 
 class ConfigError(PipelinedError):
     """A setting has a bad value."""
 
     exit_code = 2
+    restart_helps = False
 
     def __init__(self, field: str, value: object, why: str) -> None:
         self.field = field
@@ -84,6 +94,8 @@ class DatabaseError(PipelinedError):
 class DatabaseCorrupt(DatabaseError):
     """The database file is damaged; `pipelined rebuild` makes a fresh one."""
 
+    restart_helps = False
+
 
 class InotifyLimitError(PipelinedError):
     """The kernel refused an inotify watch or instance: a per-user limit is reached.
@@ -102,6 +114,8 @@ class InotifyLimitError(PipelinedError):
 
 class MigrationError(PipelinedError):
     """The database's schema history does not match the code's migrations."""
+
+    restart_helps = False
 
     def __init__(self, path: Path, why: str) -> None:
         self.path = path

@@ -1,6 +1,10 @@
 """structlog setup: console on a terminal, JSON (or logfmt) otherwise.
 
-Logs go to stderr. Under journald no timestamp is added (it keeps its own).
+Logs go to stderr. When stderr is the journal (`$JOURNAL_STREAM` names it), no
+timestamp is added (journald keeps its own) and every line starts with its
+syslog priority, `<4>` for a warning: journald's `SyslogLevelPrefix=` (on by
+default) strips it and files the line at that priority, so
+`journalctl -p warning -u pipelined` shows warnings and errors only.
 
 Values come from story files (ids are file names): the console and logfmt
 renderers print them as they are, so their string values are escaped first
@@ -28,7 +32,12 @@ from pipelined.terminal import block, discard_output, one_line
 if TYPE_CHECKING:
     from structlog.typing import ExcInfo
 
-__all__ = ["LineSink", "configure_logging", "dropped_lines", "get_logger"]
+__all__ = ["LineSink", "configure_logging", "dropped_lines", "get_logger", "journal_prefix",
+           "stderr_is_journal"]
+
+# structlog's method names -> syslog priorities (sd-daemon.h's SD_ERR and friends).
+_PRIORITIES = {"debug": 7, "info": 6, "msg": 6, "log": 6, "warn": 4, "warning": 4,
+               "err": 3, "error": 3, "exception": 3, "failure": 3, "critical": 2, "fatal": 2}
 
 _settings = {"fmt": "auto", "level": "info"}
 _configured = False
@@ -140,6 +149,45 @@ def _printable_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
     sio.write(block(text.getvalue()))
 
 
+def stderr_is_journal() -> bool:
+    """True when stderr is the journal stream systemd connected (`$JOURNAL_STREAM` is
+    its device and inode), not merely inherited by a child that redirected it."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        stat = os.fstat(2)
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
+
+
+def journal_prefix(priority: int) -> str:
+    """`<N>` for a line on stderr when that is the journal, else nothing."""
+    return f"<{priority}>" if stderr_is_journal() else ""
+
+
+def _with_priority(_logger: object, method: str, line: str) -> str:
+    """The rendered line behind its syslog priority, for journald (see the module doc)."""
+    return f"<{_PRIORITIES.get(method, 6)}>{line}"
+
+
+def stdlib_handler() -> logging.Handler:
+    """A stderr handler for the standard library's loggers (uvicorn's, the MCP SDK's):
+    `LEVEL name: message` lines, behind their syslog priority under journald."""
+    prefix = stderr_is_journal()
+
+    class _Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            line = one_line(super().format(record))
+            if not prefix:
+                return line
+            return f"<{_PRIORITIES.get(record.levelname.lower(), 6)}>{line}"
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Choose the renderer and level; applied when the first line is logged."""
     global _configured  # noqa: PLW0603 - one process-wide logging setup
@@ -163,7 +211,8 @@ def _apply() -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
         ]
-        if not os.environ.get("JOURNAL_STREAM"):
+        journal = stderr_is_journal()
+        if not journal:
             processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
         if fmt == "console":
             processors.append(structlog.dev.set_exc_info)
@@ -177,6 +226,8 @@ def _apply() -> None:
                 processors.append(structlog.processors.LogfmtRenderer(key_order=["event"]))
             else:  # json.dumps escapes every control and non-ASCII character itself
                 processors.append(structlog.processors.JSONRenderer())
+        if journal:
+            processors.append(_with_priority)
         if _sink is None or _sink.stream is not sys.stderr:
             _sink = LineSink(sys.stderr)
         sink = _sink

@@ -5,6 +5,7 @@ from __future__ import annotations
 import apsw
 from conftest import DaemonProcess, Stories
 
+from pipelined.errors import EXIT_NEEDS_A_PERSON
 from pipelined.state import PipelineState
 
 
@@ -23,17 +24,18 @@ class TestSchema:
 
     @staticmethod
     def start_after(daemon: DaemonProcess, tamper_sql: str) -> str:
-        """Run once, change the migration record, start again: the one line it printed."""
+        """Run once, change the migration record, start again: the one line it printed,
+        and exit 78, as a restart cannot help (RestartPreventExitStatus= in the units)."""
         daemon.start()
         assert daemon.stop() == 0
         conn = apsw.Connection(str(daemon.db))
         conn.execute(tamper_sql)
         conn.close()
-        assert daemon.spawn().wait(30) == 1
+        assert daemon.spawn().wait(30) == EXIT_NEEDS_A_PERSON
         return daemon.log_tail(1)
 
     def test_unknown_migration_is_refused(self, stories: Stories, daemon: DaemonProcess) -> None:
-        """A database with a migration this code does not know: one line, exit 1."""
+        """A database with a migration this code does not know: one line."""
         line = self.start_after(
             daemon, "INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x', 'now')")
         assert line == (f"Error: database {daemon.db}: it has migration 9999_future.sql that "

@@ -23,6 +23,7 @@ from conftest import (
     wait_until,
 )
 
+from pipelined.errors import EXIT_NEEDS_A_PERSON
 from pipelined.startup import STARTUP_CHUNK
 from pipelined.store.connection import open_writer
 from pipelined.store.writer import Writer
@@ -111,7 +112,7 @@ class TestChunkedImport:
         for n in range(100, 100 + 3 * STARTUP_CHUNK):
             stories.write("1_backlog", f"{n}_story_more", name=f"more {n}")
         proc = daemon.spawn(env={"PIPELINED_WRITER_QUEUE": "1"})
-        assert proc.wait(30) == 1
+        assert proc.wait(30) == EXIT_NEEDS_A_PERSON  # damaged: no restart helps
         last = daemon.log_tail(1)
         assert last.startswith(f"Error: database {daemon.db}: quick_check found")
         assert "pipelined rebuild" in last

@@ -25,7 +25,7 @@ import apsw
 import pytest
 from conftest import DEADLINE_S, DaemonProcess, Stories
 
-from pipelined.errors import DatabaseError
+from pipelined.errors import EXIT_NEEDS_A_PERSON, DatabaseError
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.preflight import _read_header, check_before_writing, survey
 
@@ -41,15 +41,15 @@ def listing(folder: Path) -> Listing:
     return entries
 
 
-def refused(daemon: DaemonProcess) -> list[str]:
-    """Start the daemon, which must exit 1 by itself; the lines it printed."""
+def refused(daemon: DaemonProcess, exit_code: int = 1) -> list[str]:
+    """Start the daemon, which must exit `exit_code` by itself; the lines it printed."""
     proc = daemon.spawn()
     try:
         code = proc.wait(30)
     except subprocess.TimeoutExpired:
         daemon.kill()
         pytest.fail(f"the daemon ran instead of refusing to start:\n{daemon.log_tail()}")
-    assert code == 1, daemon.log_tail()
+    assert code == exit_code, daemon.log_tail()
     return daemon.log_tail(200).rsplit("--- start", 1)[1].splitlines()[1:]
 
 
@@ -177,7 +177,7 @@ class TestRefusedStarts:
         conn.execute("INSERT INTO schema_migrations VALUES ('9999_future.sql', 'x', 'now')")
         conn.close()
         before = listing(daemon.db.parent)
-        assert refused(daemon) == [
+        assert refused(daemon, EXIT_NEEDS_A_PERSON) == [  # an upgrade, not a restart, helps
             f"Error: database {daemon.db}: it has migration 9999_future.sql that this "
             "pipelined does not know (written by a newer version); upgrade pipelined"]
         assert listing(daemon.db.parent) == before

@@ -21,6 +21,7 @@ import pytest
 from conftest import DEADLINE_S, DaemonProcess, Served, Stories
 from mcp import Client
 
+from pipelined.errors import EXIT_NEEDS_A_PERSON
 from pipelined.web import CSP
 
 XSS = ('---\nname: "<img src=x onerror=alert(1)>"\n---\n'
@@ -127,7 +128,7 @@ class TestTheGuard:
             [sys.executable, "-m", "pipelined", "serve", "--root", str(stories.root),
              "--db", str(daemon.db), "--listen", "0.0.0.0:0"],
             capture_output=True, text=True, timeout=DEADLINE_S, check=False)
-        assert refused.returncode == 2 and "needs --token-file" in refused.stderr
+        assert refused.returncode == EXIT_NEEDS_A_PERSON and "needs --token-file" in refused.stderr
         token = tmp_path / "token"
         token.write_text("s3cret-token-0123456789\n")
         server = Served(stories, daemon.db, "--token-file", str(token))

@@ -11,6 +11,8 @@ import apsw
 import pytest
 from conftest import DaemonProcess, Stories, folder_matches_db, modes_bind_prefix, needs_modes
 
+from pipelined.errors import EXIT_NEEDS_A_PERSON
+
 
 def corrupt_pages(db: Path) -> None:
     """Overwrite the root page of pipeline_items (the file header stays valid), as a
@@ -41,9 +43,10 @@ def synced(stories: Stories, daemon: DaemonProcess) -> DaemonProcess:
 
 class TestIntegrity:
     def test_corrupt_pages_give_one_line_naming_rebuild(self, synced: DaemonProcess) -> None:
-        """quick_check at startup catches damaged pages: one line, exit 1, names rebuild."""
+        """quick_check at startup catches damaged pages: one line, exit 78 (no restart
+        can help), names rebuild."""
         corrupt_pages(synced.db)
-        assert synced.spawn().wait(30) == 1
+        assert synced.spawn().wait(30) == EXIT_NEEDS_A_PERSON
         last = synced.log_tail(1)
         assert last.startswith(f"Error: database {synced.db}: ")
         assert "pipelined rebuild" in last

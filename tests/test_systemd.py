@@ -96,8 +96,7 @@ class TestUnitFiles:
             assert settings.get(key) == [value], f"{unit.name}: {key}={settings.get(key)}"
         assert settings["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
         assert settings["WatchdogSec"] and settings["UMask"]
-        assert settings["StateDirectory"] == ["pipelined"]
-        assert len(settings["ReadWritePaths"]) == 1  # the stories folder, nothing else
+        assert settings["RestartPreventExitStatus"] == ["78"]  # EXIT_NEEDS_A_PERSON
 
     def test_system_unit(self) -> None:
         """A dedicated user, nothing of /home, the config file in /etc/pipelined."""
@@ -105,13 +104,18 @@ class TestUnitFiles:
         assert settings["User"] == ["pipelined"] and settings["Group"] == ["pipelined"]
         assert settings["ProtectHome"] == ["yes"]
         assert settings["Environment"] == ["PIPELINED_CONFIG=/etc/pipelined/config.toml"]
-        assert settings["ReadWritePaths"] == ["/srv/stories"]
+        assert settings["ReadWritePaths"] == ["/srv/stories"]  # the stories, nothing else
+        assert settings["StateDirectory"] == ["pipelined"]  # /var/lib/pipelined
 
     def test_user_unit(self) -> None:
-        """The home folder read-only but for the stories (and the state directory)."""
+        """The home folder read-only but for the stories and the state folder, which the
+        unit names itself: StateDirectory= is ~/.config before systemd 254, where the
+        read commands do not look."""
         settings = unit_settings(USER_UNIT)
         assert settings["ProtectHome"] == ["read-only"]
-        assert settings["ReadWritePaths"] == ["%h/stories"]
+        assert settings["ReadWritePaths"] == ["%h/stories %h/.local/state/pipelined"]
+        assert "StateDirectory" not in settings
+        assert settings["ExecStartPre"] == ["+/usr/bin/mkdir -p -m 0700 %h/.local/state/pipelined"]
         assert "User" not in settings  # a user manager runs it as that user
 
     def test_units_ship_in_the_sdist(self) -> None:

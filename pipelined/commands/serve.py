@@ -102,6 +102,7 @@ def serve(root: Path | None, db: Path | None, stages: str | None, config_file: P
 
     from pipelined.errors import ConfigError
     from pipelined.layout import check_root
+    from pipelined.logs import stdlib_handler
     from pipelined.web import build_app
 
     config = load_config(root, db, stages, config_file)
@@ -119,11 +120,18 @@ def serve(root: Path | None, db: Path | None, stages: str | None, config_file: P
     hosts = {f"{name}:{port}" for name in names} | {
         h if ":" in h else f"{h}:{port}" for h in allow_host}
     origins = {f"http://{h}" for h in hosts} | {f"https://{h}" for h in hosts}
-    logging.getLogger("mcp").setLevel(logging.WARNING)  # not a line per MCP session
+    # uvicorn's and the MCP SDK's lines: warnings and errors, one line each, at
+    # their priority under journald (uvicorn's own setup is turned off below).
+    handler = stdlib_handler()
+    for name in ("uvicorn", "mcp"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     app = build_app(config, hosts=hosts, origins=origins, token=token)
     shown = f"[{host}]" if ":" in host else host
     print(f"pipelined serve: http://{shown}:{port}/ (board), /api, /mcp", file=sys.stderr,
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
                                            lifespan="on", timeout_graceful_shutdown=5))
     server.run(sockets=[sock])
