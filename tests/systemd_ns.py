@@ -182,7 +182,8 @@ def install_venv(venv: Path, wheel: Path, owner: str | None = None) -> None:
     """`python3 -m venv` from the system Python and `pip install` the wheel (with its
     dependencies from the index, the first time), unless `venv` already holds this
     very wheel. A venv without our marker is someone's real install: skip."""
-    venv.parent.mkdir(parents=True, exist_ok=True)
+    run_as = ["runuser", "-u", owner, "--"] if owner else []
+    subprocess.run([*run_as, "mkdir", "-p", str(venv.parent)], check=True, timeout=30)
     with (venv.parent / ".pipelined-test.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers build it once
         marker = venv / MARKER
@@ -191,7 +192,9 @@ def install_venv(venv: Path, wheel: Path, owner: str | None = None) -> None:
         digest = _digest(wheel)
         if marker.exists() and marker.read_text() == digest:
             return
-        run_as = ["runuser", "-u", owner, "--"] if owner else []
+        if owner:  # pytest's tmp folders are root's alone
+            wheel = Path(shutil.copy(wheel, venv.parent))
+            shutil.chown(wheel, owner)
         if not venv.exists():
             subprocess.run([*run_as, str(SYSTEM_PYTHON), "-m", "venv", str(venv)], check=True,
                            timeout=120, capture_output=True)

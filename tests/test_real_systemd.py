@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +19,14 @@ from pathlib import Path
 import pytest
 from systemd_ns import (
     REPO,
+    TEST_USER,
     VENV,
     Namespace,
     Site,
     Systemctl,
     build_wheel,
     ensure_system_user,
+    ensure_test_user,
     install_venv,
     namespace,
     poll,
@@ -233,3 +237,156 @@ class TestSystemUnit:
         assert state["StatusText"].startswith("in sync: 20000 "), state
         assert pid1_lines(ns, r"EXTEND_TIMEOUT_USEC="), "no EXTEND_TIMEOUT_USEC reached systemd"
         assert took > 5, f"the import took {took:.1f} s: too fast to prove the extension"
+
+
+HTTP = """
+import json, sys, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+body = sys.argv[3].encode() if len(sys.argv) > 3 else None
+request = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=30) as response:
+    print(response.status, response.read().decode())
+"""
+
+
+class TestServeUnit:
+    def test_the_first_request_starts_serve_on_the_inherited_socket(
+            self, ns: Namespace, site: Site) -> None:
+        """pipelined-serve.socket listens on 127.0.0.1:8765; the first connection starts
+        the service (PrivateNetwork=yes: the inherited socket is its only way out), which
+        answers the API and moves a story by renaming its file."""
+        site.write("1_backlog", "1_story_a", "A")
+        start_daemon(ns, site)
+        install_unit(ns, "pipelined-serve.service",
+                     "[Service]\n"
+                     f"Environment=PIPELINED_CONFIG={site.config}\n"
+                     "ReadWritePaths=\n"
+                     f"ReadWritePaths={site.root} /var/lib/pipelined\n"
+                     f"WorkingDirectory={site.root}\n")
+        install_unit(ns, "pipelined-serve.socket")
+        systemctl = Systemctl(ns)
+        systemctl("start", "pipelined-serve.socket")
+        assert ns.show("pipelined-serve.service", "ActiveState")["ActiveState"] == "inactive"
+
+        def http(method: str, path: str, body: str | None = None) -> tuple[int, object]:
+            done = ns.run(str(VENV / "bin" / "python"), "-c", HTTP, method,
+                          f"http://127.0.0.1:8765{path}", *([body] if body else []))
+            status, text = done.stdout.split(" ", 1)
+            return int(status), json.loads(text)
+
+        status, story = http("GET", "/api/stories/1_story_a")
+        assert status == 200 and story["name"] == "A"  # type: ignore[index]
+        assert ns.show("pipelined-serve.service", "ActiveState")["ActiveState"] == "active"
+        state = ns.show("pipelined-serve.service", "NRestarts", "MainPID")
+        assert state["NRestarts"] == "0" and state["MainPID"] != "0", state
+        status, moved = http("POST", "/api/stories/1_story_a/move", '{"stage": "2_current"}')
+        assert status == 200, moved
+        poll((site.root / "2_current" / "1_story_a.md").exists, 30, "the renamed file")
+        assert not (site.root / "1_backlog" / "1_story_a.md").exists()
+        poll(lambda: (show_story(ns, site, "1_story_a") or {}).get("stage") == "2_current", 30,
+             "the move in the database")
+        systemctl("stop", "pipelined-serve.service", "pipelined-serve.socket")
+        after = ns.show("pipelined-serve.service", "Result", "ActiveState")
+        assert after == {"Result": "success", "ActiveState": "inactive"}, after
+
+
+# What the user unit's sandbox needs a user namespace for (issue 15): turned off
+# where the namespaced systemd cannot give a user unit one.
+NO_USERNS = """[Service]
+PrivateUsers=no
+CapabilityBoundingSet=~
+ProtectSystem=no
+ProtectHome=no
+PrivateTmp=no
+PrivateDevices=no
+PrivateIPC=no
+PrivateMounts=no
+ProtectHostname=no
+ProtectClock=no
+ProtectKernelTunables=no
+ProtectKernelModules=no
+ProtectKernelLogs=no
+ProtectControlGroups=no
+ProtectProc=default
+ProcSubset=all
+RestrictNamespaces=no
+ReadWritePaths=
+"""
+
+
+class TestUserUnit:
+    def test_start_in_sync_edit_reload_stop(self, ns: Namespace, wheel: Path) -> None:
+        """The install steps for one person: a venv in ~/.local/share, the unit in
+        ~/.config/systemd/user, the config's root; under the real user manager it starts,
+        syncs, reloads and stops, and `pipelined show` run by that user in ~/stories, with
+        no flags, finds the database the service writes (~/.local/state/pipelined)."""
+        user = ensure_test_user()
+        home = Path(user.pw_dir)
+        install_venv(home / ".local/share/pipelined/venv", wheel, owner=TEST_USER)
+        as_user = {"HOME": str(home), "XDG_RUNTIME_DIR": f"/run/user/{user.pw_uid}"}
+
+        def put(path: Path, text: str) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+
+        owned = [home / "stories", home / ".local/state/pipelined",
+                 home / ".config/systemd/user", home / ".config/pipelined"]
+        for path in owned:
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            for stage in ("1_backlog", "2_current", "4_merge"):
+                (home / "stories" / stage).mkdir(parents=True)
+            put(home / "stories/1_backlog/1_story_a.md", "---\nname: A\n---\nBody\n")
+            put(home / ".config/pipelined/config.toml", f'root = "{home}/stories"\n')
+            put(home / ".config/systemd/user/pipelined.service",
+                (UNITS / "pipelined-user.service").read_text(encoding="utf-8"))
+            subprocess.run(["chown", "-R", f"{TEST_USER}:", str(home)], check=True, timeout=60)
+
+            ns.run("systemctl", "start", f"user@{user.pw_uid}.service")
+            systemctl = Systemctl(ns, user=TEST_USER, uid=user.pw_uid)
+            probe = ns.run("systemd-run", "--user", "--wait", "--quiet", "-p",
+                           "PrivateUsers=yes", "/bin/true", user=TEST_USER, env=as_user,
+                           check=False)
+            if probe.returncode != 0:
+                print("user namespaces are refused to user units here (`systemd-run --user "
+                      f"-p PrivateUsers=yes /bin/true` exited {probe.returncode}): testing "
+                      "the user unit with its user-namespace sandbox turned off by a drop-in")
+                put(home / ".config/systemd/user/pipelined.service.d/no-userns.conf", NO_USERNS)
+                subprocess.run(["chown", "-R", f"{TEST_USER}:", str(home / ".config")],
+                               check=True, timeout=60)
+            systemctl("daemon-reload")
+            systemctl("start", "pipelined", timeout=120)
+            state = ns.show("pipelined", "ActiveState", "StatusText", user=systemctl)
+            assert state["ActiveState"] == "active", state
+            assert state["StatusText"].startswith("in sync: 1 "), state
+
+            put(home / "stories/2_current/2_story_b.md", "---\nname: B\n---\nBody\n")
+            shutil.chown(home / "stories/2_current/2_story_b.md", TEST_USER)
+
+            def shown() -> dict[str, object] | None:
+                done = ns.run("sh", "-c", 'cd "$HOME/stories" && "$1" show 2_story_b --json',
+                              "sh", str(home / ".local/share/pipelined/venv/bin/pipelined"),
+                              user=TEST_USER, env=as_user, check=False)
+                return json.loads(done.stdout) if done.returncode == 0 else None
+
+            story = poll(shown, 30, "the edit, seen by the user's own `pipelined show`")
+            assert story["name"] == "B"
+            assert list((home / ".local/state/pipelined").glob("*.db"))
+            assert not list((home / ".config/pipelined").glob("*.db"))
+
+            put(home / ".config/pipelined/config.toml",
+                f'root = "{home}/stories"\nlog_level = "debug"\n')
+            systemctl("reload", "pipelined")
+            poll(lambda: any('"daemon.reloaded"' in m for m in ns.messages(
+                "SYSLOG_IDENTIFIER=pipelined")), 30, "daemon.reloaded")
+            assert ns.show("pipelined", "ActiveState", user=systemctl)["ActiveState"] == "active"
+
+            systemctl("stop", "pipelined", timeout=90)
+            after = ns.show("pipelined", "ActiveState", "Result", "ExecMainStatus",
+                            user=systemctl)
+            assert after == {"ActiveState": "inactive", "Result": "success",
+                             "ExecMainStatus": "0"}, after
+        finally:
+            for path in owned:
+                shutil.rmtree(path, ignore_errors=True)
