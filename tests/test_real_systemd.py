@@ -161,6 +161,8 @@ class TestSystemUnit:
         everything = ns.journal("-u", "pipelined")
         info = [e for e in everything if '"story.created"' in str(e.get("MESSAGE"))]
         assert info and {e["PRIORITY"] for e in info} == {"6"}, info
+        story = [json.loads(m)["id"] for m in ns.messages("-u", "pipelined", "-g", "1_story_ok")]
+        assert story == ["1_story_ok"], story  # docs/operations.md: one story's lines
         assert all(not str(e.get("MESSAGE", "")).startswith("<") for e in everything)
 
     def test_watchdog_kills_a_stopped_daemon_and_nothing_is_lost(
@@ -291,28 +293,8 @@ class TestServeUnit:
         assert after == {"Result": "success", "ActiveState": "inactive"}, after
 
 
-# What the user unit's sandbox needs a user namespace for (issue 15): turned off
-# where the namespaced systemd cannot give a user unit one.
-NO_USERNS = """[Service]
-PrivateUsers=no
-CapabilityBoundingSet=~
-ProtectSystem=no
-ProtectHome=no
-PrivateTmp=no
-PrivateDevices=no
-PrivateIPC=no
-PrivateMounts=no
-ProtectHostname=no
-ProtectClock=no
-ProtectKernelTunables=no
-ProtectKernelModules=no
-ProtectKernelLogs=no
-ProtectControlGroups=no
-ProtectProc=default
-ProcSubset=all
-RestrictNamespaces=no
-ReadWritePaths=
-"""
+# The shipped drop-in for user managers that cannot give a unit a user namespace.
+NO_USERNS = UNITS / "pipelined-user-without-userns.conf"
 
 
 class TestUserUnit:
@@ -351,8 +333,9 @@ class TestUserUnit:
             if probe.returncode != 0:
                 print("user namespaces are refused to user units here (`systemd-run --user "
                       f"-p PrivateUsers=yes /bin/true` exited {probe.returncode}): testing "
-                      "the user unit with its user-namespace sandbox turned off by a drop-in")
-                put(home / ".config/systemd/user/pipelined.service.d/no-userns.conf", NO_USERNS)
+                      f"the user unit with {NO_USERNS.name}")
+                put(home / ".config/systemd/user/pipelined.service.d" / NO_USERNS.name,
+                    NO_USERNS.read_text(encoding="utf-8"))
                 subprocess.run(["chown", "-R", f"{TEST_USER}:", str(home / ".config")],
                                check=True, timeout=60)
             systemctl("daemon-reload")
