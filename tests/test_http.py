@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -190,6 +191,31 @@ class TestEvents:
         # Reconnecting with the last id seen: what happened meanwhile comes first.
         resumed = self.read_events(served, 1, last_id=events[0]["id"])
         assert json.loads(resumed[0]["data"])["id"] == "13_story_new"
+
+
+    def test_stopping_with_streams_open_logs_no_error(self, stories: Stories,
+                                                     daemon: DaemonProcess) -> None:
+        """SIGTERM while clients hold /api/events: the streams end, the server stops,
+        and its stderr holds no ERROR line (uvicorn called every cut stream one)."""
+        stories.write("1_backlog", "10_story_login", name="Login")
+        daemon.start()
+        server = Served(stories, daemon.db)
+        streams = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=DEADLINE_S)
+            conn.request("GET", "/api/events?since=0", headers={"Host": server.host})
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.readline().startswith(b"id: ")  # the stream is running
+            streams.append(conn)
+        server.proc.terminate()
+        assert server.proc.wait(DEADLINE_S) in (0, -signal.SIGTERM)
+        assert server.proc.stderr is not None
+        rest = server.proc.stderr.read()
+        server.proc.stderr.close()
+        for conn in streams:
+            conn.close()
+        assert "ERROR" not in rest and "Traceback" not in rest, rest
 
 
 class TestChangeFeed:

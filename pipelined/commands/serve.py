@@ -14,6 +14,9 @@ from pipelined.commands.common import load_config, read_conn, settings_options
 __all__ = ["serve"]
 
 SYSTEMD_FIRST_FD = 3  # sd_listen_fds(3): the first socket systemd passes
+# uvicorn's error for a response cut short, which is every open change stream
+# when the server stops (sse-starlette ends them at shutdown): not an error then.
+ENDED_AT_SHUTDOWN = "ASGI callable returned without completing response"
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -134,4 +137,6 @@ def serve(root: Path | None, db: Path | None, stages: str | None, config_file: P
           flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
                                            lifespan="on", timeout_graceful_shutdown=5))
+    handler.addFilter(lambda record: not (server.should_exit and record.getMessage().startswith(
+        ENDED_AT_SHUTDOWN)))
     server.run(sockets=[sock])
