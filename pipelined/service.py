@@ -22,6 +22,7 @@ import json
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -65,6 +66,7 @@ EXTRA_BYTES = 8_000  # other front-matter keys past this are left out of `story_
 RESOURCE_BYTES = 70_000
 HISTORY_ROWS = 5
 CONFIRM_WAIT_S = 5.0  # a write waits this long for a running daemon to show it
+FILTER_BATCH = 500  # rows read at a time while a text filter looks for a page of cards
 CONFIRM_POLL_S = 0.005  # and looks this often: what an agent waits for, beyond the sync
 _TYPE = re.compile(r"[0-9]+_([a-z]+)_")
 _FRONT_MATTER = re.compile(r"\A\ufeff?-{3,}[ \t]*\r?\n.*?^-{3,}[ \t]*(?:\r?\n|\Z)",
@@ -150,6 +152,36 @@ def _compact(item: Mapping[str, Any]) -> dict[str, Any]:
     """A list record: no times but the last update, no nulls."""
     keys = ("id", "stage", *FIELDS, "updated_at")
     return {k: item[k] for k in keys if item.get(k) is not None}
+
+
+def card_matches(item: Mapping[str, Any], agent: str | None, text: str | None) -> bool:
+    """The board's filters: this agent, and `text` within the id, name or agent
+    (ignoring case), as the page's own check of a card that changes."""
+    if agent and item["agent"] != agent:
+        return False
+    if not text:
+        return True
+    wanted = text.casefold()
+    return any(wanted in (value or "").casefold()
+               for value in (item["id"], item["name"], item["agent"]))
+
+
+def _matching_page(conn: Any, stage: str, after: tuple[Any, ...] | None, limit: int,
+                   agent: str | None, text: str | None) -> list[dict[str, Any]]:
+    """Up to `limit` of the stage's stories after `after`, only those `card_matches`:
+    SQL narrows by agent, the text is checked here, batch by batch."""
+    if not text:
+        return queries.page_stories(conn, stage=stage, agent=agent, after=after,
+                                    limit=limit)[0]
+    found: list[dict[str, Any]] = []
+    while len(found) < limit:
+        batch, _total = queries.page_stories(conn, stage=stage, agent=agent, after=after,
+                                             limit=FILTER_BATCH)
+        found += [item for item in batch if card_matches(item, None, text)]
+        if len(batch) < FILTER_BATCH:
+            break
+        after = queries.page_key(batch[-1]["stage"], batch[-1]["id"])
+    return found[:limit]
 
 
 def _cursor(item: Mapping[str, Any]) -> str:
@@ -348,25 +380,36 @@ class Pipeline:
                 raise StoryNotFound(ref)
             return self._answer(conn, **story)
 
-    def board(self, per_column: int = 200) -> dict[str, Any]:
+    def board(self, per_column: int = 200, agent: str | None = None,
+              text: str | None = None) -> dict[str, Any]:
         """`board --json`'s columns, each capped at `per_column` cards (`more` says how
-        many it left out; `next_cursor` pages on with `cards`)."""
+        many it left out; `next_cursor` pages on with `cards`). With `agent` or `text`
+        (see `card_matches`) a column holds only the matching cards, `count` is how
+        many match and `total` how many the stage holds; `agents` lists every agent."""
         conn = self._read()
         with queries.snapshot(conn):
             items = queries.list_stories(conn)
             daemon = freshness(self.config.db_path, conn)
-        columns = board_columns(items, self.config.stages)
+        totals = Counter(i["stage"] for i in items)
+        agents = sorted({i["agent"] for i in items if i["agent"]})
+        unmet = unmet_dependencies(items)  # over every story, not only the matching ones
+        if agent or text:
+            items = [i for i in items if card_matches(i, agent, text)]
+        columns = board_columns(items, self.config.stages, unmet)
         for column in columns:
             cards = column["cards"]
+            column["total"] = totals[column["stage"]]
             column["more"] = max(0, len(cards) - per_column)
             column["cards"] = cards[:per_column]
-            last = cards[per_column - 1] if column["more"] else None
+            last = cards[per_column - 1] if column["more"] and per_column > 0 else None
             column["next_cursor"] = _cursor({**last, "stage": column["stage"]}) if last else None
-        return {"columns": columns, "daemon": daemon}
+        return {"columns": columns, "agents": agents, "daemon": daemon}
 
     def cards(self, stage: str, cursor: str | None = None, limit: int = 200,
-              ref: str | None = None) -> dict[str, Any]:
-        """Board cards: a page of one stage's, or the one story `ref` names."""
+              ref: str | None = None, agent: str | None = None,
+              text: str | None = None) -> dict[str, Any]:
+        """Board cards: a page of one stage's (only those `card_matches`), or the one
+        story `ref` names."""
         conn = self._read()
         with queries.snapshot(conn):
             if ref is not None:
@@ -376,8 +419,8 @@ class Pipeline:
             else:
                 folder = resolve_stage(stage, self.config.stages)
                 after = _after_cursor(cursor) if cursor else None
-                items, _total = queries.page_stories(conn, stage=folder, after=after,
-                                                     limit=limit + 1)
+                items = _matching_page(conn, folder, after, limit + 1, agent or None,
+                                       text or None)
                 next_cursor = _cursor(items[limit - 1]) if len(items) > limit else None
                 items = items[:limit]
             targets = self._dependency_targets(conn, items)

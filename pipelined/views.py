@@ -7,7 +7,7 @@ database, no folder and no terminal.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pipelined.schema import SORT_KEYS, parse_number
@@ -101,13 +101,16 @@ def sort_stories(items: Iterable[Item], key: str) -> list[Item]:
     raise ValueError(key)
 
 
-def board_columns(items: Sequence[Item], stages: Sequence[str]) -> list[dict[str, Any]]:
+def board_columns(items: Sequence[Item], stages: Sequence[str],
+                  unmet: Mapping[str, list[int | str]] | None = None) -> list[dict[str, Any]]:
     """One column per stage (configured ones first, in folder order), cards by number.
 
     The shape is `board --json`'s: `[{"stage", "count", "cards": [{"id",
-    "number", "name", "agent", "blocked", "depends_on", "unmet"}]}]`.
+    "number", "name", "agent", "blocked", "depends_on", "unmet"}]}]`. `unmet`
+    (from `unmet_dependencies`) is given when `items` are only some stories.
     """
-    unmet = unmet_dependencies(items)
+    if unmet is None:
+        unmet = unmet_dependencies(items)
     names = sorted({*stages, *(i["stage"] for i in items)}, key=stage_order)
     columns: list[dict[str, Any]] = []
     for stage in names:

@@ -169,12 +169,12 @@ def _flag(request: Request, name: str) -> bool | None:
     return value.lower() in ("1", "true", "yes", "")
 
 
-def _int(request: Request, name: str, default: int) -> int:
+def _int(request: Request, name: str, default: int, lowest: int = 1) -> int:
     value = request.query_params.get(name)
     if value is None:
         return default
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        raise FieldError(name, value, f"expected 1 to {MAX_LIMIT}")
+    if not value.isascii() or not value.isdigit() or not lowest <= int(value) <= MAX_LIMIT:
+        raise FieldError(name, value, f"expected {lowest} to {MAX_LIMIT}")
     return int(value)
 
 
@@ -224,10 +224,15 @@ class _Api:
     def cards(self, request: Request) -> Any:
         q = request.query_params
         return self.pipeline.cards(q.get("stage", ""), q.get("cursor"),
-                                   _int(request, "limit", 200), ref=q.get("id"))
+                                   _int(request, "limit", 200), ref=q.get("id"),
+                                   agent=q.get("agent"), text=q.get("q"))
 
     def board(self, request: Request) -> Any:
-        return self.pipeline.board(_int(request, "per_column", 200))
+        q = request.query_params
+        # per_column=0: the counts alone (the board's, under a filter)
+        return self.pipeline.board(_int(request, "per_column", 200, lowest=0),
+                                   agent=q.get("agent"),
+                                   text=q.get("q"))
 
     async def move(self, request: Request) -> Response:
         def work(body: dict[str, Any]) -> Any:

@@ -177,3 +177,41 @@ class TestLongColumns:
             expect(card(page, "203_story_s")).to_contain_text("saved")
         finally:
             server.stop()
+
+    def test_filters_find_cards_beyond_those_shown(self, stories: Stories,
+                                                   daemon: DaemonProcess,
+                                                   browser: object) -> None:
+        """A filter asks the server, not only the 200 cards a column shows: an agent
+        whose stories all lie past the 200th, and a word in one name only, are found;
+        the count says how many match of how many; clearing brings the column back."""
+        for n in range(1, 306):
+            agent = "late-agent" if n in (250, 260, 301) else "coder"
+            name = "the needle story" if n == 290 else f"story {n}"
+            stories.write("1_backlog", f"{n}_story_s", name=name, agent=agent)
+        daemon.start()
+        daemon.wait_row("305_story_s")
+        server = Served(stories, daemon.db)
+        try:
+            page = open_board(browser, server)
+            column = page.locator('section[data-stage="1_backlog"]')
+            assert column.locator("article.card").count() == 200
+            assert card(page, "250_story_s").count() == 0  # not loaded at first
+            page.select_option("#filter-agent", "late-agent")
+            expect(column.locator("article.card:visible")).to_have_count(3)
+            expect(column.locator(".count")).to_have_text("3 / 305")
+            shown = [column.locator("article.card:visible").nth(i).get_attribute("data-id")
+                     for i in range(3)]
+            assert shown == ["250_story_s", "260_story_s", "301_story_s"]
+            page.select_option("#filter-agent", "")
+            page.fill("#filter-text", "NEEDLE")
+            expect(column.locator("article.card:visible")).to_have_count(1)
+            expect(card(page, "290_story_s")).to_be_visible()
+            expect(column.locator(".count")).to_have_text("1 / 305")
+            stories.write("1_backlog", "299_story_s", name="another needle")
+            expect(card(page, "299_story_s")).to_be_visible()  # a live change that matches
+            expect(column.locator(".count")).to_have_text("2 / 305")
+            page.fill("#filter-text", "")
+            expect(column.locator("article.card:visible")).to_have_count(200)
+            expect(column.locator(".count")).to_have_text("305")
+        finally:
+            server.stop()

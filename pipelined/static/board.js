@@ -71,9 +71,23 @@ function cardElement(card) {
   return el;
 }
 
+function filters() {
+  return {
+    text: document.getElementById("filter-text").value.trim(),
+    agent: document.getElementById("filter-agent").value,
+  };
+}
+
+// The filters as query parameters: the server pages through the matching cards
+// (service.card_matches); `matches` is the same check for a card that changes.
+function filterQuery() {
+  const { text, agent } = filters();
+  return (agent ? `&agent=${encodeURIComponent(agent)}` : "") + (text ? `&q=${encodeURIComponent(text)}` : "");
+}
+
 function matches(card) {
-  const text = document.getElementById("filter-text").value.trim().toLowerCase();
-  const agent = document.getElementById("filter-agent").value;
+  const { agent } = filters();
+  const text = filters().text.toLowerCase();
   if (agent && card.agent !== agent) return false;
   if (!text) return true;
   return [card.id, card.name || "", card.agent || ""].some((v) => v.toLowerCase().includes(text));
@@ -83,14 +97,15 @@ function applyFilter(entry) {
   entry.el.hidden = !matches(entry.data);
 }
 
-function refreshAgents() {
+function refreshAgents(more) {
   const select = document.getElementById("filter-agent");
   const known = new Set([...select.options].map((o) => o.value));
-  for (const { data } of cards.values()) {
-    if (data.agent && !known.has(data.agent)) {
-      known.add(data.agent);
-      const option = node("option", null, `@${data.agent}`);
-      option.value = data.agent;
+  const agents = [...(more || []), ...[...cards.values()].map(({ data }) => data.agent)];
+  for (const agent of agents) {
+    if (agent && !known.has(agent)) {
+      known.add(agent);
+      const option = node("option", null, `@${agent}`);
+      option.value = agent;
       select.append(option);
     }
   }
@@ -118,9 +133,11 @@ function place(card) {
   applyFilter(entry);
 }
 
-function setCount(column, total) {
-  column.total = total;
-  column.countEl.textContent = String(total);
+// With a filter on, a column says how many of its stories match: "3 / 3334".
+function setCount(column, count, total) {
+  column.total = count;
+  const filtered = filterQuery() !== "";
+  column.countEl.textContent = filtered ? `${count} / ${total}` : String(count);
 }
 
 function columnElement(stage) {
@@ -147,8 +164,11 @@ function columnElement(stage) {
   return column;
 }
 
+let loads = 0;
 async function loadBoard() {
-  const board = await api(`/api/board?per_column=${PER_COLUMN}`);
+  const mine = ++loads;
+  const board = await api(`/api/board?per_column=${PER_COLUMN}${filterQuery()}`);
+  if (mine !== loads) return; // a newer filter has asked since
   showDaemon(board.daemon);
   boardEl.replaceChildren();
   columns.clear();
@@ -157,7 +177,7 @@ async function loadBoard() {
     const column = columnElement(col.stage);
     columns.set(col.stage, column);
     boardEl.append(column.el);
-    setCount(column, col.count);
+    setCount(column, col.count, col.total);
     for (const card of col.cards) {
       const entry = { data: { ...card, stage: col.stage }, el: null };
       entry.el = cardElement(entry.data);
@@ -168,14 +188,14 @@ async function loadBoard() {
     column.cursor = col.next_cursor;
     column.moreEl.hidden = !column.cursor;
   }
-  refreshAgents();
+  refreshAgents(board.agents);
   document.body.dataset.ready = "true";
 }
 
 async function loadMore(stage) {
   const column = columns.get(stage);
   if (!column.cursor) return;
-  const page = await api(`/api/cards?stage=${encodeURIComponent(stage)}&cursor=${encodeURIComponent(column.cursor)}&limit=${PER_COLUMN}`);
+  const page = await api(`/api/cards?stage=${encodeURIComponent(stage)}&cursor=${encodeURIComponent(column.cursor)}&limit=${PER_COLUMN}${filterQuery()}`);
   column.cursor = null; // every card of the page goes in, at the end
   for (const card of page.cards) place(card);
   column.cursor = page.next_cursor;
@@ -196,14 +216,25 @@ async function refreshCard(id) {
   }
 }
 
+async function updateCounts() {
+  if (filterQuery()) { // how many match: the board's counts without its cards
+    const board = await api(`/api/board?per_column=0${filterQuery()}`);
+    showDaemon(board.daemon);
+    for (const col of board.columns) {
+      const column = columns.get(col.stage);
+      if (column) setCount(column, col.count, col.total);
+    }
+    return;
+  }
+  const status = await api("/api/status");
+  showDaemon(status.daemon);
+  for (const [stage, column] of columns) setCount(column, status.stages[stage] || 0);
+}
+
 let countsTimer = null;
 function refreshCounts() {
   clearTimeout(countsTimer);
-  countsTimer = setTimeout(async () => {
-    const status = await api("/api/status");
-    showDaemon(status.daemon);
-    for (const [stage, column] of columns) setCount(column, status.stages[stage] || 0);
-  }, 150);
+  countsTimer = setTimeout(() => updateCounts().catch((error) => say(error.message)), 150);
 }
 
 function listen() {
@@ -248,9 +279,14 @@ async function openStory(id) {
 }
 
 document.getElementById("story-close").addEventListener("click", () => document.getElementById("story").close());
+// A filter hides what no longer matches at once, then asks the server for every
+// matching card (not only those already loaded) once typing pauses.
+let filterTimer = null;
 for (const id of ["filter-text", "filter-agent"]) {
   document.getElementById(id).addEventListener("input", () => {
     for (const entry of cards.values()) applyFilter(entry);
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => loadBoard().catch((error) => say(error.message)), 250);
   });
 }
 
