@@ -5,6 +5,7 @@ Run from the project root after the test install, with Debian's chromium
 
     python tests/bench/bench_board.py [--n 10000] [--saves 30] [--boards 20]
                                       [--soak-minutes 10] [--json-out FILE]
+                                      [--backlog node_modules/backlog.md-linux-x64/backlog]
 
 It writes N synthetic stories (harness.make_stories), starts the real daemon,
 waits for READY, starts `pipelined serve` on a free loopback port, then:
@@ -20,6 +21,12 @@ waits for READY, starts `pipelined serve` on a free loopback port, then:
    the last save at the end.
 
 It prints one markdown table (measure, value, target, met).
+
+With --backlog BIN (npm package `backlog.md`), the same N stories become
+Backlog.md tasks (same titles; the stages map to To Do, In Progress, Done), and
+Backlog.md's own browser board (`backlog browser`) is measured in the same
+chromium: navigation until the first To Do card's title shows (median of 3),
+and a task file's title rewritten on disk until the page shows it (p50, p95).
 """
 
 from __future__ import annotations
@@ -85,6 +92,117 @@ def http_p50(port: int, path: str, rounds: int = 200) -> float:
     return statistics.median(times)
 
 
+BACKLOG_STATUS = {"1_backlog": "To Do", "2_current": "In Progress", "4_merge": "Done"}
+TASK = """---
+id: TASK-{n}
+title: '{title}'
+status: {status}
+assignee: []
+created_date: '2026-11-29 12:00'
+labels: []
+dependencies: []
+ordinal: {ordinal}
+---
+
+## Description
+
+<!-- SECTION:DESCRIPTION:BEGIN -->
+{body}
+<!-- SECTION:DESCRIPTION:END -->
+"""
+
+
+def backlog_board(binary: Path, paths: dict[str, Path], work: Path, browser: object,
+                  saves: int, rng: random.Random) -> dict[str, object]:
+    """Backlog.md's browser board on the same stories (see the module doc)."""
+    project = work / "backlog-project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([str(binary), "init", "bench", "--defaults"], cwd=project, check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run([str(binary), "config", "set", "remoteOperations", "false"], cwd=project,
+                   check=True, capture_output=True, timeout=60)
+    tasks: dict[int, tuple[Path, str]] = {}
+    for story_id, path in paths.items():
+        n = int(story_id.split("_", 1)[0])
+        text = path.read_text(encoding="utf-8")
+        title = re.search(r'^name: "(.*)"$', text, re.M).group(1)  # type: ignore[union-attr]
+        task = project / "backlog" / "tasks" / f"task-{n} - story-{n}.md"
+        task.write_text(TASK.format(n=n, title=title, status=BACKLOG_STATUS[path.parent.name],
+                                    ordinal=n * 1000, body=text.split("---\n", 2)[2][:1500]),
+                        encoding="utf-8")
+        tasks[n] = (task, title)
+    port = 6400 + rng.randint(0, 500)
+    server = subprocess.Popen([str(binary), "browser", "--port", str(port), "--no-open"],
+                              cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    raw: dict[str, object] = {}
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:  # until it answers
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=5).request("GET", "/")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        first_todo = min(n for n, (task, _t) in tasks.items() if "status: To Do" in
+                         task.read_text(encoding="utf-8"))
+        loads = []
+        for _ in range(3):
+            page = browser.new_page()  # type: ignore[attr-defined]
+            started = time.perf_counter()
+            page.goto(url)
+            page.get_by_text(tasks[first_todo][1], exact=True).first.wait_for(timeout=120_000)
+            loads.append(time.perf_counter() - started)
+            page.close()
+        raw["interactive_s"] = loads
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(url)
+        page.get_by_text(tasks[first_todo][1], exact=True).first.wait_for(timeout=120_000)
+        shown = [n for n in sorted(tasks)[:300]
+                 if page.get_by_text(tasks[n][1], exact=True).count()][:50]
+        times = []
+        for k in range(saves):
+            n = rng.choice(shown)
+            task, title = tasks[n]
+            new_title = f"saved {k} task {n}"
+            started = time.perf_counter()
+            task.write_text(task.read_text(encoding="utf-8").replace(
+                f"title: '{title}'", f"title: '{new_title}'"), encoding="utf-8")
+            try:
+                page.get_by_text(new_title, exact=True).first.wait_for(timeout=30_000)
+                times.append(time.perf_counter() - started)
+            except Exception:  # not shown within 30 s counts as 30 s
+                times.append(30.0)
+            tasks[n] = (task, new_title)
+            time.sleep(0.3)
+        raw["save_to_board_s"] = times
+    finally:
+        server.terminate()
+        server.wait(30)
+    return raw
+
+
+def print_beside(n: int, interactive: float, saves_s: list[float],
+                 theirs: dict[str, list[float]]) -> None:
+    """Our board's two browser numbers beside Backlog.md's, in one table."""
+    them_loaded = statistics.median(theirs["interactive_s"])
+    them_saves = theirs["save_to_board_s"]
+    ours95, theirs95 = percentile(saves_s, 95), percentile(them_saves, 95)
+    print()
+    print(f"Beside Backlog.md's browser board (same {n:,} stories, same chromium):")
+    print("| measure | pipelined | Backlog.md | ratio |")
+    print("|---|---|---|---|")
+    print(f"| board shows its cards after navigation (s, median) | {interactive:.2f} | "
+          f"{them_loaded:.2f} | {them_loaded / interactive:.0f}x |")
+    print(f"| file save -> open board shows it, p50 / p95 (ms) | "
+          f"{percentile(saves_s, 50) * 1000:.0f} / {ours95 * 1000:.0f} | "
+          f"{percentile(them_saves, 50) * 1000:.0f} / {theirs95 * 1000:.0f} | "
+          f"{theirs95 / ours95:.0f}x (p95) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -92,6 +210,8 @@ def main() -> None:
     parser.add_argument("--boards", type=int, default=20)
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--backlog", type=Path, default=None,
+                        help="Backlog.md's binary: measure its browser board beside ours")
     args = parser.parse_args()
     rng = random.Random(11)
     work = Path(tempfile.mkdtemp(prefix="bench-board-"))
@@ -160,6 +280,8 @@ def main() -> None:
             raw["rss_before_mib"] = rss_before
             raw["rss_after_mib"] = rss_mib(server.pid)
             raw["boards_current"] = current
+            raw["backlog"] = args.backlog and backlog_board(
+                args.backlog, paths, work, browser, min(args.saves, 10), rng)
             browser.close()
     finally:
         if server is not None:
@@ -192,6 +314,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, value, target, met in rows:
         print(f"| {label} | {value} | {target} | {'yes' if met else 'no'} |")
+    if raw["backlog"]:
+        print_beside(args.n, interactive, saves_s, raw["backlog"])  # type: ignore[arg-type]
     if args.json_out:
         args.json_out.write_text(json.dumps(raw, indent=1))
     shutil.rmtree(work, ignore_errors=True)
