@@ -3,7 +3,7 @@
 The cyclic garbage collector is off while a command starts: startup imports
 and builds thousands of long-lived objects and frees almost none, so each
 collection would only walk them again (a measurable part of a restart; see
-the README's benchmark section). Commands that run for long turn it back on: the daemon once its
+docs/benchmarks.md). Commands that run for long turn it back on: the daemon once its
 state is loaded (`Daemon.run`), `events --follow` before it starts following.
 The others end first.
 """

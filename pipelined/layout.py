@@ -235,7 +235,7 @@ def stat_signatures(
     """Every story file in the stage folders: '<stage>/<id>.md' -> (mtime_ns, size, inode).
 
     A listing and a stat each, no reads. This is the startup hot path (its cost
-    is in the README's benchmark section): names are stat-ed relative to the open stage
+    is in docs/benchmarks.md): names are stat-ed relative to the open stage
     folder, values are plain tuples (equal to a FileSignature), no Path objects.
     A stage folder that exists but cannot be listed (or its entries not
     stat-ed) is added to `unlistable` with the reason: unreadable is not

@@ -53,8 +53,8 @@ def _front_matter_handler() -> Any:
     """python-frontmatter's YAML handler with libyaml's safe loader, built on first use.
 
     Imported lazily: a restart with nothing changed parses no file, and these
-    imports are a large part of the daemon's start-up time (see the README's
-    benchmark section).
+    imports are a large part of the daemon's start-up time (see
+    docs/benchmarks.md).
     """
     global _handler  # noqa: PLW0603 - a lazily built module singleton
     if _handler is None:

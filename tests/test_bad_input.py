@@ -105,7 +105,7 @@ class TestNoFrontMatter:
         assert row["content"] == text
         assert [row[k] for k in ("name", "agent", "retry_count", "blocked", "depends_on")] == [
             None] * 5
-        assert daemon.errors("40_story_plain") == []  # README: no front matter is no error
+        assert daemon.errors("40_story_plain") == []  # docs/sync.md: no front matter is no error
         good.check()
         doctor_clean(daemon)
 

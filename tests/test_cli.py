@@ -179,11 +179,14 @@ class TestHelp:
         assert result.exit_code == 0
         assert "Example: pipelined" in result.output
 
-    def test_every_command_is_in_the_readme(self) -> None:
-        """Each command is documented in the README."""
-        readme = (Path(__file__).parents[1] / "README.md").read_text()
+    def test_every_command_is_in_the_readme_and_the_reference(self) -> None:
+        """Each command has its line in the README and its entry in docs/commands.md."""
+        root = Path(__file__).parents[1]
+        readme = (root / "README.md").read_text()
+        reference = (root / "docs" / "commands.md").read_text()
         for command in main.commands:
             assert f"pipelined {command}" in readme, command
+            assert f"| `pipelined {command}" in reference, command
 
 
 def test_entry_point_starts_with_the_garbage_collector_off(
