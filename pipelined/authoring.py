@@ -30,13 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelined.config import resolve_stage
 from pipelined.durable import fsync_folder, rename_no_replace, write_all
 from pipelined.errors import (
     AmbiguousStory,
     RootError,
     StoryNotFound,
     TitleError,
-    UnknownStage,
 )
 from pipelined.layout import is_story_name, stat_story
 from pipelined.schema import MAX_TEXT, STORY_TYPES, parse_number
@@ -172,10 +172,8 @@ def _claim(root: Path, number: int) -> Path | None:
 
 
 def check_stage(root: Path, stages: Sequence[str], stage: str) -> Path:
-    """The folder of a configured stage, or UnknownStage / RootError."""
-    if stage not in stages:
-        raise UnknownStage(stage, stages)
-    folder = root / stage
+    """The folder of a configured stage (or its alias), or UnknownStage / RootError."""
+    folder = root / resolve_stage(stage, stages)
     if not folder.is_dir():
         raise RootError(folder, "stage folder is missing (create it, or run `pipelined init`)")
     return folder
@@ -201,6 +199,7 @@ def create_story(root: Path, stages: Sequence[str], stage: str, title: str, stor
                                                  f"at most {MAX_TEXT}")
     if story_type not in STORY_TYPES:
         raise TitleError(story_type, f"the type is one of {', '.join(STORY_TYPES)}")
+    stage = resolve_stage(stage, stages)
     folder = check_stage(root, stages, stage)
     text = story_front_matter(name, agent, blocked, depends_on).encode("utf-8")
     slug = slugify(name)
@@ -307,7 +306,9 @@ def find_story_file(root: Path, stages: Sequence[str], ref: str) -> tuple[str, s
 
 
 def move_story(root: Path, stages: Sequence[str], ref: str, to_stage: str) -> MovedStory:
-    """Rename the story file into `to_stage` (a no-op when it is already there)."""
+    """Rename the story file into `to_stage`, a folder or its alias (a no-op when it
+    is already there)."""
+    to_stage = resolve_stage(to_stage, stages)
     folder = check_stage(root, stages, to_stage)
     from_stage, story_id = find_story_file(root, stages, ref)
     source = root / from_stage / f"{story_id}.md"

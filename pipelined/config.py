@@ -3,6 +3,11 @@
 Precedence, highest first: command-line flags, `PIPELINED_*` environment
 variables, the TOML config file, the defaults below. `parse(text)` is pure;
 `resolve()` gathers the layers; `Config.validate()` names the bad field.
+
+Without a root from any layer, the root is found as git finds `.git`: the
+current folder or the nearest one above it that holds a `pipelined.toml` (whose
+settings then apply, under an explicit `--config` or `$PIPELINED_CONFIG`'s and
+over the user's own config file) or every stage folder.
 """
 
 from __future__ import annotations
@@ -14,18 +19,21 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pipelined.errors import ConfigError
+from pipelined.errors import ConfigError, RootError, UnknownStage
 
 __all__ = [
     "DEFAULT_STAGES",
     "Config",
     "default_config_path",
     "default_db_path",
+    "find_root",
     "parse",
     "resolve",
+    "resolve_stage",
 ]
 
 DEFAULT_STAGES = ("1_backlog", "2_current", "4_merge")
+PROJECT_FILE = "pipelined.toml"  # `pipelined init` writes it at the root
 STAGE_NAME = re.compile(r"^[0-9]{1,18}_[A-Za-z0-9][A-Za-z0-9_-]*$")  # a number SQLite holds
 LOG_FORMATS = ("auto", "console", "json", "logfmt")
 
@@ -167,15 +175,51 @@ def _from_env(env: Mapping[str, str]) -> dict[str, object]:
     return settings
 
 
+def resolve_stage(name: str, stages: tuple[str, ...] | list[str]) -> str:
+    """A stage folder from its name or its alias, the name after the number (`current`
+    for `2_current`), in any case; UnknownStage, the one error every command gives."""
+    if name in stages:
+        return name
+    wanted = name.strip().casefold()
+    for stage in stages:
+        alias = stage.split("_", 1)[1] if re.match(r"[0-9]+_", stage) else stage
+        if wanted in (stage.casefold(), alias.casefold()):
+            return stage
+    raise UnknownStage(name, stages)
+
+
+def find_root(start: Path, stages: tuple[str, ...]) -> tuple[Path, Path | None] | None:
+    """The nearest folder from `start` upward holding a `pipelined.toml` or every stage
+    folder: (that folder, its pipelined.toml or None); None when there is none."""
+    for folder in (start, *start.parents):
+        project = folder / PROJECT_FILE
+        if project.is_file():
+            return folder, project
+        if all((folder / stage).is_dir() for stage in stages):
+            return folder, None
+    return None
+
+
+def _read(path: Path) -> dict[str, object]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", str(path), f"cannot read it ({exc})") from None
+    return parse(text, source=str(path))
+
+
 def resolve(
     flags: Mapping[str, object],
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    cwd: Path | None = None,
 ) -> Config:
     """Layer flags over environment over config file over defaults, then validate.
 
     `config_file` is an explicit path (it must exist); without one,
-    `$PIPELINED_CONFIG` or the default path is read when it exists.
+    `$PIPELINED_CONFIG` or the default path is read when it exists. Without a
+    root in any layer, it is looked for from `cwd` upward (see the module doc):
+    finding none is a RootError, unless a database is named (a read needs none).
     """
     env = os.environ if env is None else env
     path = config_file
@@ -186,11 +230,26 @@ def resolve(
         path = default_config_path(env)
     settings: dict[str, object] = {}
     if explicit or path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("config", str(path), f"cannot read it ({exc})") from None
-        settings.update(parse(text, source=str(path)))
-    settings.update(_from_env(env))
-    settings.update({k: _coerce(k, v) for k, v in flags.items() if v is not None})
+        settings.update(_read(path))
+    override = _from_env(env)
+    override.update({k: _coerce(k, v) for k, v in flags.items() if v is not None})
+    if "root" not in settings and "root" not in override:
+        start = (cwd or Path.cwd()).absolute()
+        stages = override.get("stages") or settings.get("stages") or DEFAULT_STAGES
+        found = find_root(start, stages)  # type: ignore[arg-type]
+        if found is not None:
+            root, project = found
+            if project is not None and not explicit:
+                # its relative paths are the project's, not the current folder's
+                settings.update({k: root / v if isinstance(v, Path) else v
+                                 for k, v in _read(project).items()})
+            settings.setdefault("root", root)
+        elif settings.get("db") is None and override.get("db") is None:
+            raise RootError(start, "no stories here: neither this folder nor one above it "
+                            f"holds a {PROJECT_FILE} or the stage folders "
+                            f"{', '.join(s + '/' for s in stages)} (give --root, or make "  # type: ignore[attr-defined]
+                            "one with `pipelined init`)")
+        else:
+            settings["root"] = start
+    settings.update(override)
     return replace(Config(), **settings).validate()  # type: ignore[arg-type]

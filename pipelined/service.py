@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipelined.authoring import create_story, move_story
-from pipelined.config import Config
+from pipelined.config import Config, resolve_stage
 from pipelined.editing import claim_story, update_story
 from pipelined.errors import (
     AmbiguousStory,
@@ -35,7 +35,6 @@ from pipelined.errors import (
     FieldError,
     PipelinedError,
     StoryNotFound,
-    UnknownStage,
 )
 from pipelined.freshness import freshness, pipeline_status
 from pipelined.schema import FIELDS, STORY_TYPES, from_column
@@ -71,18 +70,6 @@ CONFIRM_POLL_S = 0.005  # and looks this often: what an agent waits for, beyond 
 _TYPE = re.compile(r"[0-9]+_([a-z]+)_")
 _FRONT_MATTER = re.compile(r"\A\ufeff?-{3,}[ \t]*\r?\n.*?^-{3,}[ \t]*(?:\r?\n|\Z)",
                            re.MULTILINE | re.DOTALL)
-
-
-def resolve_stage(name: str, stages: tuple[str, ...] | list[str]) -> str:
-    """A stage folder from its name or its alias (`current` for `2_current`, any case)."""
-    if name in stages:
-        return name
-    wanted = name.strip().casefold()
-    for stage in stages:
-        alias = stage.split("_", 1)[1] if re.match(r"[0-9]+_", stage) else stage
-        if wanted in (stage.casefold(), alias.casefold()):
-            return stage
-    raise UnknownStage(name, stages)
 
 
 def story_type(story_id: str) -> str | None:

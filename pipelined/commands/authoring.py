@@ -88,9 +88,9 @@ def move(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     config = load_config(root, db, stages, config_file)
     moved = move_story(config.root, config.stages, story_id, stage)
     synced = None if no_wait else confirmed_by_daemon(config.db_path, lambda: wait_for_stage(
-        config.db_path, moved.story_id, stage, MOVE_WAIT_S))
+        config.db_path, moved.story_id, moved.to_stage, MOVE_WAIT_S))
     if synced is False:
-        raise SyncTimeout(f"moved {moved.story_id} to {stage}", MOVE_WAIT_S)
+        raise SyncTimeout(f"moved {moved.story_id} to {moved.to_stage}", MOVE_WAIT_S)
     if as_json:
         print_json({"id": moved.story_id, "from_stage": moved.from_stage,
                     "to_stage": moved.to_stage, "path": str(moved.path.absolute()),

@@ -57,7 +57,7 @@ def settings_options(func: F) -> F:
 
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True,
-                        help="Print JSON (shapes in docs/commands.md; ignore unknown fields).")(func)
+                        help="Print JSON (shapes: docs/commands.md; ignore unknown keys).")(func)
 
 
 def load_config(root: Path | None, db: Path | None, stages: str | None,

@@ -22,6 +22,7 @@ from pipelined.commands.common import (
     settings_options,
     table,
 )
+from pipelined.config import resolve_stage
 from pipelined.errors import AmbiguousStory, StoryNotFound
 from pipelined.schema import FIELDS, SORT_KEYS
 
@@ -62,6 +63,7 @@ def ls_command(root: Path | None, db: Path | None, stages: str | None,
     from pipelined.views import is_ready, sort_stories, unmet_dependencies
 
     config = load_config(root, db, stages, config_file)
+    stage = resolve_stage(stage, config.stages) if stage is not None else None
     conn = read_conn(config)
     if ready:  # dependencies may be in any stage: resolve them against every row
         everything = queries.list_stories(conn)
@@ -167,6 +169,7 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
     from pipelined.store.search import search as run_search
 
     config = load_config(root, db, stages, config_file)
+    stage = resolve_stage(stage, config.stages) if stage is not None else None
     hits = run_search(read_conn(config), query, stage=stage, limit=limit)
     if as_json:
         print_json([hit.as_dict() for hit in hits])
