@@ -106,6 +106,12 @@ class PipelinedGroup(click.Group):
                  **kwargs: Any) -> None:
         super().__init__(name, commands=LazyCommands(lazy_commands or {}), **kwargs)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:  # bare `pipelined`: the help, and success
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -171,7 +177,7 @@ def _reader_gone(stream: Any) -> bool:
 
 @click.group(cls=PipelinedGroup, lazy_commands=COMMANDS,
              context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pipelined")
+@click.version_option(__version__, "-V", "--version", prog_name="pipelined")
 def main() -> None:
     """Keep a folder of markdown stories live in a pycrdt document and SQLite.
 

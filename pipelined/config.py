@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, object]:
     return settings
 
 
-def resolve_stage(name: str, stages: tuple[str, ...] | list[str]) -> str:
+def resolve_stage(name: str, stages: Sequence[str]) -> str:
     """A stage folder from its name or its alias, the name after the number (`current`
     for `2_current`), in any case; UnknownStage, the one error every command gives."""
     if name in stages:

@@ -56,6 +56,7 @@ from pipelined.store.migrations import apply_migrations
 from pipelined.store.preflight import check_before_writing
 from pipelined.store.queries import counts_by_stage, meta
 from pipelined.store.writer import Writer
+from pipelined.terminal import end_ctrl_c_line
 from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
 
 __all__ = ["ApplyLoop", "Daemon"]  # ApplyLoop re-exported
@@ -414,6 +415,8 @@ class Daemon:
         at once and the writer stops retrying.
         """
         apply, writer, coalescer = parts.apply, parts.writer, parts.coalescer
+        if self._signal_name == "SIGINT":
+            end_ctrl_c_line()
         if self._signals:
             log.info("daemon.stopping", signal=self._signal_name)
         try:

@@ -34,7 +34,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["block", "discard_output", "has_unsafe", "json_text", "one_line"]
+__all__ = ["block", "discard_output", "end_ctrl_c_line", "has_unsafe", "json_text", "one_line"]
 
 _BIDI = "\u202a-\u202e\u2066-\u2069"
 # DEL, C1 and the bidi characters: what JSON with ensure_ascii=False leaves raw.
@@ -115,3 +115,13 @@ def discard_output(stream: Any) -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def end_ctrl_c_line() -> None:
+    """After Ctrl-C on a terminal, which echoed `^C`: end that line, so what is printed
+    next starts on its own (not `^C2026-11-29 …`)."""
+    try:
+        if os.isatty(2):
+            os.write(2, b"\n")
+    except OSError:
+        pass

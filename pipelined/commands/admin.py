@@ -73,7 +73,7 @@ def doctor(root: Path | None, db: Path | None, stages: str | None, config_file: 
     config = load_config(root, db, stages, config_file)
     # It compares the folders with the database: without them "ok" would be a lie.
     root_path = check_root(config.root, config.stages)
-    report = diagnose(read_conn(config), root_path, config.stages)
+    report = diagnose(read_conn(config, announce=True), root_path, config.stages)
     if as_json:
         print_json(report)
     else:

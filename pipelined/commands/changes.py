@@ -48,7 +48,7 @@ def log_command(root: Path | None, db: Path | None, stages: str | None,
     from pipelined.store import history as store_history
 
     config = load_config(root, db, stages, config_file)
-    conn = read_conn(config)
+    conn = read_conn(config, announce=True)
     store_history.require_history(conn, config.db_path)
     try:
         since_at = None if since is None else history.normalize_since(since)
@@ -85,7 +85,7 @@ def events(root: Path | None, db: Path | None, stages: str | None, config_file: 
     from pipelined.store import history as store_history
 
     config = load_config(root, db, stages, config_file)
-    conn = read_conn(config)
+    conn = read_conn(config, announce=True)
     store_history.require_history(conn, config.db_path)
     last = store_history.max_seq(conn) if since_seq is None else since_seq
     click.echo(f"events after seq {last}", err=True)  # scripts may wait for this line
@@ -111,9 +111,17 @@ def events(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
 def _stop_on_signals() -> Callable[[], bool]:
     """SIGINT/SIGTERM set a flag the caller polls (exit 0 at the next turn)."""
+    from pipelined.terminal import end_ctrl_c_line
+
     stopped: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT and not stopped:
+            end_ctrl_c_line()
+        stopped.append(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: stopped.append(signum))
+        signal.signal(sig, on_signal)
     return lambda: bool(stopped)
 
 
@@ -150,7 +158,7 @@ def stats(root: Path | None, db: Path | None, stages: str | None, config_file: P
     from pipelined.store import history as store_history
 
     config = load_config(root, db, stages, config_file)
-    conn = read_conn(config)
+    conn = read_conn(config, announce=True)
     store_history.require_history(conn, config.db_path)
     result = history.stats(conn, config.stages)
     if as_json:

@@ -68,8 +68,13 @@ def load_config(root: Path | None, db: Path | None, stages: str | None,
     return resolve({"root": root, "db": db, "stages": stages, **extra}, config_file=config_file)
 
 
-def read_conn(config: Config) -> Any:
-    """A read-only connection to the database; DatabaseError if it is not ours."""
+def read_conn(config: Config, announce: bool = False) -> Any:
+    """A read-only connection to the database; DatabaseError if it is not ours.
+
+    With `announce` (the read commands), a database no daemon keeps up to date, or
+    one whose daemon is not `ready`, is said in one line on stderr: what is printed
+    may be old. stdout, `--json` included, is the same either way.
+    """
     from pipelined.store import queries
     from pipelined.store.connection import open_read_only
     from pipelined.store.preflight import check_before_reading
@@ -78,7 +83,18 @@ def read_conn(config: Config) -> Any:
     conn = open_read_only(config.db_path)
     if not queries.table_exists(conn, "pipeline_items"):
         raise DatabaseError(config.db_path, "not a pipelined database (no pipeline_items)")
+    if announce:
+        _announce_staleness(config, conn)
     return conn
+
+
+def _announce_staleness(config: Config, conn: Any) -> None:
+    from pipelined.freshness import freshness
+
+    fresh = freshness(config.db_path, conn)
+    if fresh["state"] != "ready":
+        last = fresh["last_sync"] or "never"
+        click.echo(one_line(f"note: {fresh['note']} (last sync {last})"), err=True)
 
 
 def print_json(value: object) -> None:

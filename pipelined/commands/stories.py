@@ -64,7 +64,7 @@ def ls_command(root: Path | None, db: Path | None, stages: str | None,
 
     config = load_config(root, db, stages, config_file)
     stage = resolve_stage(stage, config.stages) if stage is not None else None
-    conn = read_conn(config)
+    conn = read_conn(config, announce=True)
     if ready:  # dependencies may be in any stage: resolve them against every row
         everything = queries.list_stories(conn)
         unmet = unmet_dependencies(everything)
@@ -97,7 +97,7 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     from pipelined.store import queries
 
     config = load_config(root, db, stages, config_file)
-    conn = read_conn(config)
+    conn = read_conn(config, announce=True)
     ids = queries.resolve_ref(conn, story_id)
     if len(ids) > 1:
         raise AmbiguousStory(story_id, ids)
@@ -138,7 +138,8 @@ def board(root: Path | None, db: Path | None, stages: str | None, config_file: P
     from pipelined.views import board_columns
 
     config = load_config(root, db, stages, config_file)
-    columns = board_columns(queries.list_stories(read_conn(config)), config.stages)
+    conn = read_conn(config, announce=True)
+    columns = board_columns(queries.list_stories(conn), config.stages)
     if as_json:
         print_json({"columns": columns})
         return
@@ -170,7 +171,7 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     config = load_config(root, db, stages, config_file)
     stage = resolve_stage(stage, config.stages) if stage is not None else None
-    hits = run_search(read_conn(config), query, stage=stage, limit=limit)
+    hits = run_search(read_conn(config, announce=True), query, stage=stage, limit=limit)
     if as_json:
         print_json([hit.as_dict() for hit in hits])
         return

@@ -1,0 +1,103 @@
+"""The CLI fits people's habits: bare `pipelined` is help, `-V` the version, Ctrl-C
+ends on a new line, and a read on a database nobody keeps up to date says so."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DEADLINE_S, DaemonProcess, Stories, wait_until
+
+from pipelined import __version__
+
+
+def pipelined(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelined", *args], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=cwd)
+
+
+def test_bare_pipelined_is_help_and_success() -> None:
+    done = pipelined()
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("Usage: ") and "pipelined [OPTIONS] COMMAND" in done.stdout
+    assert "Commands:" in done.stdout
+
+
+def test_dash_capital_v_is_the_version() -> None:
+    for flag in ("-V", "--version"):
+        done = pipelined(flag)
+        assert (done.returncode, done.stdout) == (0, f"pipelined, version {__version__}\n")
+
+
+class TestStaleness:
+    def test_a_read_without_a_daemon_says_so_on_stderr_only(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        stories.write("1_backlog", "10_story_login", name="Login")
+        daemon.start()
+        fresh = daemon.cli("ls", "--json")
+        assert fresh.stderr == ""  # a ready daemon: nothing to say
+        assert daemon.stop() == 0
+        for args in (("ls", "--json"), ("show", "10"), ("board",), ("search", "login"),
+                     ("log",), ("stats",)):
+            stale = daemon.cli(*args)
+            assert stale.returncode == 0, stale.stderr
+            lines = stale.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(
+                "note: no daemon is running on this database"), (args, stale.stderr)
+            assert "(last sync 20" in lines[0]
+        assert json.loads(daemon.cli("ls", "--json").stdout) == json.loads(fresh.stdout)
+        assert daemon.cli("status").stderr == ""  # status says it in its own words
+
+
+@pytest.mark.e2e
+def test_ctrl_c_on_a_terminal_ends_the_line(stories: Stories, tmp_path: Path) -> None:
+    """The daemon on a terminal: Ctrl-C (typed: the terminal echoes `^C` and signals
+    the foreground group) is followed by a new line, so the next log line does not
+    start as `^C2026-...`; exit 0."""
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINED_", "NOTIFY"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelined", "run", "--root", str(stories.root), "--db",
+         str(tmp_path / "p.db")], stdin=slave, stdout=slave, stderr=slave, env=env,
+        preexec_fn=controlling_terminal, close_fds=True)  # noqa: PLW1509 - a pty needs it
+    os.close(slave)
+    output = b""
+
+    def read_some() -> bytes:
+        nonlocal output
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                output += os.read(master, 65536)
+            except OSError:  # the child closed its end
+                pass
+        return output
+
+    try:
+        wait_until(lambda: b"daemon.ready" in read_some(), what="the ready line")
+        os.write(master, b"\x03")  # Ctrl-C, through the terminal's line discipline
+        assert proc.wait(DEADLINE_S) == 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and b"daemon.stopped" not in read_some():
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert "^C" in text, text
+    after = text.split("^C", 1)[1]
+    assert after.startswith(("\r\n", "\n")), repr(after[:80])
