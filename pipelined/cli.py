@@ -16,6 +16,7 @@ on stdout, and a broken pipe that ends it is a failure: systemd's
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -114,7 +115,12 @@ class PipelinedGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            note = ctx.meta.get("pipelined.stale_note")  # commands.common.STALE_NOTE
+            if note:
+                with contextlib.suppress(OSError):  # stderr gone: the output stands
+                    click.echo(note, err=True)
+            return result
         except PipelinedError as exc:
             from pipelined.terminal import one_line  # the message may quote a file name
 

@@ -8,6 +8,7 @@ history row as JSON is {"seq", "at", "id", "kind", "from_stage", "to_stage",
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -49,13 +50,34 @@ def entry_line(entry: dict[str, Any]) -> str:
         what = f"created in {entry['to_stage']}"
     elif kind == "moved":
         what = f"moved {entry['from_stage']} -> {entry['to_stage']}"
+    elif kind == "conflict":
+        what = (f"copied into {entry['to_stage']}, which wins the conflict "
+                f"(the copy in {entry['from_stage']} is kept)")
+    elif kind == "resolved":
+        what = f"conflict over: back to the copy in {entry['to_stage']}"
     elif kind == "updated":
-        what = f"updated {', '.join(entry['fields'] or [])}"
+        changes = entry.get("changes")
+        what = "updated " + (", ".join(
+            f"{name} {_shown(old)} -> {_shown(new)}" for name, (old, new) in changes.items())
+            if changes else ", ".join(entry["fields"] or []))
     elif kind == "deleted":
         what = f"deleted from {entry['from_stage']}"
     else:
         what = kind
     return f"{entry['seq']:>6}  {entry['at']}  {entry['id']}  {what}"
+
+
+def _shown(value: Any) -> str:
+    """A field's value in a log line: a name quoted, a list as `[10, 12]`, none as `-`."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
 
 
 # -- stats ------------------------------------------------------------------------

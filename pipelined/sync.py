@@ -197,6 +197,24 @@ def changed_story_ids(
     return touched
 
 
+def _stage_change_kind(found: list[StoryFile], known_before: set[str], winner: StoryFile,
+                       prev: dict[str, Any] | None) -> str | None:
+    """How a stage change came about, when it is no move (None: a move, or no change).
+
+    A move is the story's file leaving its stage for a file new to it. If a copy
+    is still in the old stage, a copy elsewhere won the conflict (`cp`):
+    "conflict". If the old stage's copy went and the winner is a copy the story
+    already had, the conflict ended by falling back to it: "resolved".
+    """
+    if prev is None or prev["stage"] == winner.stage:
+        return None
+    if any(f.stage == prev["stage"] for f in found):
+        return "conflict"
+    if winner.rel_path in known_before:
+        return "resolved"
+    return None
+
+
 class Reconciler:
     """Turns what is on disk into pipeline-state changes, content and rows."""
 
@@ -413,13 +431,15 @@ class Reconciler:
             self._story_log("story.deleted", id=story_id, stage=prev["stage"] if prev else None)
             return
 
+        known_before = record.paths()
         self._record_files(batch, story_id, record, winner, found)
         number = story_number(story_id)
         if number is not None and work.high_water < number <= MAX_STORY_NUMBER:
             work.high_water = batch.high_water = number
         if parsed is None:
             return  # same signature, same stage: nothing to read or change
-        self._apply_parsed(story_id, record, winner, parsed, repair, work)
+        kind = _stage_change_kind(found, known_before, winner, self.state.get(story_id))
+        self._apply_parsed(story_id, record, winner, parsed, repair, work, kind)
 
     def _record_files(
         self,
@@ -493,7 +513,10 @@ class Reconciler:
         parsed: ParsedStory,
         repair: bool,
         work: _Pass,
+        stage_kind: str | None = None,
     ) -> None:
+        """The parsed winner into the state and a row; `stage_kind` says how a stage
+        change came about when it is no move (see `_stage_change_kind`)."""
         result = work.result
         prev = self.state.get(story_id)
         old_text = self.content.read_content(story_id) if self.content.has(story_id) else None
@@ -511,15 +534,20 @@ class Reconciler:
             reset = False
             if prev["stage"] != winner.stage:
                 target["stage"] = winner.stage
-                # A stage change resets retry_count, unless the same burst set it in the file.
-                if RESET_ON_MOVE not in file_changes:
+                # A move resets retry_count, unless the same burst set it in the file; a
+                # copy winning a conflict, or the conflict's end, is no move.
+                if stage_kind is None and RESET_ON_MOVE not in file_changes:
                     target[RESET_ON_MOVE], reset = 0, True
                     if record.before_broken is not None:  # moved while its file is broken
                         good, then = record.before_broken
                         record.before_broken = (good, {**then, RESET_ON_MOVE: 0})
-                result.moved += 1
-                self._story_log("story.moved", id=story_id, from_stage=prev["stage"],
-                                to_stage=winner.stage)
+                if stage_kind is None:
+                    result.moved += 1
+                    self._story_log("story.moved", id=story_id, from_stage=prev["stage"],
+                                    to_stage=winner.stage)
+                else:
+                    log.info("story.stage_" + stage_kind, id=story_id,
+                             from_stage=prev["stage"], to_stage=winner.stage)
             values = {k: v for k, v in target.items() if prev.get(k) != v}
             changed_fields = sorted(k for k in values if k != "stage"
                                     and not (k == RESET_ON_MOVE and reset))
@@ -540,6 +568,8 @@ class Reconciler:
                 extra=parsed.extra,
                 errors=parsed.errors,
                 unreadable=record.unreadable,
+                stage_kind=stage_kind if prev is not None and prev["stage"] != after["stage"]
+                else None,
             ))
             if parsed.errors:
                 log.warning("story.parse_error", id=story_id, path=winner.rel_path,

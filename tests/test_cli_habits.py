@@ -3,6 +3,7 @@ ends on a new line, and a read on a database nobody keeps up to date says so."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -80,10 +81,8 @@ def test_ctrl_c_on_a_terminal_ends_the_line(stories: Stories, tmp_path: Path) ->
     def read_some() -> bytes:
         nonlocal output
         if select.select([master], [], [], 0.1)[0]:
-            try:
+            with contextlib.suppress(OSError):  # the child closed its end
                 output += os.read(master, 65536)
-            except OSError:  # the child closed its end
-                pass
         return output
 
     try:

@@ -14,12 +14,12 @@ from typing import IO, Any
 
 import apsw
 import pytest
-from conftest import DEADLINE_S, DaemonProcess, Stories
+from conftest import DEADLINE_S, DaemonProcess, Stories, wait_until
 
 from pipelined.history import finished_per_week, normalize_since, percentile, stage_durations
 from pipelined.store.migrations import apply_migrations, known_migrations
 
-ENTRY_KEYS = {"seq", "at", "id", "kind", "from_stage", "to_stage", "fields"}
+ENTRY_KEYS = {"seq", "at", "id", "kind", "from_stage", "to_stage", "fields", "changes"}
 
 
 def log_json(daemon: DaemonProcess, *args: str) -> list[dict[str, Any]]:
@@ -114,8 +114,11 @@ class TestLog:
         assert log_json(daemon, "--limit", "2") == entries[-2:]
         assert log_json(daemon, "--since", "2999-01-01") == []
         assert log_json(daemon, "--since", entries[2]["at"], "5") == entries[2:]
+        assert entries[1]["changes"] == {"name": ["First", "Second"], "agent": [None, "coder-1"]}
+        assert [e["changes"] for e in entries if e["kind"] != "updated"] == [None] * 3
         text = daemon.cli("log", "5", check=True).stdout.splitlines()
-        assert "moved 1_backlog -> 2_current" in text[2] and "updated name, agent" in text[1]
+        assert "moved 1_backlog -> 2_current" in text[2]
+        assert 'updated name "First" -> "Second", agent - -> "coder-1"' in text[1]
         bad = daemon.cli("log", "--since", "yesterday")
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
@@ -128,11 +131,52 @@ class TestLog:
         daemon.wait_row("7_bug_r", lambda r: r["stage"] == "4_merge" and r["retry_count"] == 0)
         stories.write("4_merge", "7_bug_r", name="R", retry_count=1, blocked=True)
         daemon.wait_row("7_bug_r", lambda r: r["blocked"] == 1)
-        assert shape(log_json(daemon, "7")) == [
+        entries = log_json(daemon, "7")
+        assert shape(entries) == [
             ("created", None, "2_current", None),
             ("moved", "2_current", "4_merge", None),
             ("updated", "4_merge", "4_merge", ["retry_count", "blocked"]),
         ]
+        assert entries[2]["changes"] == {"retry_count": [0, 1], "blocked": [False, True]}
+
+    def test_a_copy_in_another_stage_is_a_conflict_not_a_move(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """`cp` into another stage: the newer copy wins (the contract), recorded as
+        `conflict`, retry_count kept; removing the winning copy falls back, recorded as
+        `resolved`; removing the other copy changes nothing. Only a real `mv` is a
+        `moved` row, and only moves count in `stats`."""
+        stories.write("2_current", "8_story_c", name="C", retry_count=2)
+        stories.write("2_current", "9_story_d", name="D", retry_count=1)
+        daemon.start()
+        source = stories.path("2_current", "8_story_c")
+        copy = stories.path("4_merge", "8_story_c")
+        copy.write_bytes(source.read_bytes())  # cp: a newer file in the last stage
+        daemon.wait_row("8_story_c", lambda r: r["stage"] == "4_merge")
+        assert daemon.row("8_story_c")["retry_count"] == 2  # type: ignore[index]
+        copy.unlink()  # rm the winning copy: back to the one in 2_current
+        daemon.wait_row("8_story_c", lambda r: r["stage"] == "2_current")
+        copy.write_bytes(source.read_bytes())  # cp again, then rm the older copy
+        daemon.wait_row("8_story_c", lambda r: r["stage"] == "4_merge")
+        source.unlink()
+        wait_gone = lambda: not any(  # noqa: E731
+            r[0] == "2_current/8_story_c.md"
+            for r in daemon.query("SELECT path FROM file_signatures"))
+        wait_until(wait_gone, what="the older copy forgotten")
+        stories.move("9_story_d", "2_current", "4_merge")  # a real move
+        daemon.wait_row("9_story_d", lambda r: r["stage"] == "4_merge")
+        assert shape(log_json(daemon, "8")) == [
+            ("created", None, "2_current", None),
+            ("conflict", "2_current", "4_merge", None),
+            ("resolved", "4_merge", "2_current", None),
+            ("conflict", "2_current", "4_merge", None),
+        ]
+        assert shape(log_json(daemon, "9"))[1] == ("moved", "2_current", "4_merge", None)
+        assert daemon.row("9_story_d")["retry_count"] == 0  # type: ignore[index]
+        text = daemon.cli("log", "8", check=True).stdout.splitlines()
+        assert "copied into 4_merge, which wins the conflict" in text[1]
+        assert "conflict over: back to the copy in 2_current" in text[2]
+        stats = json.loads(daemon.cli("stats", "--json", check=True).stdout)
+        assert sum(stats["finished_per_week"].values()) == 1  # 9 only: a copy is no finish
 
     def test_history_survives_a_restart_and_changes_while_stopped(
             self, stories: Stories, daemon: DaemonProcess) -> None:

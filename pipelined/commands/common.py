@@ -88,13 +88,19 @@ def read_conn(config: Config, announce: bool = False) -> Any:
     return conn
 
 
+STALE_NOTE = "pipelined.stale_note"  # click's ctx.meta key: the line, for a command that succeeds
+
+
 def _announce_staleness(config: Config, conn: Any) -> None:
+    """Leave the note for `PipelinedGroup` to print once the command has succeeded (a
+    failing command's one `Error:` line stays alone)."""
     from pipelined.freshness import freshness
 
     fresh = freshness(config.db_path, conn)
-    if fresh["state"] != "ready":
+    context = click.get_current_context(silent=True)
+    if fresh["state"] != "ready" and context is not None:
         last = fresh["last_sync"] or "never"
-        click.echo(one_line(f"note: {fresh['note']} (last sync {last})"), err=True)
+        context.meta[STALE_NOTE] = one_line(f"note: {fresh['note']} (last sync {last})")
 
 
 def print_json(value: object) -> None:

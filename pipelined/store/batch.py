@@ -21,6 +21,9 @@ class RowUpsert:
     extra: dict[str, Any]
     errors: tuple[StoryError, ...]
     unreadable: bool = False  # the file could not be read (its errors say why)
+    # How its stage changed when that was no move: "conflict" or "resolved"
+    # (migration 0007); None for a move, or no stage change.
+    stage_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 
 from pipelined.errors import DatabaseError
+from pipelined.schema import from_column
 from pipelined.store import queries
 from pipelined.store.connection import transaction
 
@@ -26,14 +27,29 @@ __all__ = [
     "stats_rows",
 ]
 
-_COLUMNS = "seq, at, story_id, kind, from_stage, to_stage, fields"
+_BASE_COLUMNS = "seq, at, story_id, kind, from_stage, to_stage, fields"
+
+
+def _columns(conn: apsw.Connection) -> str:
+    """The columns to read: `changes` exists from migration 0007 on (a read command
+    may meet a database an older daemon still holds)."""
+    names = {str(row[1]) for row in conn.execute("PRAGMA table_info(story_history)")}
+    return _BASE_COLUMNS + (", changes" if "changes" in names else ", NULL")
+
+
+def _changes(text: str | None) -> dict[str, list[Any]] | None:
+    """{"field": [old, new]} with each value as reads show it (a flag as a bool)."""
+    if not text:
+        return None
+    return {name: [from_column(name, value) for value in pair]
+            for name, pair in json.loads(text).items()}
 
 
 def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, at, story_id, kind, from_stage, to_stage, fields = row
+    seq, at, story_id, kind, from_stage, to_stage, fields, changes = row
     return {"seq": int(seq), "at": str(at), "id": str(story_id), "kind": str(kind),
             "from_stage": from_stage, "to_stage": to_stage,
-            "fields": json.loads(fields) if fields else None}
+            "fields": json.loads(fields) if fields else None, "changes": _changes(changes)}
 
 
 def has_history(conn: apsw.Connection) -> bool:
@@ -64,7 +80,7 @@ def history(conn: apsw.Connection, story_ids: Sequence[str] | None = None,
     if since is not None:
         where.append("at >= ?")
         params.append(since)
-    sql = f"SELECT {_COLUMNS} FROM story_history"
+    sql = f"SELECT {_columns(conn)} FROM story_history"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY seq DESC"
@@ -84,7 +100,7 @@ def max_seq(conn: apsw.Connection) -> int:
 def rows_after(conn: apsw.Connection, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
     """History rows with a sequence number above `seq`, in order (at most `limit`)."""
     return [_entry(r) for r in conn.execute(
-        f"SELECT {_COLUMNS} FROM story_history WHERE seq > ? ORDER BY seq LIMIT ?",
+        f"SELECT {_columns(conn)} FROM story_history WHERE seq > ? ORDER BY seq LIMIT ?",
         (seq, limit))]
 
 
@@ -94,6 +110,7 @@ def stats_rows(conn: apsw.Connection) -> tuple[dict[str, int], list[dict[str, An
         counts = {str(stage): int(count) for stage, count in conn.execute(
             "SELECT stage, count(*) FROM pipeline_items GROUP BY stage")}
         entries = [_entry(r) for r in conn.execute(
-            f"SELECT {_COLUMNS} FROM story_history WHERE kind IN ('created', 'moved', 'deleted') "
+            f"SELECT {_columns(conn)} FROM story_history "
+            "WHERE kind IN ('created', 'moved', 'deleted') "
             "ORDER BY seq")]
     return counts, entries

@@ -82,6 +82,8 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                     "(?, ?, (SELECT coalesce(max(epoch), 1) FROM crdt_epochs))",
                     (batch.crdt_update, now),
                 )
+            kinds = [(row.story_id, row.stage_kind) for row in batch.upserts if row.stage_kind]
+            conn.executemany("INSERT OR REPLACE INTO stage_change_kind VALUES (?, ?)", kinds)
             for row in batch.upserts:
                 params: dict[str, Any] = {"id": row.story_id, "stage": row.stage,
                                           "content": row.content, "now": now}
@@ -93,6 +95,8 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                     errors_to_column(row.errors),
                     int(row.unreadable),
                 ))
+            if kinds:  # read by the history trigger of these upserts only
+                conn.execute("DELETE FROM stage_change_kind")
             for story_id in batch.deletes:
                 conn.execute("DELETE FROM story_extras WHERE id = ?", (story_id,))
                 conn.execute("DELETE FROM pipeline_items WHERE id = ?", (story_id,))
