@@ -133,7 +133,7 @@ class PipelinedGroup(click.Group):
 
             sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
             command = f"pipelined {sub}" if sub else "pipelined"
-            _error_line(one_line(f"Error: {exc.format_message()} (see `{command} --help`)"))
+            _error_line(one_line(f"Error: {_usage_message(exc)} (see `{command} --help`)"))
             sys.exit(exc.exit_code)
         except BrokenPipeError:
             if ctx.invoked_subcommand not in DAEMON_COMMANDS and _reader_gone(sys.stdout):
@@ -153,6 +153,30 @@ class PipelinedGroup(click.Group):
             _error_line(one_line(f"Error: the database cannot be read now "
                                  f"({type(exc).__name__}: {exc}); see `pipelined status`"))
             sys.exit(1)
+
+
+# click's words for a value it could not convert, and ours.
+_CLICK_WORDS = (("is not a valid integer range", "is not a whole number"),
+                ("is not a valid integer", "is not a whole number"),
+                ("is not a valid float range", "is not a number"),
+                ("is not a valid float", "is not a number"))
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """click's message for a bad command line, in the tool's voice: the option, the
+    value, what would be valid; no capital, no closing full stop."""
+    if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter):
+        hint = exc.param_hint or (exc.param.opts[0] if exc.param and exc.param.opts else None)
+        if isinstance(hint, list | tuple):
+            hint = " / ".join(hint)
+        message = str(exc.message)
+        for theirs, ours in _CLICK_WORDS:
+            message = message.replace(theirs, ours)
+        text = f"bad value for {str(hint).strip(chr(39))}: {message}" if hint else message
+    else:
+        text = exc.format_message()
+        text = text[:1].lower() + text[1:]
+    return text.rstrip(".")
 
 
 def _error_line(line: str) -> None:

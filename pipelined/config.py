@@ -124,35 +124,65 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
 _CASTS: dict[str, Any] = {f.name: f.type for f in fields(Config)}
 
 
-def _coerce(name: str, value: object) -> object:
-    """Turn a TOML or environment value into the field's type, or raise ConfigError."""
+def _path(value: object) -> Path:
+    return Path(str(value)).expanduser()
+
+
+def _optional_path(value: object) -> Path | None:
+    return _path(value) if value not in (None, "") else None
+
+
+def _stages(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(s.strip() for s in value.split(",") if s.strip())
+    if isinstance(value, list | tuple) and all(isinstance(s, str) for s in value):
+        return tuple(value)
+    raise ValueError("a list of folder names")
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("a whole number")
     try:
-        if name in ("root",):
-            return Path(str(value)).expanduser()
-        if name == "db":
-            return Path(str(value)).expanduser() if value not in (None, "") else None
-        if name == "stages":
-            if isinstance(value, str):
-                return tuple(s.strip() for s in value.split(",") if s.strip())
-            if isinstance(value, list | tuple) and all(isinstance(s, str) for s in value):
-                return tuple(value)
-            raise ValueError("a list of folder names")
-        if name in ("settle_ms", "settle_cap_ms", "delete_grace_ms", "max_file_bytes",
-                    "writer_queue", "compact_updates"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError("an integer")
-            return int(str(value)) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
-        if name in ("rescan_interval_s", "git_lock_cap_s"):
-            if isinstance(value, bool):
-                raise ValueError("a number")
-            return float(value)  # type: ignore[arg-type]
-        if name in ("log_format", "log_level"):
-            if not isinstance(value, str):
-                raise ValueError("a string")
-            return value.lower()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(name, value, f"expected {exc}" if str(exc) else "wrong type") from None
-    raise ConfigError(name, value, "unknown setting")
+        return int(value.strip() if isinstance(value, str) else value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        raise ValueError("a whole number") from None
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a number of seconds")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError("a number of seconds") from None
+
+
+def _word(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value.lower()
+
+
+_CONVERT: dict[str, Any] = {
+    "root": _path, "db": _optional_path, "stages": _stages,
+    **dict.fromkeys(("settle_ms", "settle_cap_ms", "delete_grace_ms", "max_file_bytes",
+                     "writer_queue", "compact_updates"), _whole),
+    **dict.fromkeys(("rescan_interval_s", "git_lock_cap_s"), _seconds),
+    **dict.fromkeys(("log_format", "log_level"), _word),
+}
+
+
+def _coerce(name: str, value: object) -> object:
+    """Turn a TOML or environment value into the field's type, or raise ConfigError
+    naming the setting, the value and what it should be."""
+    convert = _CONVERT.get(name)
+    if convert is None:
+        raise ConfigError(name, value, "unknown setting")
+    try:
+        return convert(value)
+    except ValueError as exc:
+        raise ConfigError(name, value, f"expected {exc}") from None
 
 
 def parse(text: str, source: str = "config") -> dict[str, object]:

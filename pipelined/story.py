@@ -255,10 +255,8 @@ def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
     try:
         metadata, duplicates = _load_front_matter(head)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
         return ParsedStory(_null_fields(), broken=True, content=text,
-                           errors=(StoryError("front_matter_syntax",
-                                              f"front matter does not parse: {reason}"),))
+                           errors=(StoryError("front_matter_syntax", _yaml_reason(exc)),))
     try:
         fields, extra, errors = _read_keys(metadata or {}, duplicates)
     except _TooBig:
@@ -267,6 +265,23 @@ def _parse(raw: bytes, max_bytes: int) -> ParsedStory:
             f"front matter is too large or too deep (over {MAX_NODES} values or "
             f"{MAX_DEPTH} levels once YAML aliases are expanded)"),))
     return ParsedStory(fields, extra=extra, content=text, errors=tuple(errors))
+
+
+def _yaml_reason(exc: Exception) -> str:
+    """A YAML error in our words, with the file's line and column (PyYAML's own text
+    says `in "<unicode string>"`, which names no file)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        text = " ".join(str(exc).split())[:200]
+        return text if text.startswith("front matter") else f"front matter does not parse: {text}"
+    reason = f"front matter does not parse at line {mark.line + 1}, column {mark.column + 1}: "
+    reason += " ".join(str(problem).split())[:120]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        reason += (f" ({' '.join(str(context).split())[:80]} at line {context_mark.line + 1}, "
+                   f"column {context_mark.column + 1})")
+    return reason
 
 
 def _load_front_matter(head: str) -> tuple[dict[Any, Any] | None, list[_Duplicate]]:

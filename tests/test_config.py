@@ -137,6 +137,15 @@ class TestParse:
 
 
 class TestResolve:
+    @pytest.fixture(autouse=True)
+    def _in_a_root(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Run from a folder with stage folders: a test without a root finds this one
+        (tests/test_root_discovery.py tests the finding)."""
+        here = tmp_path / "cwd"
+        for stage in ("1_backlog", "2_current", "4_merge", "1_a", "2_b"):
+            (here / stage).mkdir(parents=True)
+        monkeypatch.chdir(here)
+
     def test_defaults(self, clean_env: dict[str, str], tmp_path: Path) -> None:
         """With no flags, env or file, every setting is its default."""
         config = resolve({"root": tmp_path}, env=clean_env)

@@ -210,8 +210,20 @@ class TestParseStory:
         assert parsed.fields == NULL_FIELDS
         assert parsed.extra == {}
         assert parsed.content == raw
-        assert len(messages(parsed)) == 1
-        assert messages(parsed)[0].startswith("front matter does not parse")
+        assert messages(parsed) == (
+            "front matter does not parse at line 3, column 6: did not find expected ',' or "
+            "']' (while parsing a flow sequence at line 2, column 7)",)
+
+    @pytest.mark.parametrize(("raw", "where"), [
+        ("---\nname: a\n  b: c\n---\n", "at line 3, column 4"),
+        ("\ufeff---\nname: \"open\n---\n", "at line 3, column 1"),
+        ("---\nname: x\n\tagent: y\n---\n", "at line 3, column 1")])
+    def test_a_yaml_error_names_the_line_not_a_unicode_string(self, raw: str,
+                                                              where: str) -> None:
+        """PyYAML says `in "<unicode string>", line 3`; ours says the file's line."""
+        (message,) = messages(parse(raw))
+        assert message.startswith(f"front matter does not parse {where}: "), message
+        assert "<unicode string>" not in message and "\n" not in message
 
     def test_unsafe_yaml_tag_is_an_error(self) -> None:
         """A python object tag is refused (safe loading), recorded as a parse error."""
@@ -228,7 +240,7 @@ class TestParseStory:
 
         assert parsed.fields == NULL_FIELDS
         assert parsed.content == raw
-        assert messages(parsed) == ("front matter does not parse: front matter is not a mapping",)
+        assert messages(parsed) == ("front matter is not a mapping",)
 
     def test_no_front_matter(self) -> None:
         """A file without front matter is a story with null fields and no error."""

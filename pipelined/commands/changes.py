@@ -47,14 +47,15 @@ def log_command(root: Path | None, db: Path | None, stages: str | None,
     from pipelined import history
     from pipelined.store import history as store_history
 
+    try:  # the command line first: a bad value is the error, whatever the database
+        since_at = None if since is None else history.normalize_since(since)
+    except ValueError:
+        raise click.BadParameter(f"{since!r} is not a date or time; expected a date such as "
+                                 "2026-11-29 or an RFC 3339 time such as 2026-11-29T09:30:00Z",
+                                 param_hint="--since") from None
     config = load_config(root, db, stages, config_file)
     conn = read_conn(config, announce=True)
     store_history.require_history(conn, config.db_path)
-    try:
-        since_at = None if since is None else history.normalize_since(since)
-    except ValueError:
-        raise click.BadParameter(f"{since!r} is no date or RFC 3339 time",
-                                 param_hint="--since") from None
     ids = store_history.resolve_ids(conn, story_id) if story_id else None
     entries = store_history.history(conn, ids, since_at, limit)
     if as_json:
