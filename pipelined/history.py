@@ -45,6 +45,11 @@ def normalize_since(value: str) -> str:
 
 def entry_line(entry: dict[str, Any]) -> str:
     """One history row as a line of text: seq, time, id, what happened."""
+    return f"{entry['seq']:>6}  {entry['at']}  {entry['id']}  {entry_what(entry)}"
+
+
+def entry_what(entry: dict[str, Any]) -> str:
+    """What a history row says happened, in words."""
     kind = entry["kind"]
     if kind == "created":
         what = f"created in {entry['to_stage']}"
@@ -64,7 +69,7 @@ def entry_line(entry: dict[str, Any]) -> str:
         what = f"deleted from {entry['from_stage']}"
     else:
         what = kind
-    return f"{entry['seq']:>6}  {entry['at']}  {entry['id']}  {what}"
+    return what
 
 
 def _shown(value: Any) -> str:
@@ -81,6 +86,24 @@ def _shown(value: Any) -> str:
 
 
 # -- stats ------------------------------------------------------------------------
+
+
+def relative(at: str, now: datetime | None = None) -> str:
+    """An RFC 3339 time as people say it: `just now`, `3 min ago`, `5 h ago`,
+    `2 days ago`, then the date."""
+    seconds = ((now or datetime.now(UTC)) - _parse_at(at)).total_seconds()
+    if seconds < 0:
+        return at  # a clock ahead of ours: the time itself
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    if seconds < 7 * 86400:
+        days = int(seconds // 86400)
+        return f"{days} day{'s' if days > 1 else ''} ago"
+    return _parse_at(at).strftime("%Y-%m-%d")
 
 
 def _parse_at(at: str) -> datetime:

@@ -100,3 +100,33 @@ def test_ctrl_c_on_a_terminal_ends_the_line(stories: Stories, tmp_path: Path) ->
     assert "^C" in text, text
     after = text.split("^C", 1)[1]
     assert after.startswith(("\r\n", "\n")), repr(after[:80])
+
+
+def complete(words: str, cwd: Path) -> list[str]:
+    """What bash completion offers for the last of `words` (click's protocol)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINED_")}
+    parts = words.split(" ")
+    env.update(COMP_WORDS=words, COMP_CWORD=str(len(parts) - 1),
+               _PIPELINED_COMPLETE="bash_complete")
+    console = Path(sys.executable).parent / "pipelined"  # the name the shell hook calls
+    done = subprocess.run([str(console)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False)
+    lines = [line for line in done.stdout.splitlines() if line]
+    assert all("," in line for line in lines), done.stdout + done.stderr
+    return [line.split(",", 1)[1] for line in lines]
+
+
+def test_completion_offers_story_ids_and_stages(stories: Stories, tmp_path: Path) -> None:
+    """Ids from the database (found from the current folder), stage folders and aliases."""
+    stories.write("1_backlog", "10_story_login", name="Login")
+    stories.write("2_current", "11_story_export", name="Export")
+    stories.write("2_current", "20_bug_crash", name="Crash")
+    db = tmp_path / "p.db"
+    assert pipelined("rebuild", "--root", str(stories.root), "--db", str(db)).returncode == 0
+    cwd = stories.root / "2_current"
+    with_db = f"--db {db}"
+    assert complete(f"pipelined show {with_db} 1", cwd) == ["10_story_login", "11_story_export"]
+    assert complete(f"pipelined move {with_db} 20_bug_crash cu", cwd) == ["current"]
+    assert complete(f"pipelined ls {with_db} --stage ", cwd) == [
+        "1_backlog", "2_current", "4_merge", "backlog", "current", "merge"]
+    assert complete("pipelined show 1", tmp_path) == []  # outside any root: nothing

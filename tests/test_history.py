@@ -117,8 +117,9 @@ class TestLog:
         assert entries[1]["changes"] == {"name": ["First", "Second"], "agent": [None, "coder-1"]}
         assert [e["changes"] for e in entries if e["kind"] != "updated"] == [None] * 3
         text = daemon.cli("log", "5", check=True).stdout.splitlines()
-        assert "moved 1_backlog -> 2_current" in text[2]
-        assert 'updated name "First" -> "Second", agent - -> "coder-1"' in text[1]
+        assert text[0].split() == ["SEQ", "WHEN", "ID", "WHAT"]
+        assert "moved 1_backlog -> 2_current" in text[3]
+        assert 'updated name "First" -> "Second", agent - -> "coder-1"' in text[2]
         bad = daemon.cli("log", "--since", "yesterday")
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
@@ -172,9 +173,9 @@ class TestLog:
         ]
         assert shape(log_json(daemon, "9"))[1] == ("moved", "2_current", "4_merge", None)
         assert daemon.row("9_story_d")["retry_count"] == 0  # type: ignore[index]
-        text = daemon.cli("log", "8", check=True).stdout.splitlines()
-        assert "copied into 4_merge, which wins the conflict" in text[1]
-        assert "conflict over: back to the copy in 2_current" in text[2]
+        text = daemon.cli("log", "8", check=True).stdout.splitlines()  # a header, then rows
+        assert "copied into 4_merge, which wins the conflict" in text[2]
+        assert "conflict over: back to the copy in 2_current" in text[3]
         stats = json.loads(daemon.cli("stats", "--json", check=True).stdout)
         assert sum(stats["finished_per_week"].values()) == 1  # 9 only: a copy is no finish
 

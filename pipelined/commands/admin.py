@@ -14,6 +14,7 @@ from pipelined.commands.common import (
     print_json,
     read_conn,
     settings_options,
+    shown_time,
 )
 
 __all__ = ["backup", "doctor", "rebuild", "status"]
@@ -49,7 +50,7 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
         echo_line(f"logs:      {result['log_lines_dropped']} lines could not be written "
                   "(nobody reads the daemon's stderr)")
     echo_line(f"database:  {config.db_path}")
-    echo_line(f"last sync: {result['last_sync'] or 'never'}")
+    echo_line(f"last sync: {shown_time(result['last_sync'])}")
     click.echo(f"stories:   {result['stories']}")
     for stage, count in counts.items():
         echo_line(f"  {stage:<12} {count}")

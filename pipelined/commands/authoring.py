@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from pipelined.commands.common import (
+    complete_stage,
+    complete_story_id,
     echo_line,
     json_option,
     load_config,
@@ -30,7 +32,8 @@ MOVE_WAIT_S = 10.0
 @click.argument("title")
 @click.option("--type", "story_type", type=click.Choice(STORY_TYPES), default="story",
               show_default=True, help="The kind of story; part of the file name.")
-@click.option("--stage", default=None, help="Stage folder (default: the first stage).")
+@click.option("--stage", default=None, shell_complete=complete_stage,
+              help="Stage folder (default: the first stage).")
 @click.option("--agent", default=None, help="Agent assigned to it.")
 @click.option("--depends", default=None, help="Comma-separated story numbers or ids it needs.")
 @click.option("--blocked", is_flag=True, help="Mark it blocked.")
@@ -68,8 +71,8 @@ def new(root: Path | None, db: Path | None, stages: str | None, config_file: Pat
 
 @click.command()
 @settings_options
-@click.argument("story_id")
-@click.argument("stage")
+@click.argument("story_id", shell_complete=complete_story_id)
+@click.argument("stage", shell_complete=complete_stage)
 @click.option("--no-wait", is_flag=True,
               help="Do not wait for a running daemon to show the move in the database.")
 @json_option

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import click
 
 from pipelined.commands.common import (
-    echo_lines,
+    complete_story_id,
     json_option,
     load_config,
     print_json,
     read_conn,
     settings_options,
+    shown_time,
     table,
 )
 from pipelined.terminal import discard_output, json_text, one_line
@@ -29,7 +30,7 @@ __all__ = ["events", "log_command", "stats"]
 
 @click.command(name="log")
 @settings_options
-@click.argument("story_id", required=False)
+@click.argument("story_id", required=False, shell_complete=complete_story_id)
 @click.option("--since", default=None,
               help="Only changes at or after this date or RFC 3339 time (UTC if no offset).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
@@ -61,7 +62,10 @@ def log_command(root: Path | None, db: Path | None, stages: str | None,
     if as_json:
         print_json(entries)
         return
-    echo_lines([history.entry_line(entry) for entry in entries])
+    if entries:
+        rows = [[str(e["seq"]), shown_time(e["at"]), e["id"], history.entry_what(e)]
+                for e in entries]
+        click.echo(table(rows, ["SEQ", "WHEN", "ID", "WHAT"], shrink=((3, 24), (2, 20))))
 
 
 @click.command()

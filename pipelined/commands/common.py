@@ -12,6 +12,7 @@ shell-completion request import it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -145,24 +146,136 @@ def echo_block(text: str) -> None:
     click.echo(block(text))
 
 
-def table(rows: list[list[str]], headers: list[str]) -> str:
+def table(rows: list[list[str]], headers: list[str],
+          shrink: Sequence[tuple[int, int]] = ()) -> str:
     """Left-aligned columns two spaces apart, no trailing blanks; cells safe to print.
 
     A cell with a control character (a newline, ESC...) is escaped before the
     widths are measured, so the columns still line up. The check is one scan
     of the finished table: the usual table is laid out once.
+
+    On a terminal the table fits its width: the columns
+    in `shrink`, (index, narrowest width) pairs in the order given, give up
+    cells, and a cut cell ends in `…`. Widths are terminal cells (a CJK
+    character or an emoji takes two). Into a pipe every cell is whole.
     """
-    text = _layout(rows, headers)
+    text = "\n".join("\t".join(r) for r in [headers, *rows])
     if has_unsafe(text, newlines_ok=True) or text.count("\n") != len(rows):
-        text = _layout([[one_line(cell) for cell in row] for row in rows],
-                       [one_line(header) for header in headers])
-    return text
+        rows = [[one_line(cell) for cell in row] for row in rows]
+        headers = [one_line(header) for header in headers]
+    return _layout(rows, headers, shrink, output_width(), text.isascii())
 
 
-def _layout(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
-    return "\n".join(lines)
+def shown_time(at: str | None) -> str:
+    """A stored RFC 3339 time as printed: relative (`3 min ago`) on a terminal, as
+    stored into a pipe or a file (`--json` always has it as stored)."""
+    if not at:
+        return "never"
+    if not sys.stdout.isatty():
+        return at
+    from pipelined.history import relative
+
+    return relative(at)
+
+
+def output_width() -> int | None:
+    """The terminal's width when stdout is one (`$COLUMNS` first), else None: into a
+    pipe or a file every cell is whole."""
+    import shutil
+
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def cell_width(text: str) -> int:
+    """How many terminal cells `text` takes."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` cells, ending in `…` when cut."""
+    if cell_width(text) <= width:
+        return text
+    kept, used = [], 0
+    for char in text:
+        size = cell_width(char)
+        if used + size > width - 1:
+            break
+        kept.append(char)
+        used += size
+    return "".join(kept) + "…"
+
+
+def _layout(rows: list[list[str]], headers: list[str], shrink: Sequence[tuple[int, int]],
+            width: int | None, ascii_only: bool) -> str:
+    measure = len if ascii_only else cell_width
+    widths = [max(measure(h), *(measure(r[i]) for r in rows)) if rows
+              else measure(h) for i, h in enumerate(headers)]
+    full = list(widths)
+    if width is not None:
+        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        for index, narrowest in shrink:
+            if excess <= 0:
+                break
+            give = min(excess, max(0, widths[index] - narrowest))
+            widths[index] -= give
+            excess -= give
+
+    if ascii_only and widths == full:  # the usual case, and a 100,000-row `ls`: no cell cut
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         for r in [headers, *rows])
+
+    def padded(cell: str, room: int) -> str:
+        shown = cut(cell, room)
+        return shown + " " * (room - cell_width(shown))
+
+    return "\n".join("  ".join(padded(c, w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [headers, *rows])
+
+
+# -- shell completion ------------------------------------------------------------------
+
+
+def _completion_config(ctx: click.Context) -> Config | None:
+    """The settings the command line typed so far names, or None if they are bad."""
+    params = ctx.params
+    try:
+        return load_config(params.get("root"), params.get("db"), params.get("stages"),
+                           params.get("config_file"))
+    except Exception:
+        return None
+
+
+def complete_story_id(ctx: click.Context, _param: click.Parameter,
+                      incomplete: str) -> list[str]:
+    """Story ids starting with what was typed, from the database (read-only, indexed)."""
+    config = _completion_config(ctx)
+    if config is None or not config.db_path.is_file():
+        return []
+    try:
+        from pipelined.store.connection import open_read_only
+
+        conn = open_read_only(config.db_path)
+        try:
+            rows = conn.execute(
+                "SELECT id FROM pipeline_items WHERE id >= ? AND id < ? ORDER BY id LIMIT 200",
+                (incomplete, incomplete + "\U0010ffff")).fetchall()
+        finally:
+            conn.close()
+    except Exception:
+        return []
+    return [str(row[0]) for row in rows]
+
+
+def complete_stage(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Stage folders and their aliases starting with what was typed."""
+    config = _completion_config(ctx)
+    stages = config.stages if config is not None else ()
+    names = [*stages, *(s.split("_", 1)[1] for s in stages if "_" in s)]
+    return [name for name in names if name.startswith(incomplete)]

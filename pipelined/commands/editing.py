@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pipelined.commands.common import (
+    complete_story_id,
     echo_line,
     json_option,
     load_config,
@@ -64,7 +65,7 @@ def _shown(value: Any) -> str:
 
 @click.command("set")
 @settings_options
-@click.argument("story_id")
+@click.argument("story_id", shell_complete=complete_story_id)
 @click.argument("assignments", nargs=-1, required=True)
 @click.option("--no-wait", is_flag=True,
               help="Do not wait for a running daemon to show the edit in the database.")
@@ -91,7 +92,7 @@ def set_command(root: Path | None, db: Path | None, stages: str | None,
 
 @click.command()
 @settings_options
-@click.argument("story_id")
+@click.argument("story_id", shell_complete=complete_story_id)
 @click.argument("agent")
 @click.option("--no-wait", is_flag=True,
               help="Do not wait for a running daemon to show the claim in the database.")
@@ -115,7 +116,7 @@ def claim(root: Path | None, db: Path | None, stages: str | None, config_file: P
 
 @click.command()
 @settings_options
-@click.argument("story_id")
+@click.argument("story_id", shell_complete=complete_story_id)
 def edit(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
          story_id: str) -> None:
     """Open a story's file in $VISUAL or $EDITOR (default vi); the daemon syncs the save.

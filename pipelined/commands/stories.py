@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import click
 
 from pipelined.commands.common import (
+    complete_stage,
+    complete_story_id,
     echo_block,
     echo_lines,
     json_option,
@@ -20,6 +22,7 @@ from pipelined.commands.common import (
     print_json,
     read_conn,
     settings_options,
+    shown_time,
     table,
 )
 from pipelined.config import resolve_stage
@@ -37,7 +40,8 @@ SHOW_ORDER = ("id", "stage", *FIELDS, "created_at", "updated_at")
 
 @click.command(name="ls")
 @settings_options
-@click.option("--stage", default=None, help="Only stories in this stage.")
+@click.option("--stage", default=None, shell_complete=complete_stage,
+              help="Only stories in this stage.")
 @click.option("--agent", default=None, help="Only stories of this agent.")
 @click.option("--blocked/--not-blocked", default=None, help="Only blocked (or unblocked) ones.")
 @click.option("--ready", is_flag=True,
@@ -81,12 +85,15 @@ def ls_command(root: Path | None, db: Path | None, stages: str | None,
              "yes" if i["blocked"] else "",
              "" if i["retry_count"] is None else str(i["retry_count"])]
             for i in items]
-    click.echo(table(rows, ["ID", "STAGE", "NAME", "AGENT", "BLOCKED", "RETRIES"]))
+    # Too wide for the terminal: the id (its slug repeats the name) gives up cells first,
+    # down to 20, then the name, then the agent.
+    click.echo(table(rows, ["ID", "STAGE", "NAME", "AGENT", "BLOCKED", "RETRIES"],
+                     shrink=((0, 20), (2, 12), (3, 6))))
 
 
 @click.command()
 @settings_options
-@click.argument("story_id")
+@click.argument("story_id", shell_complete=complete_story_id)
 @json_option
 def show(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
          story_id: str, as_json: bool) -> None:
@@ -107,8 +114,15 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     if as_json:
         print_json(story)
         return
-    lines = [f"{key + ':':<13} {'' if story[key] is None else story[key]}"
+    lines = [f"{key + ':':<13} "
+             f"{shown_time(story[key]) if key.endswith('_at') else _shown_value(story[key])}"
              for key in SHOW_ORDER]
+    files = story.get("files") or []
+    winner = next((f["path"] for f in files if f["winner"]), None)
+    if winner:
+        lines.insert(2, f"{'path:':<13} {config.root / winner}")
+    lines += [f"{'conflict:':<13} also {config.root / f['path']} (the newest copy wins; "
+              "see `pipelined doctor`)" for f in files if not f["winner"]]
     if story["extra"]:
         import json
 
@@ -120,6 +134,17 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     echo_lines([*lines, ""])
     echo_block(story["content"] if story["content"] is not None
                else "(content not copied: file over the size limit)")
+
+
+def _shown_value(value: object) -> str:
+    """A field as `show` prints it: yes/no for a flag, `[10, 12]` for a list, blank for none."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
 
 
 @click.command()
@@ -153,7 +178,8 @@ def board(root: Path | None, db: Path | None, stages: str | None, config_file: P
 @click.command()
 @settings_options
 @click.argument("query")
-@click.option("--stage", default=None, help="Only stories in this stage.")
+@click.option("--stage", default=None, shell_complete=complete_stage,
+              help="Only stories in this stage.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="At most this many results, best first.")
 @json_option
