@@ -108,7 +108,9 @@ class PipelinedGroup(click.Group):
         super().__init__(name, commands=LazyCommands(lazy_commands or {}), **kwargs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args:  # bare `pipelined`: the help, and success
+        # Bare `pipelined`: the help, and success. Not while completing a command name,
+        # when click parses the group with no arguments (resilient_parsing).
+        if not args and not ctx.resilient_parsing:
             click.echo(ctx.get_help())
             ctx.exit(0)
         return super().parse_args(ctx, args)
