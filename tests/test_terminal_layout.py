@@ -101,3 +101,21 @@ def test_times_are_relative_on_a_terminal_only(root: Path) -> None:
 def test_cut() -> None:
     assert cut("abcdef", 6) == "abcdef" and cut("abcdef", 4) == "abc…"
     assert cut("絵文字です", 5) == "絵文…" and cell_width(cut("絵文字です", 6)) <= 6
+
+
+def test_search_snippets_come_from_the_body_and_are_bold_on_a_terminal(
+        root: Path, stories: Stories) -> None:
+    """A word in the front matter and the body: the snippet is the body's, the match
+    bold (SGR 1 ... 22) on a terminal, `**match**` into a pipe; story text with an
+    escape sequence stays escaped either way."""
+    stories.write("1_backlog", "30_story_mailer", "---\nname: Mailer\nagent: magic-bot\n---\n"
+                  "# Mailer\n\nSend the magic link. \x1b[31mred\n")
+    subprocess.run([sys.executable, "-m", "pipelined", "rebuild"], cwd=root,
+                   capture_output=True, timeout=60, check=True)
+    shown = in_terminal(["search", "magic"], 80, root).splitlines()
+    snippet = shown[shown.index(next(s for s in shown if s.startswith("30_story_mailer"))) + 1]
+    assert snippet == "    # Mailer Send the \x1b[1mmagic\x1b[22m link. \\x1b[31mred"
+    piped = subprocess.run([sys.executable, "-m", "pipelined", "search", "magic"], cwd=root,
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "    # Mailer Send the **magic** link. \\x1b[31mred" in piped.splitlines()
+    assert "agent" not in piped  # the front matter is not the snippet

@@ -8,6 +8,7 @@ story files.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -15,10 +16,12 @@ import click
 from pipelined.commands.common import (
     complete_stage,
     complete_story_id,
+    cut,
     echo_block,
     echo_lines,
     json_option,
     load_config,
+    output_width,
     print_json,
     read_conn,
     settings_options,
@@ -28,6 +31,7 @@ from pipelined.commands.common import (
 from pipelined.config import resolve_stage
 from pipelined.errors import AmbiguousStory, StoryNotFound
 from pipelined.schema import FIELDS, SORT_KEYS
+from pipelined.terminal import one_line
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -197,12 +201,28 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     config = load_config(root, db, stages, config_file)
     stage = resolve_stage(stage, config.stages) if stage is not None else None
-    hits = run_search(read_conn(config, announce=True), query, stage=stage, limit=limit)
+    # On a terminal the matches are bold; private-use marks survive the escaping of
+    # story text and become the terminal's bold after it. Elsewhere: **match**.
+    bold = sys.stdout.isatty() and not as_json
+    marks = ("\ue000", "\ue001") if bold else ("**", "**")
+    hits = run_search(read_conn(config, announce=True), query, stage=stage, limit=limit,
+                      marks=marks)
     if as_json:
         print_json([hit.as_dict() for hit in hits])
         return
-    echo_lines([line for hit in hits
-                for line in (f"{hit.id}  {hit.stage}  {hit.name or ''}".rstrip(),
-                             f"    {hit.snippet}")])
+    heads = table([[h.id, h.stage, h.name or ""] for h in hits], ["ID", "STAGE", "NAME"],
+                  shrink=((2, 12), (0, 20))).splitlines()[1:]
+    width = output_width()
+    lines = []
+    for head, hit in zip(heads, hits, strict=True):
+        snippet = one_line(hit.snippet)
+        if width is not None:
+            snippet = cut(snippet, max(20, width - 4))
+        if bold:
+            snippet = snippet.replace(marks[0], "\x1b[1m").replace(marks[1], "\x1b[22m")
+            snippet += "\x1b[22m" if snippet.count("\x1b[1m") > snippet.count("\x1b[22m") else ""
+        lines += [head, f"    {snippet}"]
+    if lines:
+        click.echo("\n".join(lines))
     if not hits:
         click.echo("no match", err=True)
