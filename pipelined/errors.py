@@ -146,7 +146,8 @@ class AmbiguousStory(PipelinedError):
     def __init__(self, ref: str, paths: Sequence[str]) -> None:
         self.ref = ref
         self.paths = tuple(paths)
-        hint = ("give the full id" if ref.isascii() and ref.isdigit()
+        ids = {path.rsplit("/", 1)[-1].removesuffix(".md") for path in paths}
+        hint = ("give the full id" if len(ids) > 1  # a number two ids share
                 else "the same id in two stages is a conflict; remove one copy")
         super().__init__(f"{_shown(ref)} matches more than one story file: {', '.join(paths)} "
                          f"({hint}; `pipelined doctor` shows conflicts)")

@@ -8,12 +8,12 @@ history row as JSON is {"seq", "at", "id", "kind", "from_stage", "to_stage",
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelined.store import history as store_history
+from pipelined.views import field_text
 
 if TYPE_CHECKING:
     import apsw
@@ -63,26 +63,14 @@ def entry_what(entry: dict[str, Any]) -> str:
     elif kind == "updated":
         changes = entry.get("changes")
         what = "updated " + (", ".join(
-            f"{name} {_shown(old)} -> {_shown(new)}" for name, (old, new) in changes.items())
+            f"{name} {field_text(old)} -> {field_text(new)}"
+            for name, (old, new) in changes.items())
             if changes else ", ".join(entry["fields"] or []))
     elif kind == "deleted":
         what = f"deleted from {entry['from_stage']}"
     else:
         what = kind
     return what
-
-
-def _shown(value: Any) -> str:
-    """A field's value in a log line: a name quoted, a list as `[10, 12]`, none as `-`."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
 
 
 # -- stats ------------------------------------------------------------------------

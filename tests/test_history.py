@@ -119,7 +119,7 @@ class TestLog:
         text = daemon.cli("log", "5", check=True).stdout.splitlines()
         assert text[0].split() == ["SEQ", "WHEN", "ID", "WHAT"]
         assert "moved 1_backlog -> 2_current" in text[3]
-        assert 'updated name "First" -> "Second", agent - -> "coder-1"' in text[2]
+        assert "updated name First -> Second, agent (none) -> coder-1" in text[2]
         bad = daemon.cli("log", "--since", "yesterday")
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 

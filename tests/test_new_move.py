@@ -211,4 +211,18 @@ class TestMove:
             result = running.cli(*args)
             assert result.returncode == 1
             assert result.stderr.strip().splitlines() == [line]
+        # One id in two stages, by its number or its full id: a conflict, never "give
+        # the full id" (which said the same again when the full id was given).
+        stories.write("4_merge", "13_bug_crash")
+        wait_until(lambda: len(running.query(
+            "SELECT 1 FROM file_signatures WHERE story_id = '13_bug_crash'")) == 2,
+                   what="the copy seen")
+        for ref in ("13", "13_bug_crash"):
+            result = running.cli("move", ref, "1_backlog")
+            assert result.returncode == 1
+            assert result.stderr.strip().splitlines() == [
+                f"Error: '{ref}' matches more than one story file: 2_current/13_bug_crash.md, "
+                "4_merge/13_bug_crash.md (the same id in two stages is a conflict; remove one "
+                "copy; `pipelined doctor` shows conflicts)"]
+        stories.path("4_merge", "13_bug_crash").unlink()
         assert stories.path("2_current", "13_bug_crash").is_file()

@@ -15,6 +15,7 @@ from pipelined.commands.common import (
     print_json,
     settings_options,
 )
+from pipelined.views import field_text
 
 __all__ = ["claim", "edit", "set_command"]
 
@@ -49,18 +50,8 @@ def _report(edited: Any, synced: bool | None, as_json: bool) -> None:
         echo_line(f"{edited.story_id}: nothing to change")
     else:
         echo_line(f"{edited.story_id}: " + ", ".join(
-            f"{name} {_shown(from_column(name, edited.before.get(name)))} -> "
-            f"{_shown(from_column(name, edited.after[name]))}" for name in edited.changed))
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "(none)"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
+            f"{name} {field_text(from_column(name, edited.before.get(name)))} -> "
+            f"{field_text(from_column(name, edited.after[name]))}" for name in edited.changed))
 
 
 @click.command("set")

@@ -32,6 +32,7 @@ from pipelined.config import resolve_stage
 from pipelined.errors import AmbiguousStory, StoryNotFound
 from pipelined.schema import FIELDS, SORT_KEYS
 from pipelined.terminal import one_line
+from pipelined.views import field_text
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -118,9 +119,12 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     if as_json:
         print_json(story)
         return
-    lines = [f"{key + ':':<13} "
-             f"{shown_time(story[key]) if key.endswith('_at') else _shown_value(story[key])}"
-             for key in SHOW_ORDER]
+    def value(key: str) -> str:
+        if key.endswith("_at"):
+            return shown_time(story[key])
+        return field_text(story[key], "", quote=False)
+
+    lines = [f"{key + ':':<13} {value(key)}" for key in SHOW_ORDER]
     files = story.get("files") or []
     winner = next((f["path"] for f in files if f["winner"]), None)
     if winner:
@@ -138,17 +142,6 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
     echo_lines([*lines, ""])
     echo_block(story["content"] if story["content"] is not None
                else "(content not copied: file over the size limit)")
-
-
-def _shown_value(value: object) -> str:
-    """A field as `show` prints it: yes/no for a flag, `[10, 12]` for a list, blank for none."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
 
 
 @click.command()
