@@ -7,7 +7,8 @@
 -- A stage change is a `moved` row only when the story's file really moved. When a
 -- copy in another stage wins the conflict (`cp` into another stage: the newest
 -- file wins), the row is `conflict`; when the winning copy goes and the story falls
--- back to a copy it already had, `resolved`. Neither resets retry_count. The
+-- back to a copy it already had, `resolved`. Neither resets retry_count (so a
+-- retry_count of 0 that comes with one is an `updated` change like any). The
 -- daemon's writer names the kind in `stage_change_kind`, filled and emptied within
 -- the commit; anything else that changes a stage (rebuild writes no updates) is a
 -- move.
@@ -36,7 +37,9 @@ BEGIN
           UNION ALL SELECT 'agent', old.agent, new.agent WHERE old.agent IS NOT new.agent
           UNION ALL SELECT 'retry_count', old.retry_count, new.retry_count
                 WHERE old.retry_count IS NOT new.retry_count
-                AND NOT (old.stage IS NOT new.stage AND new.retry_count = 0)
+                AND NOT (old.stage IS NOT new.stage AND new.retry_count = 0
+                         AND NOT EXISTS (SELECT 1 FROM stage_change_kind
+                                         WHERE story_id = new.id))
           UNION ALL SELECT 'blocked', old.blocked, new.blocked
                 WHERE old.blocked IS NOT new.blocked
           UNION ALL SELECT 'depends_on', old.depends_on, new.depends_on

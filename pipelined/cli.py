@@ -113,16 +113,20 @@ class PipelinedGroup(click.Group):
         if not args and not ctx.resilient_parsing:
             click.echo(ctx.get_help())
             ctx.exit(0)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # `pipelined --bogus`: one line, as below
+            if ctx.resilient_parsing:
+                raise
+            _usage_exit(exc, None)
+            raise  # not reached
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             result = super().invoke(ctx)
-            note = ctx.meta.get("pipelined.stale_note")  # commands.common.STALE_NOTE
-            if note:
-                with contextlib.suppress(OSError):  # stderr gone: the output stands
-                    click.echo(note, err=True)
-            return result
+        except (SystemExit, click.exceptions.Exit):  # a command's own exit (doctor: 1)
+            _stale_note(ctx)
+            raise
         except PipelinedError as exc:
             from pipelined.terminal import one_line  # the message may quote a file name
 
@@ -131,12 +135,7 @@ class PipelinedGroup(click.Group):
                 sys.exit(EXIT_NEEDS_A_PERSON)  # systemd: do not restart (see errors.py)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:  # a bad flag or value: one line, not a usage block
-            from pipelined.terminal import one_line  # it quotes what was typed
-
-            sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
-            command = f"pipelined {sub}" if sub else "pipelined"
-            _error_line(one_line(f"Error: {_usage_message(exc)} (see `{command} --help`)"))
-            sys.exit(exc.exit_code)
+            _usage_exit(exc, ctx.invoked_subcommand)
         except BrokenPipeError:
             if ctx.invoked_subcommand not in DAEMON_COMMANDS and _reader_gone(sys.stdout):
                 from pipelined.terminal import discard_output
@@ -155,6 +154,28 @@ class PipelinedGroup(click.Group):
             _error_line(one_line(f"Error: the database cannot be read now "
                                  f"({type(exc).__name__}: {exc}); see `pipelined status`"))
             sys.exit(1)
+        _stale_note(ctx)
+        return result
+
+
+def _stale_note(ctx: click.Context) -> None:
+    """The read command's note that its data may be old (commands.common.STALE_NOTE),
+    after its output; never beside an `Error:` line."""
+    note = ctx.meta.get("pipelined.stale_note")
+    if note:
+        with contextlib.suppress(OSError):  # stderr gone: the output stands
+            click.echo(note, err=True)
+
+
+def _usage_exit(exc: click.UsageError, subcommand: str | None) -> None:
+    """A bad command line: one line and exit 2, or 78 for what systemd starts (a bad
+    flag in a unit's ExecStart= is not cured by a restart)."""
+    from pipelined.terminal import one_line  # it quotes what was typed
+
+    sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
+    command = f"pipelined {sub}" if sub else "pipelined"
+    _error_line(one_line(f"Error: {_usage_message(exc)} (see `{command} --help`)"))
+    sys.exit(EXIT_NEEDS_A_PERSON if subcommand in SERVICE_COMMANDS else exc.exit_code)
 
 
 # click's words for a value it could not convert, and ours.

@@ -231,11 +231,13 @@ def find_root(start: Path, stages: tuple[str, ...]) -> tuple[Path, Path | None] 
 
 
 def _read(path: Path) -> dict[str, object]:
+    """A config file's settings; a relative `root` or `db` is relative to its folder."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("config", str(path), f"cannot read it ({exc})") from None
-    return parse(text, source=str(path))
+    return {key: path.parent.absolute() / value if isinstance(value, Path) else value
+            for key, value in parse(text, source=str(path)).items()}
 
 
 def resolve(
@@ -246,10 +248,11 @@ def resolve(
 ) -> Config:
     """Layer flags over environment over config file over defaults, then validate.
 
-    `config_file` is an explicit path (it must exist); without one,
-    `$PIPELINED_CONFIG` or the default path is read when it exists. Without a
-    root in any layer, it is looked for from `cwd` upward (see the module doc):
-    finding none is a RootError, unless a database is named (a read needs none).
+    `config_file` is an explicit path (it must exist; then it is the only file
+    read); without one, `$PIPELINED_CONFIG`, else the user's default file when it
+    exists, under the root's own `pipelined.toml`. Without a root in any layer, it
+    is looked for from `cwd` upward (see the module doc): finding none is a
+    RootError, unless a database is named (a read needs no root).
     """
     env = os.environ if env is None else env
     path = config_file
@@ -263,23 +266,24 @@ def resolve(
         settings.update(_read(path))
     override = _from_env(env)
     override.update({k: _coerce(k, v) for k, v in flags.items() if v is not None})
-    if "root" not in settings and "root" not in override:
-        start = (cwd or Path.cwd()).absolute()
-        stages = override.get("stages") or settings.get("stages") or DEFAULT_STAGES
+    start = (cwd or Path.cwd()).absolute()
+    stages = override.get("stages") or settings.get("stages") or DEFAULT_STAGES
+    root = override.get("root") or settings.get("root")
+    project: Path | None = None
+    if root is None:
         found = find_root(start, stages)  # type: ignore[arg-type]
-        if found is not None:
-            root, project = found
-            if project is not None and not explicit:
-                # its relative paths are the project's, not the current folder's
-                settings.update({k: root / v if isinstance(v, Path) else v
-                                 for k, v in _read(project).items()})
-            settings.setdefault("root", root)
-        elif settings.get("db") is None and override.get("db") is None:
+        if found is None and settings.get("db") is None and override.get("db") is None:
             raise RootError(start, "no stories here: neither this folder nor one above it "
                             f"holds a {PROJECT_FILE} or the stage folders "
                             f"{', '.join(s + '/' for s in stages)} (give --root, or make "  # type: ignore[attr-defined]
                             "one with `pipelined init`)")
-        else:
-            settings["root"] = start
+        root, project = found if found is not None else (start, None)
+    elif (Path(str(root)) / PROJECT_FILE).is_file():
+        project = Path(str(root)) / PROJECT_FILE
+    if project is not None and not explicit:
+        # The root's own settings; the folder holding the file is the root, whatever
+        # its `root` says (a copied or cloned project must not point at the original).
+        settings.update({k: v for k, v in _read(project).items() if k != "root"})
     settings.update(override)
+    settings["root"] = root
     return replace(Config(), **settings).validate()  # type: ignore[arg-type]

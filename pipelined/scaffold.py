@@ -44,9 +44,11 @@ def sample_config() -> str:
 
 
 def _config_text(root: Path, stages: Sequence[str]) -> str:
-    """The sample with `root` (and `stages`) set: usable from anywhere via --config."""
+    """The sample with `root = "."` (the file's own folder, wherever the folder is
+    copied or cloned) and `stages` set: usable from anywhere via --config."""
+    del root  # the file's folder: paths in a config file are relative to it
     text = sample_config()
-    text = re.sub(r"^# root = .*$", f"root = {json.dumps(str(root))}", text, count=1,
+    text = re.sub(r"^# root = .*$", 'root = "."  # this file\'s folder', text, count=1,
                   flags=re.MULTILINE)
     return re.sub(r"^stages = .*$", f"stages = {json.dumps(list(stages))}", text, count=1,
                   flags=re.MULTILINE)

@@ -143,13 +143,14 @@ def _compact(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def card_matches(item: Mapping[str, Any], agent: str | None, text: str | None) -> bool:
     """The board's filters: this agent, and `text` within the id, name or agent
-    (ignoring case), as the page's own check of a card that changes."""
+    (ignoring case), as the page's own check of a card that changes (board.js
+    `matches`: lower() is JavaScript's toLowerCase(), casefold() is not)."""
     if agent and item["agent"] != agent:
         return False
     if not text:
         return True
-    wanted = text.casefold()
-    return any(wanted in (value or "").casefold()
+    wanted = text.lower()
+    return any(wanted in (value or "").lower()
                for value in (item["id"], item["name"], item["agent"]))
 
 

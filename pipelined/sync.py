@@ -197,20 +197,22 @@ def changed_story_ids(
     return touched
 
 
-def _stage_change_kind(found: list[StoryFile], known_before: set[str], winner: StoryFile,
-                       prev: dict[str, Any] | None) -> str | None:
+def _stage_change_kind(found: list[StoryFile], known_before: dict[str, KnownFile],
+                       winner: StoryFile, prev: dict[str, Any] | None) -> str | None:
     """How a stage change came about, when it is no move (None: a move, or no change).
 
     A move is the story's file leaving its stage for a file new to it. If a copy
     is still in the old stage, a copy elsewhere won the conflict (`cp`):
-    "conflict". If the old stage's copy went and the winner is a copy the story
-    already had, the conflict ended by falling back to it: "resolved".
+    "conflict". If the old stage's copy went and the winner is the very copy the
+    story already had there (same signature: not a file moved over it with
+    `mv -f`), the conflict ended by falling back to it: "resolved".
     """
     if prev is None or prev["stage"] == winner.stage:
         return None
     if any(f.stage == prev["stage"] for f in found):
         return "conflict"
-    if winner.rel_path in known_before:
+    known = known_before.get(winner.rel_path)
+    if known is not None and known.signature == winner.signature:
         return "resolved"
     return None
 
@@ -431,8 +433,9 @@ class Reconciler:
             self._story_log("story.deleted", id=story_id, stage=prev["stage"] if prev else None)
             return
 
-        known_before = record.paths()
+        known_before = {kf.rel_path: kf for kf in record.files}
         self._record_files(batch, story_id, record, winner, found)
+        self._copy_left_behind(batch, story_id, known_before, winner, found)
         number = story_number(story_id)
         if number is not None and work.high_water < number <= MAX_STORY_NUMBER:
             work.high_water = batch.high_water = number
@@ -469,6 +472,23 @@ class Reconciler:
                     sig.mtime_ns, sig.size, sig.inode, is_winner))
             files.append(kf)
         record.files = tuple(files)
+
+    def _copy_left_behind(self, batch: Batch, story_id: str,
+                          known_before: dict[str, KnownFile], winner: StoryFile,
+                          found: list[StoryFile]) -> None:
+        """A conflict that ends with the winning copy, in another stage than the copy
+        that went, completes a move made in two steps (`cp`, later `rm` of the
+        original): one `moved` history row (the stage itself changed at the `cp`)."""
+        prev = self.state.get(story_id)
+        if len(known_before) < 2 or prev is None or prev["stage"] != winner.stage:
+            return
+        present = {f.rel_path for f in found}
+        left = sorted({kf.stage for path, kf in known_before.items()
+                       if path not in present and kf.stage != winner.stage})
+        if len(found) == 1 and left:
+            batch.moves.append((story_id, left[0], winner.stage))
+            self._story_log("story.moved", id=story_id, from_stage=left[0],
+                            to_stage=winner.stage)
 
     @staticmethod
     def _drop_paths(batch: Batch, record: Tracked, paths: set[str]) -> None:

@@ -37,8 +37,9 @@ from typing import Any
 __all__ = ["block", "discard_output", "end_ctrl_c_line", "has_unsafe", "json_text", "one_line"]
 
 _BIDI = "\u202a-\u202e\u2066-\u2069"
-# DEL, C1 and the bidi characters: what JSON with ensure_ascii=False leaves raw.
-_RAW_IN_JSON = f"\x7f-\x9f{_BIDI}"
+# DEL, C1, the bidi characters and the line and paragraph separators (str.splitlines
+# splits on them): what JSON with ensure_ascii=False leaves raw.
+_RAW_IN_JSON = f"\x7f-\x9f{_BIDI}\u2028\u2029"
 _UNSAFE_IN_LINE = re.compile(f"[\x00-\x1f{_RAW_IN_JSON}]")
 # A lone CR moves the cursor back over the line; CR LF (a Windows line end) is harmless.
 _UNSAFE_IN_BLOCK = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_RAW_IN_JSON}]|\r(?!\n)")

@@ -130,3 +130,41 @@ def test_completion_offers_story_ids_and_stages(stories: Stories, tmp_path: Path
     assert complete(f"pipelined ls {with_db} --stage ", cwd) == [
         "1_backlog", "2_current", "4_merge", "backlog", "current", "merge"]
     assert complete("pipelined show 1", tmp_path) == []  # outside any root: nothing
+
+
+def test_the_stale_note_also_follows_a_command_that_exits_by_itself(
+        stories: Stories, tmp_path: Path) -> None:
+    """`doctor` finding drift exits 1 by itself: the note that explains the drift is
+    still there; a failing command's `Error:` line stays alone."""
+    stories.write("1_backlog", "10_story_login", name="Login")
+    db = tmp_path / "p.db"
+    assert pipelined("rebuild", "--root", str(stories.root), "--db", str(db)).returncode == 0
+    stories.write("1_backlog", "11_story_new", name="Not synced")
+    doctor = pipelined("doctor", "--root", str(stories.root), "--db", str(db))
+    assert doctor.returncode == 1
+    assert doctor.stderr.splitlines()[-1].startswith("note: no daemon is running")
+    missing = pipelined("show", "99", "--root", str(stories.root), "--db", str(db))
+    assert missing.returncode == 1 and missing.stderr.startswith("Error: ")
+    assert "note:" not in missing.stderr
+
+
+def test_show_gives_the_path_as_stored_when_the_root_is_not_known(
+        stories: Stories, tmp_path: Path) -> None:
+    stories.write("2_current", "10_story_login", name="Login")
+    db = tmp_path / "p.db"
+    assert pipelined("rebuild", "--root", str(stories.root), "--db", str(db)).returncode == 0
+    inside = pipelined("show", "10", "--db", str(db), cwd=stories.root).stdout.splitlines()
+    assert f"path:         {stories.root}/2_current/10_story_login.md" in inside
+    elsewhere = pipelined("show", "10", "--db", str(db), cwd=tmp_path).stdout.splitlines()
+    assert "path:         2_current/10_story_login.md" in elsewhere
+
+
+def test_a_bad_command_line_is_one_line_and_78_for_a_service() -> None:
+    """`pipelined --bogus` is one line too (it printed click's usage block); a bad flag
+    of `run` exits 78, which the units do not restart on."""
+    bogus = pipelined("--bogus")
+    assert (bogus.returncode, bogus.stderr) == (
+        2, "Error: no such option '--bogus' (see `pipelined --help`)\n")
+    bad = pipelined("run", "--log-level", "verbose")
+    assert bad.returncode == 78 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("Error: bad value for --log-level: 'verbose'")

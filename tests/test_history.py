@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -144,8 +145,8 @@ class TestLog:
             self, stories: Stories, daemon: DaemonProcess) -> None:
         """`cp` into another stage: the newer copy wins (the contract), recorded as
         `conflict`, retry_count kept; removing the winning copy falls back, recorded as
-        `resolved`; removing the other copy changes nothing. Only a real `mv` is a
-        `moved` row, and only moves count in `stats`."""
+        `resolved`; removing the original instead completes a move in two steps (a
+        `moved` row). A copy alone is no move, and only moves count in `stats`."""
         stories.write("2_current", "8_story_c", name="C", retry_count=2)
         stories.write("2_current", "9_story_d", name="D", retry_count=1)
         daemon.start()
@@ -159,10 +160,7 @@ class TestLog:
         copy.write_bytes(source.read_bytes())  # cp again, then rm the older copy
         daemon.wait_row("8_story_c", lambda r: r["stage"] == "4_merge")
         source.unlink()
-        wait_gone = lambda: not any(  # noqa: E731
-            r[0] == "2_current/8_story_c.md"
-            for r in daemon.query("SELECT path FROM file_signatures"))
-        wait_until(wait_gone, what="the older copy forgotten")
+        wait_until(lambda: len(log_json(daemon, "8")) == 5, what="the two-step move")
         stories.move("9_story_d", "2_current", "4_merge")  # a real move
         daemon.wait_row("9_story_d", lambda r: r["stage"] == "4_merge")
         assert shape(log_json(daemon, "8")) == [
@@ -170,6 +168,7 @@ class TestLog:
             ("conflict", "2_current", "4_merge", None),
             ("resolved", "4_merge", "2_current", None),
             ("conflict", "2_current", "4_merge", None),
+            ("moved", "2_current", "4_merge", None),  # the original removed
         ]
         assert shape(log_json(daemon, "9"))[1] == ("moved", "2_current", "4_merge", None)
         assert daemon.row("9_story_d")["retry_count"] == 0  # type: ignore[index]
@@ -177,7 +176,55 @@ class TestLog:
         assert "copied into 4_merge, which wins the conflict" in text[2]
         assert "conflict over: back to the copy in 2_current" in text[3]
         stats = json.loads(daemon.cli("stats", "--json", check=True).stdout)
-        assert sum(stats["finished_per_week"].values()) == 1  # 9 only: a copy is no finish
+        # 9's move and 8's two-step move; the copies alone finished nothing.
+        assert sum(stats["finished_per_week"].values()) == 2
+
+    def test_a_move_in_two_steps_and_a_move_over_a_stale_copy_are_moves(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """`cp` into another stage, later `rm` of the original: the copy's win is a
+        `conflict`, the original's removal completes a `moved` (from where it was). And
+        `mv -f` of the winning copy over an older copy in another stage is a `moved`
+        with the retry reset, not a fallback to that copy (`resolved`)."""
+        stories.write("1_backlog", "20_story_two_steps", name="Two steps")
+        stories.write("2_current", "21_story_over", name="Over", retry_count=3)
+        daemon.start()
+        source = stories.path("1_backlog", "20_story_two_steps")
+        stories.path("2_current", "20_story_two_steps").write_bytes(source.read_bytes())
+        daemon.wait_row("20_story_two_steps", lambda r: r["stage"] == "2_current")
+        source.unlink()
+        wait_until(lambda: len(log_json(daemon, "20")) == 3, what="the completed move")
+        assert shape(log_json(daemon, "20")) == [
+            ("created", None, "1_backlog", None),
+            ("conflict", "1_backlog", "2_current", None),
+            ("moved", "1_backlog", "2_current", None),
+        ]
+        # An older copy of 21 in 4_merge (the winner stays in 2_current), then the
+        # winner is moved over it: a real move.
+        stale = stories.path("4_merge", "21_story_over")
+        stale.write_text(stories.path("2_current", "21_story_over").read_text())
+        os.utime(stale, ns=(1_000_000_000, 1_000_000_000))
+        wait_until(lambda: len(daemon.query(
+            "SELECT 1 FROM file_signatures WHERE story_id = '21_story_over'")) == 2,
+                   what="the stale copy seen")
+        stories.path("2_current", "21_story_over").rename(stale)
+        daemon.wait_row("21_story_over", lambda r: r["stage"] == "4_merge")
+        assert shape(log_json(daemon, "21"))[1:] == [("moved", "2_current", "4_merge", None)]
+        assert daemon.row("21_story_over")["retry_count"] == 0  # type: ignore[index]
+
+    def test_a_retry_count_of_zero_with_a_fallback_is_recorded(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """The copy says retry_count 5, then goes: the story falls back to the original
+        (retry_count 0). A fallback resets nothing, so 5 -> 0 is an `updated` row."""
+        stories.write("1_backlog", "22_story_r", name="R", retry_count=0)
+        daemon.start()
+        stories.write("2_current", "22_story_r", name="R", retry_count=5)
+        daemon.wait_row("22_story_r", lambda r: r["retry_count"] == 5)
+        stories.path("2_current", "22_story_r").unlink()
+        daemon.wait_row("22_story_r", lambda r: r["stage"] == "1_backlog")
+        entries = log_json(daemon, "22")
+        assert shape(entries)[-1] == ("updated", "1_backlog", "1_backlog", ["retry_count"])
+        assert entries[-1]["changes"] == {"retry_count": [5, 0]}
+        assert [e["kind"] for e in entries][:3] == ["created", "conflict", "updated"]
 
     def test_history_survives_a_restart_and_changes_while_stopped(
             self, stories: Stories, daemon: DaemonProcess) -> None:

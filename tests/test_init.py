@@ -28,7 +28,8 @@ def init(*args: str, cwd: Path | None = None,
 
 class TestInit:
     def test_creates_stage_folders_and_config(self, tmp_path: Path) -> None:
-        """Stage folders with .gitkeep, and pipelined.toml: the sample with root set."""
+        """Stage folders with .gitkeep, and pipelined.toml: the sample with `root = "."`,
+        the file's own folder, so --config finds the root from anywhere."""
         root = tmp_path / "new" / "stories"
         result = init(str(root))
         assert result.returncode == 0, result.stderr
@@ -36,7 +37,7 @@ class TestInit:
             assert (root / stage / ".gitkeep").is_file()
         config_file = root / "pipelined.toml"
         text = config_file.read_text()
-        assert text.startswith("# pipelined configuration") and f'root = "{root}"' in text
+        assert text.startswith("# pipelined configuration") and '\nroot = "."' in text
         config = resolve({}, env={}, config_file=config_file)
         assert config.root == root and config.stages == ("1_backlog", "2_current", "4_merge")
         assert f"pipelined run --config {config_file}" in result.stdout

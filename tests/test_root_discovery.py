@@ -4,6 +4,7 @@ or every stage folder, as git finds `.git`."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,33 @@ def test_commands_run_from_a_stage_folder(stories: Stories, tmp_path: Path,
                              check=False)
     assert outside.returncode == 1 and outside.stderr.count("\n") == 1
     assert "no stories here" in outside.stderr
+
+
+def test_a_copied_project_is_its_own_root(tmp_path: Path, env: dict[str, str]) -> None:
+    """`init p1; cp -r p1 p2`: in p2 the root is p2, even if its pipelined.toml names
+    another root (an older one written with an absolute path): the file marks its root."""
+    done = subprocess.run([sys.executable, "-m", "pipelined", "init", str(tmp_path / "p1")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    shutil.copytree(tmp_path / "p1", tmp_path / "p2")
+    assert resolve({}, env=env, cwd=tmp_path / "p2" / "1_backlog").root == tmp_path / "p2"
+    (tmp_path / "p2" / "pipelined.toml").write_text(f'root = "{tmp_path / "p1"}"\n')
+    assert resolve({}, env=env, cwd=tmp_path / "p2").root == tmp_path / "p2"
+
+
+def test_a_root_given_reads_its_own_pipelined_toml(tmp_path: Path,
+                                                   env: dict[str, str]) -> None:
+    """`--root DIR` (or PIPELINED_ROOT) reads DIR/pipelined.toml as running in DIR does:
+    the same stages and database either way."""
+    root = tmp_path / "q2"
+    for stage in ("1_todo", "2_doing"):
+        (root / stage).mkdir(parents=True)
+    (root / "pipelined.toml").write_text('stages = ["1_todo", "2_doing"]\ndb = "q.db"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    inside = resolve({}, env=env, cwd=root)
+    by_flag = resolve({"root": root}, env=env, cwd=elsewhere)
+    by_env = resolve({}, env={**env, "PIPELINED_ROOT": str(root)}, cwd=elsewhere)
+    for config in (inside, by_flag, by_env):
+        assert (config.root, config.stages, config.db_path) == (
+            root, ("1_todo", "2_doing"), root / "q.db")

@@ -119,3 +119,22 @@ def test_search_snippets_come_from_the_body_and_are_bold_on_a_terminal(
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert "    # Mailer Send the **magic** link. \\x1b[31mred" in piped.splitlines()
     assert "agent" not in piped  # the front matter is not the snippet
+
+
+def test_story_text_cannot_bold_or_split_the_search_output(root: Path,
+                                                           stories: Stories) -> None:
+    """A name with U+2028 (str.splitlines splits there) and a body holding the private
+    characters the terminal's bold is made from: no crash, no escape sequence from the
+    story, on a terminal and into a pipe."""
+    stories.write("1_backlog", "31_story_sep", "---\nname: \"one\u2028two zebra\"\n---\n"
+                  "zebra \ue000 text \ue001 after\n")
+    subprocess.run([sys.executable, "-m", "pipelined", "rebuild"], cwd=root,
+                   capture_output=True, timeout=60, check=True)
+    shown = in_terminal(["search", "zebra"], 80, root)
+    assert shown.count("\x1b[1m") == 1 and shown.count("\x1b[22m") == 1, repr(shown)
+    assert "one\\u2028two zebra" in shown
+    piped = subprocess.run([sys.executable, "-m", "pipelined", "search", "zebra"], cwd=root,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert piped.returncode == 0, piped.stderr
+    # Into a pipe the marks are `**`; the private characters are only text there.
+    assert "    **zebra** \ue000 text \ue001 after" in piped.stdout.splitlines()

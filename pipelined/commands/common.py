@@ -159,7 +159,7 @@ def table(rows: list[list[str]], headers: list[str],
     cells, and a cut cell ends in `…`. Widths are terminal cells (a CJK
     character or an emoji takes two). Into a pipe every cell is whole.
     """
-    text = "\n".join("\t".join(r) for r in [headers, *rows])
+    text = "\n".join(" ".join(r) for r in [headers, *rows])
     if has_unsafe(text, newlines_ok=True) or text.count("\n") != len(rows):
         rows = [[one_line(cell) for cell in row] for row in rows]
         headers = [one_line(header) for header in headers]

@@ -126,10 +126,17 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
 
     lines = [f"{key + ':':<13} {value(key)}" for key in SHOW_ORDER]
     files = story.get("files") or []
+    # Paths under the root when it holds the files; as stored (relative to the root)
+    # when the root is not known here (a read given only --db, from elsewhere).
+    known = any((config.root / f["path"]).exists() for f in files)
+
+    def where(rel: str) -> str:
+        return str(config.root / rel) if known else rel
+
     winner = next((f["path"] for f in files if f["winner"]), None)
     if winner:
-        lines.insert(2, f"{'path:':<13} {config.root / winner}")
-    lines += [f"{'conflict:':<13} also {config.root / f['path']} (the newest copy wins; "
+        lines.insert(2, f"{'path:':<13} {where(winner)}")
+    lines += [f"{'conflict:':<13} also {where(f['path'])} (the newest copy wins; "
               "see `pipelined doctor`)" for f in files if not f["winner"]]
     if story["extra"]:
         import json
@@ -204,7 +211,7 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
         print_json([hit.as_dict() for hit in hits])
         return
     heads = table([[h.id, h.stage, h.name or ""] for h in hits], ["ID", "STAGE", "NAME"],
-                  shrink=((2, 12), (0, 20))).splitlines()[1:]
+                  shrink=((2, 12), (0, 20))).split("\n")[1:]
     width = output_width()
     lines = []
     for head, hit in zip(heads, hits, strict=True):

@@ -65,10 +65,13 @@ class Batch:
     high_water: int | None = None
     meta: dict[str, str] = field(default_factory=dict)
     compaction: Compaction | None = None  # applied after everything above
+    # (story id, from stage, to stage): moves no row change records, written to the
+    # history directly (a `cp` then, later, an `rm` of the original; sync.py)
+    moves: list[tuple[str, str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (
             self.crdt_update or self.upserts or self.deletes or self.signatures
             or self.signature_drops or self.high_water is not None or self.meta
-            or self.compaction
+            or self.compaction or self.moves
         )

@@ -31,6 +31,7 @@ SNIPPET_OPEN = "**"
 SNIPPET_CLOSE = "**"
 SNIPPET_ELLIPSIS = "…"
 SNIPPET_TOKENS = 12
+SNIPPET_SCAN = 65_536
 # bm25 weights of the columns id, name, content: a hit in a name counts most.
 WEIGHTS = (5.0, 10.0, 1.0)
 
@@ -143,7 +144,12 @@ def body_snippet(content: str | None, terms: list[tuple[str, bool]],
         return ""
     match = _FRONT_MATTER.match(content)
     body = content[match.end():] if match else content
-    words = body.split()
+    # A match is looked for in the first SNIPPET_SCAN characters: a 1 MiB body whose
+    # name alone matched costs no full scan.
+    words = body[:SNIPPET_SCAN].split()
+    if all(len(mark) == 1 for mark in marks):  # one-character marks (the terminal's):
+        gone = {ord(mark): None for mark in marks}  # the story's own ones must not mark
+        words = [word.translate(gone) for word in words]
     if not words:
         return ""
 

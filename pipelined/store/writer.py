@@ -97,6 +97,9 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                 ))
             if kinds:  # read by the history trigger of these upserts only
                 conn.execute("DELETE FROM stage_change_kind")
+            conn.executemany(
+                "INSERT INTO story_history(at, story_id, kind, from_stage, to_stage) "
+                "VALUES (?, ?, 'moved', ?, ?)", [(now, *move) for move in batch.moves])
             for story_id in batch.deletes:
                 conn.execute("DELETE FROM story_extras WHERE id = ?", (story_id,))
                 conn.execute("DELETE FROM pipeline_items WHERE id = ?", (story_id,))
