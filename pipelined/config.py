@@ -46,6 +46,7 @@ class Config:
     db: Path | None = None  # None: derived from root, see default_db_path()
     stages: tuple[str, ...] = DEFAULT_STAGES
     settle_ms: int = 100  # quiet time across the whole tree before a flush
+    settle_quick_ms: int = 10  # the quiet a lone, whole change waits instead (watch.Coalescer)
     settle_cap_ms: int = 3000  # a burst that never goes quiet is flushed after this
     delete_grace_ms: int = 300  # a vanished story must stay absent this long
     git_lock_cap_s: float = 10.0  # wait at most this long for .git/index.lock to go
@@ -82,7 +83,8 @@ class Config:
         return self
 
     def _check_ranges(self) -> None:
-        for name, least, most in (("settle_ms", 1, 60_000), ("settle_cap_ms", 1, 600_000),
+        for name, least, most in (("settle_ms", 1, 60_000), ("settle_quick_ms", 1, 60_000),
+                                  ("settle_cap_ms", 1, 600_000),
                                   ("delete_grace_ms", 0, 600_000),
                                   ("max_file_bytes", 1, 1 << 30), ("writer_queue", 1, 100_000),
                                   ("compact_updates", 0, 10_000_000)):
@@ -166,7 +168,8 @@ def _word(value: object) -> str:
 
 _CONVERT: dict[str, Any] = {
     "root": _path, "db": _optional_path, "stages": _stages,
-    **dict.fromkeys(("settle_ms", "settle_cap_ms", "delete_grace_ms", "max_file_bytes",
+    **dict.fromkeys(("settle_ms", "settle_quick_ms", "settle_cap_ms", "delete_grace_ms",
+                     "max_file_bytes",
                      "writer_queue", "compact_updates"), _whole),
     **dict.fromkeys(("rescan_interval_s", "git_lock_cap_s"), _seconds),
     **dict.fromkeys(("log_format", "log_level"), _word),

@@ -41,7 +41,7 @@ from pipelined.health import (
     StatusReporter,
     WatchdogPinger,
 )
-from pipelined.layout import check_root
+from pipelined.layout import check_root, git_busy
 from pipelined.logs import configure_logging, dropped_lines, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
 from pipelined.outcome import Outcome
@@ -169,7 +169,9 @@ class Daemon:
         writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
                         check=lambda conn: check_integrity(conn, db_path), path=db_path,
                         outcome=self._outcome)
-        coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000)
+        coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000,
+                              quick_s=self.config.settle_quick_ms / 1000,
+                              quick_ok=lambda: not git_busy(root))
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
         overflow = OverflowHook(coalescer)
         logging.getLogger("watchdog").addHandler(overflow)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_MOVED,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
@@ -69,30 +71,43 @@ class Coalescer:
 
     Thread-safe: the watcher adds, the apply thread takes. A burst that never
     goes quiet is flushed `cap_s` after its first event anyway.
+
+    A lone change goes out sooner, after `quick_s` of quiet: one id touched, its
+    last event a file written and closed or renamed into place (`complete`), no
+    other event anywhere since, and `quick_ok()` (git not at work: a checkout's
+    thousands of files must stay one burst). Anything else — a second id, a file
+    still being written, a rename away, an event on another file — keeps the
+    whole settle window.
     """
 
     def __init__(self, settle_s: float, cap_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 max_pending: int = MAX_PENDING_IDS) -> None:
+                 max_pending: int = MAX_PENDING_IDS, quick_s: float | None = None,
+                 quick_ok: Callable[[], bool] = lambda: True) -> None:
         self.settle_s = settle_s
         self.cap_s = cap_s
         self.max_pending = max_pending
+        self.quick_s = settle_s if quick_s is None else min(quick_s, settle_s)
+        self._quick_ok = quick_ok
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: set[str] = set()
         self._rescan = False
         self._first: float | None = None
         self._last = -1e9
+        self._lone_complete = False  # the burst so far is one id whose file is complete
         self._stopping = False
         self._hurried = False
 
-    def touch(self, story_ids: Iterable[str]) -> None:
+    def touch(self, story_ids: Iterable[str], complete: bool = False) -> None:
         ids = set(story_ids)
         with self._cond:
             if not ids:
                 self._last = self._clock()
+                self._lone_complete = False
                 return
             self._pending.update(ids)
+            self._lone_complete = complete and len(self._pending) == 1
             if len(self._pending) > self.max_pending:
                 # Bounded memory while the database is unavailable: drop the ids
                 # and owe a stat pass, which finds every change again.
@@ -106,12 +121,14 @@ class Coalescer:
     def request_rescan(self) -> None:
         with self._cond:
             self._rescan = True
+            self._lone_complete = False
             self._mark()
 
     def note_activity(self) -> None:
         """An event that marks nothing still means the tree is not quiet."""
         with self._cond:
             self._last = self._clock()
+            self._lone_complete = False
 
     def _mark(self) -> None:
         now = self._clock()
@@ -143,6 +160,12 @@ class Coalescer:
             return None
         assert self._first is not None
         quiet_due = self._last + self.settle_s
+        if self._lone_complete and not self._rescan and now >= self._last + self.quick_s:
+            if self._quick_ok():
+                return 0.0
+            self._lone_complete = False  # git at work: the whole window, asked once
+        elif self._lone_complete and not self._rescan:
+            quiet_due = self._last + self.quick_s  # wake to look again then
         cap_due = self._first + self.cap_s
         return max(0.0, min(quiet_due, cap_due) - now)
 
@@ -167,6 +190,7 @@ class Coalescer:
             self._pending = set()
             self._rescan = False
             self._first = None
+            self._lone_complete = False
             return settled
 
 
@@ -200,9 +224,16 @@ class StoryEventHandler(FileSystemEventHandler):
                     self.on_stage_folder_change()
                     return
             return
-        ids = [ref[1] for path in paths if (ref := story_ref(self.root, path, self.stages))]
+        refs = [story_ref(self.root, path, self.stages) for path in paths]
+        ids = [ref[1] for ref in refs if ref]
         if ids:
-            self.coalescer.touch(ids)
+            # Whole: written and closed (IN_CLOSE_WRITE), or renamed into place from
+            # anywhere. A creation, a write still open, a delete or a rename away are
+            # steps of something not yet done (see Coalescer).
+            complete = event.event_type == EVENT_TYPE_CLOSED or (
+                event.event_type == EVENT_TYPE_MOVED and refs[-1] is not None
+                and len(refs) == 2)
+            self.coalescer.touch(ids, complete=complete)
         else:
             self.coalescer.note_activity()
 

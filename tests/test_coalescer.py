@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from watchdog.events import (
@@ -519,3 +520,95 @@ class TestPendingBound:
         settled = coalescer.take(0)
         assert settled.rescan is True
         assert settled.story_ids == set()
+
+
+QUICK_S = 0.01
+
+
+class TestQuickSettle:
+    """A lone change whose file is whole goes out after QUICK_S of quiet; anything that
+    may be part of a larger change keeps the whole SETTLE_S window."""
+
+    @staticmethod
+    def quick(clock: FakeClock) -> Coalescer:
+        return Coalescer(SETTLE_S, CAP_S, clock=clock, quick_s=QUICK_S)
+
+    def test_a_lone_whole_change_goes_out_after_the_short_quiet(self, clock: FakeClock) -> None:
+        coalescer = self.quick(clock)
+        coalescer.touch(["10_x"])  # created: not yet whole
+        coalescer.touch(["10_x"], complete=True)  # written and closed
+        clock.advance(QUICK_S / 2)
+        assert not coalescer.ready()
+        clock.advance(QUICK_S / 2)
+        assert coalescer.ready() and coalescer.take(0).story_ids == {"10_x"}
+
+    @pytest.mark.parametrize("steps", [
+        [(["10_x"], False)],  # a write still open (modified, no close yet)
+        [(["10_x"], True), (["11_y"], True)],  # two stories
+        [(["10_x"], True), (["10_x"], False)],  # closed, then changed again (a delete)
+    ])
+    def test_anything_else_keeps_the_whole_window(
+            self, clock: FakeClock, steps: list[tuple[list[str], bool]]) -> None:
+        coalescer = self.quick(clock)
+        for ids, complete in steps:
+            coalescer.touch(ids, complete=complete)
+        clock.advance(SETTLE_S - 0.001)
+        assert not coalescer.ready()
+        clock.advance(0.001)
+        assert coalescer.ready()
+
+    def test_activity_elsewhere_or_a_rescan_keeps_the_whole_window(self,
+                                                                    clock: FakeClock) -> None:
+        for disturb in ("note_activity", "request_rescan"):
+            coalescer = self.quick(clock)
+            coalescer.touch(["10_x"], complete=True)
+            getattr(coalescer, disturb)()  # vim's 4913, a backup file, a stage folder
+            clock.advance(QUICK_S * 2)
+            assert not coalescer.ready(), disturb
+            clock.advance(SETTLE_S)
+            assert coalescer.ready()
+            coalescer.take(0)
+
+    def test_git_at_work_keeps_the_whole_window(self, clock: FakeClock) -> None:
+        """quick_ok() False (index.lock): the whole window, and quick_ok asked once."""
+        asked: list[int] = []
+
+        def git_idle() -> bool:
+            asked.append(1)
+            return False
+
+        coalescer = Coalescer(SETTLE_S, CAP_S, clock=clock, quick_s=QUICK_S, quick_ok=git_idle)
+        coalescer.touch(["10_x"], complete=True)
+        clock.advance(QUICK_S)
+        assert not coalescer.ready() and not coalescer.ready()
+        assert len(asked) == 1
+        clock.advance(SETTLE_S)
+        assert coalescer.ready()
+
+    def test_the_next_burst_starts_slow_again(self, clock: FakeClock) -> None:
+        coalescer = self.quick(clock)
+        coalescer.touch(["10_x"], complete=True)
+        clock.advance(QUICK_S)
+        coalescer.take(0)
+        coalescer.touch(["11_y"])
+        clock.advance(QUICK_S)
+        assert not coalescer.ready()
+
+
+class TestWholeFileEvents:
+    @pytest.mark.parametrize(("event", "complete"), [
+        (lambda s: FileClosedEvent(str(s / "10_x.md")), True),
+        (lambda s: FileMovedEvent(str(s / ".10_x.md.tmp"), str(s / "10_x.md")), True),
+        (lambda s: FileCreatedEvent(str(s / "10_x.md")), False),
+        (lambda s: FileModifiedEvent(str(s / "10_x.md")), False),
+        (lambda s: FileDeletedEvent(str(s / "10_x.md")), False),
+        (lambda s: FileMovedEvent(str(s / "10_x.md"), str(s / "10_x.md~")), False),
+    ])
+    def test_which_events_leave_a_file_whole(self, root: Path, clock: FakeClock,
+                                             event: Any, complete: bool) -> None:
+        """Closed after writing, or renamed into place: whole; the rest are steps."""
+        coalescer = Coalescer(SETTLE_S, CAP_S, clock=clock, quick_s=QUICK_S)
+        handler = StoryEventHandler(root, STAGES, coalescer, Recorder())
+        handler.dispatch(event(root / "2_current"))
+        clock.advance(QUICK_S)
+        assert coalescer.ready() is complete

@@ -52,6 +52,14 @@ BODY_AFTER = "As a user I want to log in with SSO.\n\n- [x] form\n- [ ] session\
 # -- checking the database -----------------------------------------------------------
 
 
+
+def text_or_none(path: Path) -> str | None:
+    """The file's text, or None while an editor has it renamed away."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
 def fields_of(row: dict[str, Any]) -> dict[str, Any]:
     """The five story fields of a row, typed as in the front matter."""
     return {
@@ -385,7 +393,9 @@ class TestVim:
 
                 vim.stdin.write(b"w\n")
                 vim.stdin.flush()
-                wait_until(lambda: path.read_text() == after_text(), what="vim's write")
+                # vim renames the original away before writing the new file: polled
+                # between the two, the path is briefly missing.
+                wait_until(lambda: text_or_none(path) == after_text(), what="vim's write")
                 wait_synced(stories, daemon, STORY, path, AFTER)
                 assert swap.exists() and vim.poll() is None
                 vim.stdin.write(b"q\n")

@@ -15,7 +15,9 @@ sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 1. first import (Popen -> READY=1); the daemon's RSS and VmHWM once the
    pipeline state is loaded; the database size (db + wal);
 2. edit -> row visible: spaced single edits of a story's `name:`, polled in
-   the database through a read-only apsw connection every 2 ms;
+   the database through a read-only apsw connection every 2 ms; then, as the
+   baseline, the same after a restart with the whole settle window for every
+   change (PIPELINED_SETTLE_QUICK_MS=100, as before the quick path);
 3. `pipelined ls --json`, `ls --stage 2_current` and `show ID` wall time,
    interpreter start included (median of 5, daemon running; `ls --json` must
    list N stories);
@@ -303,6 +305,15 @@ def bench_one(n: int, work: Path, notify: Notify, args: argparse.Namespace) -> R
         r |= first_import(daemon)
         step(n, f"{args.rounds_edit} edits")
         r |= measure_edits(daemon, paths, args.rounds_edit, rng)
+        # The baseline in the same run: every change waits the whole settle window,
+        # as before the quick path for a lone change (settle_quick_ms = settle_ms).
+        step(n, f"{args.rounds_edit} edits, whole settle window (the old way)")
+        daemon.stop()
+        daemon.start({"PIPELINED_SETTLE_QUICK_MS": "100"})
+        whole = measure_edits(daemon, paths, args.rounds_edit, rng)
+        r["edit_whole_ms"], r["edit_whole_timeouts"] = whole["edit_ms"], whole["edit_timeouts"]
+        daemon.stop()
+        daemon.start()
         step(n, "CLI wall times")
         r |= measure_cli(daemon, n, rng.choice(sorted(paths)))
         daemon.stop()
@@ -334,6 +345,8 @@ def summarize(r: Result) -> Result:
     """Medians, percentiles and ratios beside the raw numbers."""
     med = statistics.median
     r["edit_p50_ms"], r["edit_p99_ms"] = percentile(r["edit_ms"], 50), percentile(r["edit_ms"], 99)
+    r["edit_whole_p50_ms"] = percentile(r["edit_whole_ms"], 50)
+    r["edit_whole_p99_ms"] = percentile(r["edit_whole_ms"], 99)
     for key in ("restart_s", "restart_loaded_s", "changed_restart_s", "changed_loaded_s",
                 "baseline_s", "cli_ls_json_s", "cli_ls_stage_s", "cli_show_s",
                 "rss_restart_mib"):

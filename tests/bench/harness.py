@@ -139,13 +139,13 @@ class Daemon:
         self.runs = 0
         self.started = 0.0
 
-    def start(self) -> float:
+    def start(self, env_extra: dict[str, str] | None = None) -> float:
         """Start the daemon and wait for READY=1; returns seconds from Popen."""
         self.notify.expect_ready()
         self.runs += 1
         self.log_path = self.work / "logs" / f"run-{self.runs}.log"
         self.log_path.parent.mkdir(exist_ok=True)
-        env = {**child_env(), "NOTIFY_SOCKET": self.notify.path}
+        env = {**child_env(), "NOTIFY_SOCKET": self.notify.path, **(env_extra or {})}
         # The console script, as systemd starts it (`python -m` adds runpy's imports).
         cmd = [*pipelined_command(), "run", "--root", str(self.root),
                "--db", str(self.db), "--log-format", "json"]
