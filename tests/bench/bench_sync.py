@@ -310,6 +310,7 @@ def bench_one(n: int, work: Path, notify: Notify, args: argparse.Namespace) -> R
         step(n, f"{args.rounds_edit} edits, whole settle window (the old way)")
         daemon.stop()
         daemon.start({"PIPELINED_SETTLE_QUICK_MS": "100"})
+        daemon.wait_state_loaded()  # not an edit against the load after READY
         whole = measure_edits(daemon, paths, args.rounds_edit, rng)
         r["edit_whole_ms"], r["edit_whole_timeouts"] = whole["edit_ms"], whole["edit_timeouts"]
         daemon.stop()
