@@ -47,6 +47,7 @@ from pathlib import Path
 from harness import (
     Daemon,
     Notify,
+    backlog_project,
     child_env,
     make_stories,
     percentile,
@@ -92,46 +93,11 @@ def http_p50(port: int, path: str, rounds: int = 200) -> float:
     return statistics.median(times)
 
 
-BACKLOG_STATUS = {"1_backlog": "To Do", "2_current": "In Progress", "4_merge": "Done"}
-TASK = """---
-id: TASK-{n}
-title: '{title}'
-status: {status}
-assignee: []
-created_date: '2026-11-29 12:00'
-labels: []
-dependencies: []
-ordinal: {ordinal}
----
-
-## Description
-
-<!-- SECTION:DESCRIPTION:BEGIN -->
-{body}
-<!-- SECTION:DESCRIPTION:END -->
-"""
-
-
 def backlog_board(binary: Path, paths: dict[str, Path], work: Path, browser: object,
                   saves: int, rng: random.Random) -> dict[str, object]:
     """Backlog.md's browser board on the same stories (see the module doc)."""
+    tasks = backlog_project(binary, paths, work / "backlog-project")
     project = work / "backlog-project"
-    project.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run([str(binary), "init", "bench", "--defaults"], cwd=project, check=True,
-                   capture_output=True, timeout=120)
-    subprocess.run([str(binary), "config", "set", "remoteOperations", "false"], cwd=project,
-                   check=True, capture_output=True, timeout=60)
-    tasks: dict[int, tuple[Path, str]] = {}
-    for story_id, path in paths.items():
-        n = int(story_id.split("_", 1)[0])
-        text = path.read_text(encoding="utf-8")
-        title = re.search(r'^name: "(.*)"$', text, re.M).group(1)  # type: ignore[union-attr]
-        task = project / "backlog" / "tasks" / f"task-{n} - story-{n}.md"
-        task.write_text(TASK.format(n=n, title=title, status=BACKLOG_STATUS[path.parent.name],
-                                    ordinal=n * 1000, body=text.split("---\n", 2)[2][:1500]),
-                        encoding="utf-8")
-        tasks[n] = (task, title)
     port = 6400 + rng.randint(0, 500)
     server = subprocess.Popen([str(binary), "browser", "--port", str(port), "--no-open"],
                               cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -34,7 +34,10 @@ sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
    or changed: seconds from the checkout returning until the database shows
    them all, and the number of pycrdt transactions it took;
 8. with --burst, a burst of that many new files written as fast as possible:
-   seconds until every row is there.
+   seconds until every row is there;
+9. with --backlog BIN (npm package `backlog.md`), at each N up to 10,000: the
+   same stories as Backlog.md tasks, and its `task list`, `task view`,
+   `search` and an edit shown by `task view`, beside ours in a second table.
 
 Before each timed start (daemon or baseline) it calls sync(2), so the kernel's
 writeback of earlier writes does not land inside a timed run.
@@ -67,6 +70,7 @@ from typing import Any
 
 import apsw
 from harness import (
+    CLI_RUNS,
     EDIT_SPACING_S,
     EDIT_TIMEOUT_S,
     NO_BYTECODE,
@@ -78,6 +82,7 @@ from harness import (
     Notify,
     OpenCounter,
     Result,
+    backlog_project,
     check_open_counter,
     check_rows,
     count_crdt_updates,
@@ -207,15 +212,69 @@ def measure_baseline(root: Path, n: int) -> Result:
     return {"baseline_s": times}
 
 
+BACKLOG_MAX_N = 10_000  # Backlog.md takes seconds per command there already
+SEARCH_WORDS = "pipeline retry"  # two words of the vocabulary: many hits, both must match
+
+
 def measure_cli(daemon: Daemon, n: int, story_id: str) -> Result:
-    """`ls --json`, `ls --stage 2_current` and `show ID`, daemon running."""
+    """`ls --json`, `ls`, `ls --stage 2_current`, `show ID` and `search`, daemon running."""
     where = ["--db", str(daemon.db), "--root", str(daemon.root)]
     return {
         "cli_ls_json_s": time_cli(["ls", *where, "--json"], json_list_of(n)),
+        "cli_ls_s": time_cli(["ls", *where], lambda _: None),
         "cli_ls_stage_s": time_cli(["ls", *where, "--stage", "2_current"], lambda _: None),
         "cli_show_s": time_cli(["show", *where, story_id], mentions(story_id)),
+        "cli_search_s": time_cli(["search", *where, SEARCH_WORDS], lambda _: None),
         "cli_show_id": story_id,
     }
+
+
+def measure_backlog(binary: Path, paths: dict[str, Path], work: Path, story_id: str,
+                    rng: random.Random) -> Result:
+    """Backlog.md on the same stories (harness.backlog_project): `task list --plain`,
+    `task view N --plain`, `search WORDS --plain` (median of CLI_RUNS, interpreter
+    start included as for ours), and an edit of a task file until `task view` shows it
+    (it has no daemon: that is one read of the files after the save)."""
+    tasks = backlog_project(binary, paths, work / "backlog-project")
+    project = work / "backlog-project"
+    number = int(story_id.split("_", 1)[0])
+
+    def timed(*args: str) -> list[float]:
+        times = []
+        for _ in range(CLI_RUNS):
+            started = time.perf_counter()
+            done = subprocess.run([str(binary), *args], cwd=project, capture_output=True,
+                                  text=True, timeout=600, check=False)
+            times.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise RuntimeError(f"backlog {' '.join(args)}: {done.stderr[-500:]}")
+        return times
+
+    result: Result = {
+        "backlog_ls_s": timed("task", "list", "--plain"),
+        "backlog_show_s": timed("task", "view", str(number), "--plain"),
+        "backlog_search_s": timed("search", SEARCH_WORDS, "--plain"),
+    }
+    edits = []
+    for k in range(CLI_RUNS):
+        n = rng.choice(sorted(tasks))
+        task, title = tasks[n]
+        new_title = f"bench edit {k} task {n}"
+        task.write_text(task.read_text(encoding="utf-8").replace(
+            f"title: '{title}'", f"title: '{new_title}'"), encoding="utf-8")
+        tasks[n] = (task, new_title)
+        started = time.perf_counter()
+        while True:
+            done = subprocess.run([str(binary), "task", "view", str(n), "--plain"],
+                                  cwd=project, capture_output=True, text=True, timeout=600,
+                                  check=False)
+            if new_title in done.stdout:
+                break
+            if time.perf_counter() - started > 60:
+                raise RuntimeError(f"backlog never showed the edit of task {n}")
+        edits.append(time.perf_counter() - started)
+    result["backlog_edit_s"] = edits
+    return result
 
 
 def measure_git_checkout(daemon: Daemon, paths: dict[str, Path], changes: int,
@@ -316,7 +375,11 @@ def bench_one(n: int, work: Path, notify: Notify, args: argparse.Namespace) -> R
         daemon.stop()
         daemon.start()
         step(n, "CLI wall times")
-        r |= measure_cli(daemon, n, rng.choice(sorted(paths)))
+        shown = rng.choice(sorted(paths))
+        r |= measure_cli(daemon, n, shown)
+        if args.backlog and n <= BACKLOG_MAX_N:
+            step(n, "Backlog.md beside it")
+            r |= measure_backlog(Path(args.backlog), paths, work, shown, rng)
         daemon.stop()
         r["db_stopped_mib"] = db_mib(daemon.db)
         step(n, "unchanged restarts")
@@ -349,9 +412,11 @@ def summarize(r: Result) -> Result:
     r["edit_whole_p50_ms"] = percentile(r["edit_whole_ms"], 50)
     r["edit_whole_p99_ms"] = percentile(r["edit_whole_ms"], 99)
     for key in ("restart_s", "restart_loaded_s", "changed_restart_s", "changed_loaded_s",
-                "baseline_s", "cli_ls_json_s", "cli_ls_stage_s", "cli_show_s",
-                "rss_restart_mib"):
-        r[f"{key}_median"] = med(r[key])
+                "baseline_s", "cli_ls_json_s", "cli_ls_s", "cli_ls_stage_s", "cli_show_s",
+                "cli_search_s", "rss_restart_mib", "backlog_ls_s", "backlog_show_s",
+                "backlog_search_s", "backlog_edit_s"):
+        if key in r:
+            r[f"{key}_median"] = med(r[key])
     r["hwm_restart_mib_max"] = max(r["hwm_restart_mib"])
     r["opened_count"] = len(r["opened"])
     r["ratio_unchanged"] = r["baseline_s_median"] / r["restart_s_median"]
@@ -405,6 +470,9 @@ def main() -> None:
                         help="files created in one burst (0: skipped)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR/n<N> and keep it afterwards")
     parser.add_argument("--json-out", metavar="FILE", help="write every raw number as JSON")
+    parser.add_argument("--backlog", metavar="BIN",
+                        help="Backlog.md's binary (npm package backlog.md): measured beside "
+                             f"pipelined at each N up to {BACKLOG_MAX_N:,}")
     args = parser.parse_args()
     if args.rounds_edit < 1 or min(args.n) < max(args.rounds_edit, 2):
         parser.error("every N must be >= --rounds-edit >= 1 and >= 2")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -43,8 +44,26 @@ RESTART_ROUNDS = 5  # restarts (and baseline runs) per measure; the median is re
 CLI_RUNS = 5
 WORDS = ("login", "export", "board", "filter", "crash", "sync", "csv", "dark", "mode",
          "token", "reset", "cache", "search", "agent", "retry", "merge", "queue", "alert")
-FILLER = ("The daemon keeps the pipeline live; this paragraph only pads the "
-          "story to a realistic size for the benchmark. ")
+# The bodies' vocabulary: 200 words, so the search index and the parser see text as
+# varied as real stories, not one repeated sentence (which compresses and indexes
+# unrealistically well).
+_VOCABULARY_TEXT = """
+a about access account add after agent all allow also an and any api app are as
+at auth back be because before being board both branch bug build but by cache call
+can case change check clean cli client close code column commit config conflict
+could create crash csv current dark data database date default delete deploy
+design do does done each edit editor empty error event export fail field file
+filter first fix folder for form from front get git give has have header history
+how id if import in index input is it item its just key last like link list load
+local lock log login long make mark matter merge message migration mode more move
+name need new next no not note now number of old on one only open or order other
+out page parse path pipeline read ready record release remove rename request reset
+retry review row run save schema search see send server set should show so some
+stage state status still story sync table take test text that the then there this
+time title to token try type under update use user value view wait want watch
+when which while will with without work write yes you
+"""
+VOCABULARY = tuple(_VOCABULARY_TEXT.split())
 
 Result = dict[str, Any]
 
@@ -66,11 +85,71 @@ def make_stories(root: Path, n: int, rng: random.Random) -> dict[str, Path]:
                 f"labels: [{', '.join(rng.sample(WORDS, 2))}]\n---\n"
                 f"# Story {num}\n\n## Acceptance\n- it works\n- it is tested\n\n")
         size = rng.randint(1536, 2560)  # about 2 KB on average
-        body = (FILLER * (size // len(FILLER) + 1))[: max(0, size - len(head) - 1)]
+        body = prose(rng, max(0, size - len(head) - 1))
         path = root / stage / f"{story_id}.md"
         path.write_text(head + body + "\n", encoding="utf-8")
         paths[story_id] = path
     return paths
+
+
+def prose(rng: random.Random, size: int) -> str:
+    """About `size` characters of sentences of 6-14 words from VOCABULARY, in
+    paragraphs of 3-5 sentences."""
+    paragraphs: list[str] = []
+    used = 0
+    while used < size:
+        sentences = []
+        for _ in range(rng.randint(3, 5)):
+            words = rng.choices(VOCABULARY, k=rng.randint(6, 14))
+            sentences.append(" ".join(words).capitalize() + ".")
+        paragraph = " ".join(sentences)
+        paragraphs.append(paragraph)
+        used += len(paragraph) + 2
+    return "\n\n".join(paragraphs)[:size]
+
+
+BACKLOG_STATUS = {"1_backlog": "To Do", "2_current": "In Progress", "4_merge": "Done"}
+BACKLOG_TASK = """---
+id: TASK-{n}
+title: '{title}'
+status: {status}
+assignee: []
+created_date: '2026-11-29 12:00'
+labels: []
+dependencies: []
+ordinal: {ordinal}
+---
+
+## Description
+
+<!-- SECTION:DESCRIPTION:BEGIN -->
+{body}
+<!-- SECTION:DESCRIPTION:END -->
+"""
+
+
+def backlog_project(binary: Path, paths: dict[str, Path], project: Path
+                    ) -> dict[int, tuple[Path, str]]:
+    """A Backlog.md project (npm package `backlog.md`) holding the same stories as tasks:
+    same titles, the stages as To Do / In Progress / Done, the body as description.
+    Returns number -> (task file, title)."""
+    project.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([str(binary), "init", "bench", "--defaults"], cwd=project, check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run([str(binary), "config", "set", "remoteOperations", "false"], cwd=project,
+                   check=True, capture_output=True, timeout=60)
+    tasks: dict[int, tuple[Path, str]] = {}
+    for story_id, path in paths.items():
+        n = int(story_id.split("_", 1)[0])
+        text = path.read_text(encoding="utf-8")
+        title = re.search(r'^name: "(.*)"$', text, re.M).group(1)  # type: ignore[union-attr]
+        task = project / "backlog" / "tasks" / f"task-{n} - story-{n}.md"
+        task.write_text(BACKLOG_TASK.format(
+            n=n, title=title, status=BACKLOG_STATUS[path.parent.name], ordinal=n * 1000,
+            body=text.split("---\n", 2)[2][:1500]), encoding="utf-8")
+        tasks[n] = (task, title)
+    return tasks
 
 
 def child_env() -> dict[str, str]:

@@ -186,11 +186,34 @@ def report(args: argparse.Namespace, results: dict[int, Result], info: dict[str,
     print(f"Command: {info['command']}\n")
     print(markdown(table(args, results)))
     print()
+    beside = backlog_table(results)
+    if beside:
+        print("Beside Backlog.md (same stories, same machine, same run; median of "
+              f"{CLI_RUNS}, process start included on both sides):\n")
+        print(markdown(beside))
+        print()
     for n, r in results.items():
         print("\n".join(daemon_lines(n, r["events"])))
         if r["opened"]:
             print("  story files opened during unchanged restarts (first 10):", *r["opened"][:10],
                   sep="\n    ")
+
+
+def backlog_table(results: dict[int, Result]) -> list[list[str]]:
+    """pipelined beside Backlog.md for each N measured with --backlog."""
+    rows = [["measure", "N", "pipelined", "Backlog.md", "ratio"]]
+    for n, r in results.items():
+        if "backlog_ls_s_median" not in r:
+            continue
+        for label, ours, theirs in (
+                ("`ls` / `task list` (s)", r["cli_ls_s_median"], r["backlog_ls_s_median"]),
+                ("`show` / `task view` (s)", r["cli_show_s_median"], r["backlog_show_s_median"]),
+                ("`search` (s)", r["cli_search_s_median"], r["backlog_search_s_median"]),
+                ("an edit visible to the next read (s)", r["edit_p50_ms"] / 1000,
+                 r["backlog_edit_s_median"])):
+            rows.append([label, f"{n:,}", f"{ours:.3f}", f"{theirs:.3f}",
+                         f"{theirs / ours:.0f}x"])
+    return rows if len(rows) > 1 else []
 
 
 def write_json(path: str, results: dict[int, Result], info: dict[str, str]) -> None:
