@@ -13,7 +13,7 @@ shell-completion request import it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -120,6 +120,26 @@ def print_json(value: object) -> None:
         click.echo(json_text(f"[\n{lines}\n]"))
     else:
         click.echo(json_text(json.dumps(value, indent=2, ensure_ascii=False)))
+
+
+def print_json_stream(items: Iterable[object], chunk: int = 2000) -> None:
+    """What `print_json(list(items))` prints, written as the items come, `chunk`
+    lines at a time: a list of 100,000 stories is never held whole."""
+    import json
+
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    lines: list[str] = []
+    started = False
+    for item in items:
+        lines.append("  " + encode(item))
+        if len(lines) >= chunk:
+            click.echo(json_text(("[\n" if not started else ",\n") + ",\n".join(lines)),
+                       nl=False)
+            started, lines = True, []
+    if lines:
+        click.echo(json_text(("[\n" if not started else ",\n") + ",\n".join(lines)), nl=False)
+        started = True
+    click.echo("\n]" if started else "[]")
 
 
 def echo_line(text: str) -> None:

@@ -23,6 +23,7 @@ from pipelined.commands.common import (
     load_config,
     output_width,
     print_json,
+    print_json_stream,
     read_conn,
     settings_options,
     shown_time,
@@ -74,6 +75,12 @@ def ls_command(root: Path | None, db: Path | None, stages: str | None,
     config = load_config(root, db, stages, config_file)
     stage = resolve_stage(stage, config.stages) if stage is not None else None
     conn = read_conn(config, announce=True)
+    if as_json and not ready and sort_key == "stage":  # SQLite's order: streamed
+        from itertools import islice
+
+        print_json_stream(islice(queries.iter_stories(conn, stage=stage, agent=agent,
+                                                      blocked=blocked), limit))
+        return
     if ready:  # dependencies may be in any stage: resolve them against every row
         everything = queries.list_stories(conn)
         unmet = unmet_dependencies(everything)

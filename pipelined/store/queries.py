@@ -33,6 +33,7 @@ __all__ = [
     "counts_by_stage",
     "get_story",
     "high_water",
+    "iter_stories",
     "list_stories",
     "meta",
     "page_key",
@@ -107,6 +108,27 @@ STORY_NUMBER_SQL = (f"(CASE WHEN instr(id, '_') <= {MAX_NUMBER_DIGITS + 1} "
                     "THEN CAST(id AS INTEGER) ELSE -1 END)")
 _ORDER_KEY = f"{STAGE_NUMBER_SQL}, stage, {STORY_NUMBER_SQL}, id"
 _IN_STAGE_KEY = f"{STORY_NUMBER_SQL}, id"
+
+
+def iter_stories(conn: apsw.Connection, stage: str | None = None, agent: str | None = None,
+                 blocked: bool | None = None) -> Iterator[dict[str, Any]]:
+    """Stories without content in the order of `ls`, one at a time from SQLite (the
+    index of migration 0006 gives the order): `ls --json` of 100,000 stories holds
+    one row at a time, not the list."""
+    where: list[str] = []
+    params: list[str | int] = []
+    for clause, value in (("stage = ?", stage), ("agent = ?", agent)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if blocked is not None:
+        where.append("coalesce(blocked, 0) = ?")
+        params.append(int(blocked))
+    condition = " WHERE " + " AND ".join(where) if where else ""
+    order = _IN_STAGE_KEY if stage is not None else _ORDER_KEY
+    sql = f"SELECT {', '.join(ITEM_COLUMNS)} FROM pipeline_items{condition} ORDER BY {order}"
+    for row in conn.execute(sql, params):
+        yield _item(row)
 
 
 def page_key(stage: str, story_id: str) -> tuple[int, str, int, str]:
