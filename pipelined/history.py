@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelined.store import history as store_history
-from pipelined.views import field_text
+from pipelined.terminal import field_text
 
 if TYPE_CHECKING:
     import apsw

@@ -30,11 +30,13 @@ daemon's log setup use it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
 
-__all__ = ["block", "discard_output", "end_ctrl_c_line", "has_unsafe", "json_text", "one_line"]
+__all__ = ["block", "discard_output", "end_ctrl_c_line", "field_text", "has_unsafe", "json_text",
+           "one_line"]
 
 _BIDI = "\u202a-\u202e\u2066-\u2069"
 # DEL, C1, the bidi characters and the line and paragraph separators (str.splitlines
@@ -126,3 +128,20 @@ def end_ctrl_c_line() -> None:
             os.write(2, b"\n")
     except OSError:
         pass
+
+
+def field_text(value: Any, none: str = "(none)", quote: bool = True) -> str:
+    """A story field's value for people: yes/no for a flag, `[10, 12]` for a list,
+    `none` when unset, and with `quote` a text with a blank in it between quotes (so
+    `name "Log in" -> "Log out"` reads as two values). One form for `show`, `log`
+    and the edit commands' old -> new."""
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    text = str(value)
+    if quote and isinstance(value, str) and (not text or any(c.isspace() for c in text)):
+        return json.dumps(text, ensure_ascii=False)
+    return text

@@ -6,7 +6,6 @@ database, no folder and no terminal.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,7 +16,6 @@ from pipelined.story import story_number
 __all__ = [
     "SORT_KEYS",
     "board_columns",
-    "field_text",
     "is_ready",
     "sort_stories",
     "stage_order",
@@ -101,23 +99,6 @@ def sort_stories(items: Iterable[Item], key: str) -> list[Item]:
         by_number = sorted(listed, key=lambda i: _number(i["id"]))
         return sorted(by_number, key=lambda i: i[column] or "", reverse=True)
     raise ValueError(key)
-
-
-def field_text(value: Any, none: str = "(none)", quote: bool = True) -> str:
-    """A story field's value for people: yes/no for a flag, `[10, 12]` for a list,
-    `none` when unset, and with `quote` a text with a blank in it between quotes (so
-    `name "Log in" -> "Log out"` reads as two values). One form for `show`, `log`
-    and the edit commands' old -> new."""
-    if value is None:
-        return none
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    text = str(value)
-    if quote and isinstance(value, str) and (not text or any(c.isspace() for c in text)):
-        return json.dumps(text, ensure_ascii=False)
-    return text
 
 
 def board_columns(items: Sequence[Item], stages: Sequence[str],

@@ -15,7 +15,7 @@ from pipelined.commands.common import (
     print_json,
     settings_options,
 )
-from pipelined.views import field_text
+from pipelined.terminal import field_text
 
 __all__ = ["claim", "edit", "set_command"]
 

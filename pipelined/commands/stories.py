@@ -32,8 +32,7 @@ from pipelined.commands.common import (
 from pipelined.config import resolve_stage
 from pipelined.errors import AmbiguousStory, StoryNotFound
 from pipelined.schema import FIELDS, SORT_KEYS
-from pipelined.terminal import one_line
-from pipelined.views import field_text
+from pipelined.terminal import field_text, one_line
 
 if TYPE_CHECKING:
     from pathlib import Path
