@@ -31,9 +31,8 @@ import pwd
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +64,6 @@ def unavailable() -> str | None:
     if probe.returncode != 0:
         return f"{SYSTEM_PYTHON} is older than 3.11 or has no venv/ensurepip"
     return None
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """`condition()` until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Namespace:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from systemd_ns import (
     REPO,
     TEST_USER,
@@ -29,7 +30,6 @@ from systemd_ns import (
     ensure_test_user,
     install_venv,
     namespace,
-    poll,
     unavailable,
 )
 
@@ -121,7 +121,7 @@ class TestSystemUnit:
         assert state["StatusText"].startswith("in sync: 1 "), state
 
         site.write("2_current", "2_story_edit", "Edited")
-        story = poll(lambda: show_story(ns, site, "2_story_edit"), 30, "the edit in the db")
+        story = wait_until(lambda: show_story(ns, site, "2_story_edit"), 30, "the edit in the db")
         assert story["name"] == "Edited" and story["stage"] == "2_current"
 
         debug_lines = lambda: [e for e in daemon_entries(ns)  # noqa: E731
@@ -129,11 +129,11 @@ class TestSystemUnit:
         assert debug_lines() == []  # log_level info
         site.configure(log_level="debug")
         systemctl("reload", "pipelined")
-        poll(lambda: pid1_lines(ns, r"RELOADING=1, MONOTONIC_USEC=\d+"), 30, "RELOADING=1")
-        poll(lambda: pid1_lines(ns, r"Changed reload -> running"), 30, "the reload's end")
+        wait_until(lambda: pid1_lines(ns, r"RELOADING=1, MONOTONIC_USEC=\d+"), 30, "RELOADING=1")
+        wait_until(lambda: pid1_lines(ns, r"Changed reload -> running"), 30, "the reload's end")
         assert ns.show("pipelined", "ActiveState")["ActiveState"] == "active"
         site.write("2_current", "2_story_edit", "Edited again")
-        lines = poll(debug_lines, 30, "a debug line after the reload")
+        lines = wait_until(debug_lines, 30, "a debug line after the reload")
         assert any(json.loads(e["MESSAGE"][e["MESSAGE"].index("{"):])["event"] == "sync.flushed"
                    for e in lines), lines
 
@@ -154,8 +154,8 @@ class TestSystemUnit:
         bad = site.root / "1_backlog" / "2_story_bad.md"
         bad.write_text("---\nname: [unclosed\n---\nBody\n", encoding="utf-8")
         start_daemon(ns, site)
-        warnings = poll(lambda: ns.journal("-u", "pipelined", "-p", "warning"), 30,
-                        "a warning in the journal")
+        warnings = wait_until(lambda: ns.journal("-u", "pipelined", "-p", "warning"), 30,
+                              "a warning in the journal")
         events = [json.loads(e["MESSAGE"])["event"] for e in warnings]
         assert events == ["story.parse_error"], events
         everything = ns.journal("-u", "pipelined")
@@ -176,14 +176,14 @@ class TestSystemUnit:
         began = time.monotonic()
         ns.run("kill", "-STOP", str(first))
         site.write("2_current", "3_story_during", "Written while stopped")
-        poll(lambda: main_pid(ns) not in (0, first)
-             and ns.show("pipelined", "ActiveState")["ActiveState"] == "active", 30,
-             "a restarted daemon")
+        wait_until(lambda: main_pid(ns) not in (0, first)
+                   and ns.show("pipelined", "ActiveState")["ActiveState"] == "active", 30,
+                   "a restarted daemon")
         took = time.monotonic() - began
         assert pid1_lines(ns, r"Failed with result 'watchdog'"), "not killed by the watchdog"
         assert ns.show("pipelined", "NRestarts")["NRestarts"] == "1"
         assert took < 3 + 2 + 10, f"restarted {took:.1f} s after the stop"  # + RestartSec
-        story = poll(lambda: show_story(ns, site, "3_story_during"), 30, "the story")
+        story = wait_until(lambda: show_story(ns, site, "3_story_during"), 30, "the story")
         assert story["name"] == "Written while stopped"
 
     def test_kill_9_is_restarted(self, ns: Namespace, site: Site) -> None:
@@ -192,12 +192,12 @@ class TestSystemUnit:
         start_daemon(ns, site)
         first = main_pid(ns)
         ns.run("kill", "-KILL", str(first))
-        poll(lambda: main_pid(ns) not in (0, first)
-             and ns.show("pipelined", "StatusText")["StatusText"].startswith("in sync"), 30,
-             "a restarted daemon, in sync")
+        wait_until(lambda: main_pid(ns) not in (0, first)
+                   and ns.show("pipelined", "StatusText")["StatusText"].startswith("in sync"),
+                   30, "a restarted daemon, in sync")
         assert ns.show("pipelined", "NRestarts")["NRestarts"] == "1"
         site.write("1_backlog", "2_story_after", "After")
-        assert poll(lambda: show_story(ns, site, "2_story_after"), 30, "the story")
+        assert wait_until(lambda: show_story(ns, site, "2_story_after"), 30, "the story")
 
     def test_corrupt_database_fails_once_with_one_line(self, ns: Namespace,
                                                        site: Site) -> None:
@@ -210,8 +210,8 @@ class TestSystemUnit:
         install_unit(ns, "pipelined.service", site.drop_in())
         started = Systemctl(ns)("start", "pipelined", check=False, timeout=120)
         assert started.returncode != 0
-        poll(lambda: ns.show("pipelined", "ActiveState")["ActiveState"] == "failed", 30,
-             "the unit failed")
+        wait_until(lambda: ns.show("pipelined", "ActiveState")["ActiveState"] == "failed", 30,
+                   "the unit failed")
         state = ns.show("pipelined", "ExecMainStatus", "NRestarts", "Result")
         assert state == {"ExecMainStatus": "78", "NRestarts": "0", "Result": "exit-code"}, state
         errors = ns.messages("-u", "pipelined", "-p", "err")
@@ -284,10 +284,10 @@ class TestServeUnit:
         assert state["NRestarts"] == "0" and state["MainPID"] != "0", state
         status, moved = http("POST", "/api/stories/1_story_a/move", '{"stage": "2_current"}')
         assert status == 200, moved
-        poll((site.root / "2_current" / "1_story_a.md").exists, 30, "the renamed file")
+        wait_until((site.root / "2_current" / "1_story_a.md").exists, 30, "the renamed file")
         assert not (site.root / "1_backlog" / "1_story_a.md").exists()
-        poll(lambda: (show_story(ns, site, "1_story_a") or {}).get("stage") == "2_current", 30,
-             "the move in the database")
+        wait_until(lambda: (show_story(ns, site, "1_story_a") or {}).get("stage")
+                   == "2_current", 30, "the move in the database")
         systemctl("stop", "pipelined-serve.service", "pipelined-serve.socket")
         after = ns.show("pipelined-serve.service", "Result", "ActiveState")
         assert after == {"Result": "success", "ActiveState": "inactive"}, after
@@ -353,7 +353,7 @@ class TestUserUnit:
                               user=TEST_USER, env=as_user, check=False)
                 return json.loads(done.stdout) if done.returncode == 0 else None
 
-            story = poll(shown, 30, "the edit, seen by the user's own `pipelined show`")
+            story = wait_until(shown, 30, "the edit, seen by the user's own `pipelined show`")
             assert story["name"] == "B"
             assert list((home / ".local/state/pipelined").glob("*.db"))
             assert not list((home / ".config/pipelined").glob("*.db"))
@@ -361,7 +361,7 @@ class TestUserUnit:
             put(home / ".config/pipelined/config.toml",
                 f'root = "{home}/stories"\nlog_level = "debug"\n')
             systemctl("reload", "pipelined")
-            poll(lambda: any('"daemon.reloaded"' in m for m in ns.messages(
+            wait_until(lambda: any('"daemon.reloaded"' in m for m in ns.messages(
                 "SYSLOG_IDENTIFIER=pipelined")), 30, "daemon.reloaded")
             assert ns.show("pipelined", "ActiveState", user=systemctl)["ActiveState"] == "active"
 
