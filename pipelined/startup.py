@@ -42,6 +42,9 @@ __all__ = ["STARTUP_CHUNK", "Started", "Startup", "StartupStopped", "new_client_
 log = get_logger("pipelined.startup")
 
 STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
+# A first import of at least this many stories builds the search index in bulk at
+# its end (writer.suspend_search_index), not row by row: about half the writer's work.
+BULK_SEARCH_MIN = 2 * STARTUP_CHUNK
 
 
 class StartupStopped(Exception):
@@ -122,7 +125,9 @@ class Startup:
                                 loaded.mismatch | reread,
                                 new_client=stored.client_id is None,
                                 stored_with=None if stored.stored_with == stored_with
-                                else stored_with)
+                                else stored_with,
+                                first_import=stored.story_count == 0,
+                                search_suspended=stored.search_suspended)
         if reread:
             log.info("startup.settings_changed", reread=len(reread), now=stored_with,
                      before=stored.stored_with)
@@ -156,7 +161,8 @@ class Startup:
             self._on_in_sync(stories)
 
     def _catch_up(self, reconciler: Reconciler, touched: set[str], mismatch: set[str],
-                  *, new_client: bool, stored_with: str | None = None) -> SyncResult:
+                  *, new_client: bool, stored_with: str | None = None,
+                  first_import: bool = False, search_suspended: bool = False) -> SyncResult:
         """Reconcile what changed while the daemon was stopped; wait until it is committed.
 
         In chunks of STARTUP_CHUNK ids, each its own pycrdt transaction and batch
@@ -169,6 +175,10 @@ class Startup:
         (`mismatch`: stale under changed settings, or disagreeing with the
         state): a crash before it then leaves the old value, and the next start
         re-reads again what the change affects.
+
+        A first import of BULK_SEARCH_MIN stories or more suspends the search index
+        with its first chunk and builds it whole with its last; a start that finds it
+        still suspended (a crash mid-import) builds it with its last chunk too.
         """
         from pipelined.store.batch import Batch
         from pipelined.sync import SyncResult, logs_each_story
@@ -186,6 +196,11 @@ class Startup:
                                           log_each=log_each)
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
+            bulk = first_import and len(ids) >= BULK_SEARCH_MIN  # two chunks or more
+            if bulk and begin == 0:
+                result.batch.search_index = "suspend"
+            elif (bulk or search_suspended) and begin == last_begin:
+                result.batch.search_index = "resume"
             totals.absent |= result.absent
             totals.add_counts(result)
             if (stored_with is not None and begin == (last_begin if mismatch else 0)

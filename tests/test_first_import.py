@@ -6,6 +6,7 @@ stat pass."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -42,6 +43,14 @@ def count_rows(daemon: DaemonProcess) -> int:
         return 0
 
 
+def search_ready(daemon: DaemonProcess) -> bool:
+    """The search index's three triggers are there and no bulk build is owed."""
+    triggers = daemon.query("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                            "AND name LIKE 'pipeline_search%'")
+    owed = daemon.query("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'")
+    return triggers == [(3,)] and not owed
+
+
 class TestChunkedImport:
     def test_first_import_commits_one_update_per_chunk(self, stories: Stories,
                                                        daemon: DaemonProcess) -> None:
@@ -55,12 +64,19 @@ class TestChunkedImport:
         assert [kind for (kind,) in updates] == ["update"] * 3
         startup = daemon.wait_log("daemon.startup")
         assert (startup["files_reread"], startup["created"]) == (total, total)
+        # The search index was built in bulk at the end, and works row by row again.
+        assert search_ready(daemon)
+        assert daemon.cli("search", "bulk", "--json").returncode == 0
+        hits = json.loads(daemon.cli("search", f"{total}_story_bulk", "--json").stdout)
+        assert [h["id"] for h in hits] == [f"{total}_story_bulk"]
         # Thousands of per-story lines go to debug (the small last chunk's too, as
         # one import); a single new story is info.
         levels = {e["level"] for e in daemon.log_events() if e.get("event") == "story.created"}
         assert levels == {"debug"}
         stories.write("1_backlog", f"{total + 1}_story_single", name="single")
         daemon.wait_row(f"{total + 1}_story_single")
+        hits = json.loads(daemon.cli("search", "single", "--json").stdout)
+        assert [h["id"] for h in hits] == [f"{total + 1}_story_single"]  # the trigger again
         single = [e for e in daemon.log_events() if e.get("event") == "story.created"
                   and e.get("id") == f"{total + 1}_story_single"]
         assert [e["level"] for e in single] == ["info"]
@@ -90,11 +106,18 @@ class TestChunkedImport:
         assert state_matches_rows(daemon)  # and its pycrdt update with them
         created = {i: r["created_at"] for i, r in daemon.rows().items()}
 
+        # The kill left the search index suspended, and the note saying so.
+        assert not search_ready(daemon)
+        assert daemon.query("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'")
+
         daemon.start()
         startup = daemon.wait_log("daemon.startup")  # the killed run logged none
         assert startup["files_reread"] == total - committed
         assert startup["created"] == total - committed
         assert folder_matches_db(stories, daemon)
+        assert search_ready(daemon)  # built whole by the resumed import's last chunk
+        assert daemon.query("SELECT count(*) FROM pipeline_search WHERE pipeline_search "
+                            "MATCH 'bulk'") == [(total,)]
         assert state_matches_rows(daemon)
         rows = daemon.rows()
         assert all(rows[i]["created_at"] == at for i, at in created.items())

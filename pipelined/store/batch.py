@@ -68,10 +68,14 @@ class Batch:
     # (story id, from stage, to stage): moves no row change records, written to the
     # history directly (a `cp` then, later, an `rm` of the original; sync.py)
     moves: list[tuple[str, str, str]] = field(default_factory=list)
+    # A first import builds the search index in bulk: "suspend" (before this batch's
+    # rows) drops the index's triggers, "resume" (after them) rebuilds the index and
+    # puts the triggers back (writer.py; both may be in one batch).
+    search_index: str | None = None
 
     def is_empty(self) -> bool:
         return not (
             self.crdt_update or self.upserts or self.deletes or self.signatures
             or self.signature_drops or self.high_water is not None or self.meta
-            or self.compaction or self.moves
+            or self.compaction or self.moves or self.search_index
         )

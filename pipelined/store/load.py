@@ -34,6 +34,7 @@ class Signatures(NamedTuple):
     high_water: int
     story_count: int  # distinct ids among the files
     stored_with: str | None  # the data-shaping settings the rows were made with (JSON)
+    search_suspended: bool = False  # a first import's bulk index build is still owed
 
 
 class StoredState(NamedTuple):
@@ -51,9 +52,11 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
     count = conn.execute("SELECT count(DISTINCT story_id) FROM file_signatures").fetchone()
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
     shaped = conn.execute("SELECT value FROM daemon_meta WHERE key = 'stored_with'").fetchone()
+    suspended = conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
+                             ).fetchone()  # store.writer.SEARCH_SUSPENDED
     return Signatures(int(row[0]) if row is not None else None, by_path,
                       int(hw[0]) if hw else 0, int(count[0]) if count else 0,
-                      str(shaped[0]) if shaped is not None else None)
+                      str(shaped[0]) if shaped is not None else None, suspended is not None)
 
 
 def read_updates(conn: apsw.Connection) -> list[bytes]:
