@@ -199,8 +199,8 @@ def create_story(root: Path, stages: Sequence[str], stage: str, title: str, stor
                                                  f"at most {MAX_TEXT}")
     if story_type not in STORY_TYPES:
         raise TitleError(story_type, f"the type is one of {', '.join(STORY_TYPES)}")
-    stage = resolve_stage(stage, stages)
     folder = check_stage(root, stages, stage)
+    stage = folder.name  # the folder, when an alias was given
     text = story_front_matter(name, agent, blocked, depends_on).encode("utf-8")
     slug = slugify(name)
     temp = _write_temp(folder, text)
@@ -308,8 +308,8 @@ def find_story_file(root: Path, stages: Sequence[str], ref: str) -> tuple[str, s
 def move_story(root: Path, stages: Sequence[str], ref: str, to_stage: str) -> MovedStory:
     """Rename the story file into `to_stage`, a folder or its alias (a no-op when it
     is already there)."""
-    to_stage = resolve_stage(to_stage, stages)
     folder = check_stage(root, stages, to_stage)
+    to_stage = folder.name  # the folder, when an alias was given
     from_stage, story_id = find_story_file(root, stages, ref)
     source = root / from_stage / f"{story_id}.md"
     target = folder / f"{story_id}.md"

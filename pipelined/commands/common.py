@@ -115,9 +115,7 @@ def print_json(value: object) -> None:
     import json
 
     if isinstance(value, list) and value:
-        encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every line
-        lines = ",\n".join("  " + encode(item) for item in value)
-        click.echo(json_text(f"[\n{lines}\n]"))
+        print_json_stream(value)
     else:
         click.echo(json_text(json.dumps(value, indent=2, ensure_ascii=False)))
 
