@@ -4,19 +4,17 @@ Each command is a click function in a module of `pipelined.commands`, imported
 only when that command is looked up (to run it, complete it, or list it in
 `--help`): `pipelined run` loads no read command and `pipelined ls` no daemon.
 This module must stay cheap to import (click and the errors, nothing else).
-Every `PipelinedError` becomes one `Error: ...` line and a non-zero exit
-here, in `PipelinedGroup.invoke`, and nowhere else. That line is written even
-if stderr has gone, and the exit code stays the error's.
+`PipelinedGroup.invoke` runs each command through `commands.exits`, where every
+`PipelinedError` becomes one `Error: ...` line and its exit code (and a closed
+pipe a clean end, for the commands that print); a bad command line becomes
+one line here.
 
-A closed pipe is a clean end (exit 0) only on stdout, and only for the
-commands that print there (`pipelined ls | head`). The daemon prints nothing
-on stdout, and a broken pipe that ends it is a failure: systemd's
-`Restart=on-failure` must bring it back.
+`ls`, `show` and `status` on a simple command line skip click and this module
+altogether (`commands.quick`, called from `pipelined.entry`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -25,7 +23,14 @@ from typing import Any
 import click
 
 from pipelined import __version__
-from pipelined.errors import EXIT_NEEDS_A_PERSON, PipelinedError
+from pipelined.commands.exits import (
+    DAEMON_COMMANDS,
+    SERVICE_COMMANDS,
+    error_line,
+    run_reported,
+    say_note,
+)
+from pipelined.errors import EXIT_NEEDS_A_PERSON
 
 __all__ = ["COMMANDS", "DAEMON_COMMANDS", "LazyCommands", "PipelinedGroup", "main"]
 
@@ -52,10 +57,6 @@ COMMANDS: Mapping[str, str] = {
     "mcp": "pipelined.commands.mcp:mcp_command",
     "serve": "pipelined.commands.serve:serve",
 }
-# Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
-DAEMON_COMMANDS = frozenset({"run"})
-# What systemd runs: their errors that a restart cannot fix exit EXIT_NEEDS_A_PERSON.
-SERVICE_COMMANDS = frozenset({"run", "serve"})
 
 
 class LazyCommands(MutableMapping[str, click.Command]):
@@ -123,48 +124,13 @@ class PipelinedGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            result = super().invoke(ctx)
-        except (SystemExit, click.exceptions.Exit):  # a command's own exit (doctor: 1)
-            _stale_note(ctx)
+            return run_reported(lambda: ctx.invoked_subcommand,
+                                lambda: super(PipelinedGroup, self).invoke(ctx))
+        except click.exceptions.Exit:  # click's own exit (ctx.exit): like SystemExit
+            say_note()
             raise
-        except PipelinedError as exc:
-            from pipelined.terminal import one_line  # the message may quote a file name
-
-            _error_line(one_line(f"Error: {exc}"))
-            if ctx.invoked_subcommand in SERVICE_COMMANDS and not exc.restart_helps:
-                sys.exit(EXIT_NEEDS_A_PERSON)  # systemd: do not restart (see errors.py)
-            sys.exit(exc.exit_code)
         except click.UsageError as exc:  # a bad flag or value: one line, not a usage block
             _usage_exit(exc, ctx.invoked_subcommand)
-        except BrokenPipeError:
-            if ctx.invoked_subcommand not in DAEMON_COMMANDS and _reader_gone(sys.stdout):
-                from pipelined.terminal import discard_output
-
-                discard_output(sys.stdout)  # `pipelined ls | head`: the reader has read enough
-                sys.exit(0)
-            _error_line("Error: an output stream was closed (broken pipe)")
-            sys.exit(1)
-        except Exception as exc:
-            if type(exc).__module__ != "apsw" or ctx.invoked_subcommand in DAEMON_COMMANDS:
-                raise
-            # SQLite failing under a read command (its -wal deleted under a running
-            # daemon, an I/O error): one line, not a traceback.
-            from pipelined.terminal import one_line
-
-            _error_line(one_line(f"Error: the database cannot be read now "
-                                 f"({type(exc).__name__}: {exc}); see `pipelined status`"))
-            sys.exit(1)
-        _stale_note(ctx)
-        return result
-
-
-def _stale_note(ctx: click.Context) -> None:
-    """The read command's note that its data may be old (commands.common.STALE_NOTE),
-    after its output; never beside an `Error:` line."""
-    note = ctx.meta.get("pipelined.stale_note")
-    if note:
-        with contextlib.suppress(OSError):  # stderr gone: the output stands
-            click.echo(note, err=True)
 
 
 def _usage_exit(exc: click.UsageError, subcommand: str | None) -> None:
@@ -174,7 +140,7 @@ def _usage_exit(exc: click.UsageError, subcommand: str | None) -> None:
 
     sub = exc.ctx.info_name if exc.ctx and exc.ctx.parent else None
     command = f"pipelined {sub}" if sub else "pipelined"
-    _error_line(one_line(f"Error: {_usage_message(exc)} (see `{command} --help`)"))
+    error_line(one_line(f"Error: {_usage_message(exc)} (see `{command} --help`)"))
     sys.exit(EXIT_NEEDS_A_PERSON if subcommand in SERVICE_COMMANDS else exc.exit_code)
 
 
@@ -200,32 +166,6 @@ def _usage_message(exc: click.UsageError) -> str:
         text = exc.format_message()
         text = text[:1].lower() + text[1:]
     return text.rstrip(".")
-
-
-def _error_line(line: str) -> None:
-    """`line` on stderr (at priority error when that is the journal); if stderr has
-    gone, the caller's exit code must still be the one."""
-    from pipelined.logs import journal_prefix
-
-    try:
-        click.echo(journal_prefix(3) + line, err=True)
-    except OSError:
-        from pipelined.terminal import discard_output
-
-        discard_output(sys.stderr)
-
-
-def _reader_gone(stream: Any) -> bool:
-    """True when `stream` is a pipe or socket whose reading end has been closed."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(stream.fileno(), select.POLLOUT)
-        events = poller.poll(0)
-    except (AttributeError, OSError, ValueError):  # no real file descriptor
-        return False
-    return any(flags & (select.POLLERR | select.POLLHUP) for _fd, flags in events)
 
 
 @click.group(cls=PipelinedGroup, lazy_commands=COMMANDS,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import Stories
 
 from pipelined.cli import main
-from pipelined.commands.common import print_json, print_json_stream
+from pipelined.commands.output import print_json, print_json_stream
 from pipelined.config import resolve
 from pipelined.logs import configure_logging
 from pipelined.maintenance import rebuild

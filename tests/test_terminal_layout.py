@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import Stories
 
-from pipelined.commands.common import cell_width, cut
+from pipelined.commands.output import cell_width, cut
 
 
 def in_terminal(args: list[str], columns: int, cwd: Path) -> str:

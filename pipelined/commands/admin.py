@@ -14,7 +14,6 @@ from pipelined.commands.common import (
     print_json,
     read_conn,
     settings_options,
-    shown_time,
 )
 
 __all__ = ["backup", "doctor", "rebuild", "status"]
@@ -29,31 +28,9 @@ def status(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     Example: pipelined status --json
     """
-    from pipelined.freshness import pipeline_status
+    from pipelined.commands.readout import show_status
 
-    config = load_config(root, db, stages, config_file)
-    result = pipeline_status(config.db_path, read_conn(config))
-    pid, counts = result["pid"], result["stages"]
-    if as_json:
-        print_json(result)
-        return
-    daemon_line = f"{result['state']} (pid {pid})" if pid else "not running"
-    if result["uptime_s"] is not None:
-        daemon_line += f", up {result['uptime_s']} s"
-    echo_line(f"daemon:    {daemon_line}")
-    if result["writer_error"]:
-        echo_line(f"degraded:  {result['writer_error']} "
-                  f"({result['pending_batches']} batches waiting in memory)")
-    for problem in result["folder_problems"]:
-        echo_line(f"degraded:  {problem}")
-    if result["log_lines_dropped"]:
-        echo_line(f"logs:      {result['log_lines_dropped']} lines could not be written "
-                  "(nobody reads the daemon's stderr)")
-    echo_line(f"database:  {config.db_path}")
-    echo_line(f"last sync: {shown_time(result['last_sync'])}")
-    click.echo(f"stories:   {result['stories']}")
-    for stage, count in counts.items():
-        echo_line(f"  {stage:<12} {count}")
+    show_status(load_config(root, db, stages, config_file), as_json)
 
 
 @click.command()

@@ -17,30 +17,22 @@ from pipelined.commands.common import (
     complete_stage,
     complete_story_id,
     cut,
-    echo_block,
-    echo_lines,
     json_option,
     load_config,
     output_width,
     print_json,
-    print_json_stream,
     read_conn,
     settings_options,
-    shown_time,
     table,
 )
 from pipelined.config import resolve_stage
-from pipelined.errors import AmbiguousStory, StoryNotFound
-from pipelined.schema import FIELDS, SORT_KEYS
-from pipelined.terminal import field_text, one_line
+from pipelined.schema import SORT_KEYS
+from pipelined.terminal import one_line
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["board", "ls_command", "search", "show"]
-
-# `show`: the id and stage first, then the story fields, then the times.
-SHOW_ORDER = ("id", "stage", *FIELDS, "created_at", "updated_at")
 
 
 @click.command(name="ls")
@@ -68,38 +60,10 @@ def ls_command(root: Path | None, db: Path | None, stages: str | None,
 
     Example: pipelined ls --ready --sort id --limit 5
     """
-    from pipelined.store import queries
-    from pipelined.views import is_ready, sort_stories, unmet_dependencies
+    from pipelined.commands.readout import list_stories
 
-    config = load_config(root, db, stages, config_file)
-    stage = resolve_stage(stage, config.stages) if stage is not None else None
-    conn = read_conn(config, announce=True)
-    if as_json and not ready and sort_key == "stage":  # SQLite's order: streamed
-        from itertools import islice
-
-        print_json_stream(islice(queries.iter_stories(conn, stage=stage, agent=agent,
-                                                      blocked=blocked), limit))
-        return
-    if ready:  # dependencies may be in any stage: resolve them against every row
-        everything = queries.list_stories(conn)
-        unmet = unmet_dependencies(everything)
-        wanted = {i["id"] for i in queries.list_stories(conn, stage=stage, agent=agent,
-                                                        blocked=blocked)}
-        items = [i for i in everything if i["id"] in wanted and is_ready(i, unmet[i["id"]])]
-    else:
-        items = queries.list_stories(conn, stage=stage, agent=agent, blocked=blocked)
-    items = sort_stories(items, sort_key)[:limit]
-    if as_json:
-        print_json(items)
-        return
-    rows = [[i["id"], i["stage"], i["name"] or "", i["agent"] or "",
-             "yes" if i["blocked"] else "",
-             "" if i["retry_count"] is None else str(i["retry_count"])]
-            for i in items]
-    # Too wide for the terminal: the id (its slug repeats the name) gives up cells first,
-    # down to 20, then the name, then the agent.
-    click.echo(table(rows, ["ID", "STAGE", "NAME", "AGENT", "BLOCKED", "RETRIES"],
-                     shrink=((0, 20), (2, 12), (3, 6))))
+    list_stories(load_config(root, db, stages, config_file), stage=stage, agent=agent,
+                 blocked=blocked, ready=ready, sort_key=sort_key, limit=limit, as_json=as_json)
 
 
 @click.command()
@@ -112,49 +76,9 @@ def show(root: Path | None, db: Path | None, stages: str | None, config_file: Pa
 
     Example: pipelined show 12
     """
-    from pipelined.store import queries
+    from pipelined.commands.readout import show_story
 
-    config = load_config(root, db, stages, config_file)
-    conn = read_conn(config, announce=True)
-    ids = queries.resolve_ref(conn, story_id)
-    if len(ids) > 1:
-        raise AmbiguousStory(story_id, ids)
-    story = queries.get_story(conn, ids[0]) if ids else None
-    if story is None:
-        raise StoryNotFound(story_id)
-    if as_json:
-        print_json(story)
-        return
-    def value(key: str) -> str:
-        if key.endswith("_at"):
-            return shown_time(story[key])
-        return field_text(story[key], "", quote=False)
-
-    lines = [f"{key + ':':<13} {value(key)}" for key in SHOW_ORDER]
-    files = story.get("files") or []
-    # Paths under the root when it holds the files; as stored (relative to the root)
-    # when the root is not known here (a read given only --db, from elsewhere).
-    known = any((config.root / f["path"]).exists() for f in files)
-
-    def where(rel: str) -> str:
-        return str(config.root / rel) if known else rel
-
-    winner = next((f["path"] for f in files if f["winner"]), None)
-    if winner:
-        lines.insert(2, f"{'path:':<13} {where(winner)}")
-    lines += [f"{'conflict:':<13} also {where(f['path'])} (the newest copy wins; "
-              "see `pipelined doctor`)" for f in files if not f["winner"]]
-    if story["extra"]:
-        import json
-
-        from pipelined.terminal import json_text
-
-        extra = json_text(json.dumps(story["extra"], ensure_ascii=False))
-        lines.append(f"{'extra:':<13} {extra}")
-    lines += [f"{'error:':<13} {e['message']} ({e['code']})" for e in story["errors"]]
-    echo_lines([*lines, ""])
-    echo_block(story["content"] if story["content"] is not None
-               else "(content not copied: file over the size limit)")
+    show_story(load_config(root, db, stages, config_file), story_id, as_json)
 
 
 @click.command()
