@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipelined.errors import ConfigError, RootError, UnknownStage
 
@@ -38,11 +37,13 @@ STAGE_NAME = re.compile(r"^[0-9]{1,18}_[A-Za-z0-9][A-Za-z0-9_-]*$")  # a number 
 LOG_FORMATS = ("auto", "console", "json", "logfmt")
 
 
-@dataclass(frozen=True)
-class Config:
-    """Every setting of the daemon and the commands, with its default."""
+# A NamedTuple, not a dataclass: every command imports this module, and dataclasses
+# (with the inspect module it loads) would be a quarter of a `pipelined show`.
+class Config(NamedTuple):
+    """Every setting of the daemon and the commands, with its default (immutable:
+    `config._replace(name=value)` makes a changed copy)."""
 
-    root: Path = field(default_factory=Path.cwd)
+    root: Path = Path()  # the current folder
     db: Path | None = None  # None: derived from root, see default_db_path()
     stages: tuple[str, ...] = DEFAULT_STAGES
     settle_ms: int = 100  # quiet time across the whole tree before a flush
@@ -134,9 +135,6 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "pipelined" / "config.toml"
 
 
-_CASTS: dict[str, Any] = {f.name: f.type for f in fields(Config)}
-
-
 def _path(value: object) -> Path:
     return Path(str(value)).expanduser()
 
@@ -212,7 +210,7 @@ def parse(text: str, source: str = "config") -> dict[str, object]:
 
 def _from_env(env: Mapping[str, str]) -> dict[str, object]:
     settings: dict[str, object] = {}
-    for name in _CASTS:
+    for name in Config._fields:
         value = env.get(f"PIPELINED_{name.upper()}")
         if value is not None and value != "":
             settings[name] = _coerce(name, value)
@@ -300,4 +298,4 @@ def resolve(
         settings.update({k: v for k, v in _read(project).items() if k != "root"})
     settings.update(override)
     settings["root"] = root
-    return replace(Config(), **settings).validate()  # type: ignore[arg-type]
+    return Config()._replace(**settings).validate()  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -349,12 +349,12 @@ class Daemon:
             log.error("daemon.reload_failed", error=str(exc),
                       action="kept the running configuration")
         else:
-            changed = [f.name for f in fields(Config)
-                       if getattr(fresh, f.name) != getattr(self.config, f.name)]
+            changed = [name for name in Config._fields
+                       if getattr(fresh, name) != getattr(self.config, name)]
             live = [name for name in changed if name in RELOADABLE]
             restart = [name for name in changed if name not in RELOADABLE]
             if live:
-                self.config = replace(self.config, **{name: getattr(fresh, name) for name in live})
+                self.config = self.config._replace(**{name: getattr(fresh, name) for name in live})
                 configure_logging(self.config.log_format, self.config.log_level)
             if restart:
                 log.warning("daemon.reloaded", applied=live, needs_restart=restart,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -303,7 +302,7 @@ class TestConfigValidate:
         self, changes: dict[str, object], field: str, value: object
     ) -> None:
         """Each bad setting is a ConfigError naming that field and its value."""
-        config = replace(Config(), **changes)  # type: ignore[arg-type]
+        config = Config()._replace(**changes)  # type: ignore[arg-type]
 
         with pytest.raises(ConfigError) as caught:
             config.validate()

@@ -79,23 +79,28 @@ def list_stories(config: Config, *, stage: str | None = None, agent: str | None 
 
     stage = resolve_stage(stage, config.stages) if stage is not None else None
     conn = read_conn(config, announce=True)
-    if as_json and not ready and sort_key == "stage":  # SQLite's order: streamed
+    if not ready and sort_key == "stage":  # SQLite's order (an index): nothing to sort
         from itertools import islice
 
-        print_json_stream(islice(queries.iter_stories(conn, stage=stage, agent=agent,
-                                                      blocked=blocked), limit))
-        return
-    from pipelined.views import is_ready, sort_stories, unmet_dependencies
-
-    if ready:  # dependencies may be in any stage: resolve them against every row
-        everything = queries.list_stories(conn)
-        unmet = unmet_dependencies(everything)
-        wanted = {i["id"] for i in queries.list_stories(conn, stage=stage, agent=agent,
-                                                        blocked=blocked)}
-        items = [i for i in everything if i["id"] in wanted and is_ready(i, unmet[i["id"]])]
+        stories = islice(queries.iter_stories(conn, stage=stage, agent=agent,
+                                               blocked=blocked), limit)
+        if as_json:  # streamed: 100,000 stories are never held whole
+            print_json_stream(stories)
+            return
+        items = list(stories)
     else:
-        items = queries.list_stories(conn, stage=stage, agent=agent, blocked=blocked)
-    items = sort_stories(items, sort_key)[:limit]
+        from pipelined.views import is_ready, sort_stories, unmet_dependencies
+
+        if ready:  # dependencies may be in any stage: resolve them against every row
+            everything = queries.list_stories(conn)
+            unmet = unmet_dependencies(everything)
+            wanted = {i["id"] for i in queries.list_stories(conn, stage=stage, agent=agent,
+                                                            blocked=blocked)}
+            items = [i for i in everything if i["id"] in wanted
+                     and is_ready(i, unmet[i["id"]])]
+        else:
+            items = queries.list_stories(conn, stage=stage, agent=agent, blocked=blocked)
+        items = sort_stories(items, sort_key)[:limit]
     if as_json:
         print_json(items)
         return

@@ -29,7 +29,6 @@ from pipelined.layout import NotRegularFile, read_regular_file
 from pipelined.store.connection import REBUILD_HINT
 from pipelined.store.heartbeat import heartbeat_path
 from pipelined.store.lock import holder, lock_path
-from pipelined.store.migrations import known_migrations
 
 __all__ = ["DatabaseSurvey", "check_before_reading", "check_before_writing", "survey"]
 
@@ -225,6 +224,8 @@ def _check_folder_can_be_made(db_path: Path) -> None:
 
 
 def _check_migrations_known(db_path: Path, recorded: tuple[str, ...]) -> None:
+    from pipelined.store.migrations import known_migrations  # noqa: PLC0415 - read commands' start
+
     unknown = sorted(set(recorded) - {m.name for m in known_migrations()})
     if unknown:  # the same words as apply_migrations, which checks again under the lock
         raise MigrationError(

@@ -1,0 +1,96 @@
+"""The quick path: `ls`, `show` and `status` on a simple command line, without click.
+
+Importing click and building the command group is most of what a read command
+costs before it opens the database, and these three are the commands typed
+(and scripted) most. `try_quick` recognises their plain forms and runs the very
+functions the click commands call (`commands.readout`), through the same
+ending (`commands.exits`): the output, the note about old data, the `Error:`
+line and the exit code are the same. Anything else on the command line (help,
+another option, a repeated or empty one, shell completion) returns None, and
+click parses it as before. `tests/test_quick_path.py` runs each form both ways.
+
+Recognised, in any order after the command name:
+
+    ls     [--stage S] [--json]
+    show   ID [--json]
+    status [--json]
+
+each also with the settings options `--root`, `--db`, `--stages`, `--config`,
+as `--opt VALUE` or `--opt=VALUE`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["parse", "try_quick"]
+
+_SETTINGS = ("--root", "--db", "--stages", "--config")
+# command -> its own options that take a value
+_VALUED = {"ls": ("--stage",), "show": (), "status": ()}
+
+
+def parse(args: Sequence[str]) -> tuple[str, dict[str, str], str | None, bool] | None:
+    """(command, options by name, the one argument, --json) for a command line the
+    quick path runs, or None for click to parse."""
+    if not args or args[0] not in _VALUED:
+        return None
+    command, valued = args[0], (*_SETTINGS, *_VALUED[args[0]])
+    options: dict[str, str] = {}
+    argument: str | None = None
+    as_json = False
+    rest = iter(args[1:])
+    for token in rest:
+        if token == "--json" and not as_json:
+            as_json = True
+        elif token.startswith("--"):
+            name, has_value, value = token.partition("=")
+            if not has_value:
+                value = next(rest, "")
+            if name not in valued or name in options or not value or value.startswith("-"):
+                return None
+            options[name] = value
+        elif command == "show" and argument is None and not token.startswith("-"):
+            argument = token
+        else:
+            return None
+    if (command == "show") != (argument is not None):
+        return None
+    return command, options, argument, as_json
+
+
+def try_quick(args: Sequence[str]) -> int | None:
+    """Run `pipelined ARGS` here if it is a simple `ls`, `show` or `status`: its exit
+    status (or SystemExit from `commands.exits`); None when click must parse it."""
+    if os.environ.get("_PIPELINED_COMPLETE"):  # shell completion: click's
+        return None
+    parsed = parse(args)
+    if parsed is None:
+        return None
+    command, options, argument, as_json = parsed
+    from pathlib import Path
+
+    from pipelined.commands import readout
+    from pipelined.commands.exits import run_reported
+
+    def run() -> None:
+        def path(name: str) -> Path | None:
+            return Path(options[name]) if name in options else None
+
+        config = readout.load_config(path("--root"), path("--db"), options.get("--stages"),
+                                     path("--config"))
+        if command == "ls":
+            readout.list_stories(config, stage=options.get("--stage"), as_json=as_json)
+        elif command == "show":
+            readout.show_story(config, str(argument), as_json)
+        else:
+            readout.show_status(config, as_json)
+
+    try:
+        run_reported(lambda: command, run)
+    except KeyboardInterrupt:  # as click ends one
+        sys.stderr.write("\nAborted!\n")
+        return 1
+    return 0
