@@ -1,6 +1,6 @@
 """Benchmark of pipelined's sync and read commands at several sizes, beside a baseline.
 
-Run from the project root (stdlib + apsw + watchdog only; pytest does not collect it):
+Run from the project root with pipelined installed (pytest does not collect it):
 
     python tests/bench/bench_sync.py [--n 1000,10000,100000] [--rounds-edit 50]
                                      [--git-changes 2000] [--burst 0] [--keep DIR]
@@ -18,9 +18,12 @@ sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
    the database through a read-only apsw connection every 2 ms; then, as the
    baseline, the same after a restart with the whole settle window for every
    change (PIPELINED_SETTLE_QUICK_MS=100, as before the quick path);
-3. `pipelined ls --json`, `ls --stage 2_current` and `show ID` wall time,
-   interpreter start included (median of 5, daemon running; `ls --json` must
-   list N stories);
+3. `pipelined ls --json`, `ls`, `ls --stage 2_current`, `show ID`, `status` and
+   `search` wall time, interpreter start included (median of 5, daemon running;
+   `ls --json` must list N stories), beside their floors: `python -c pass`, and
+   apsw alone printing the rows `ls --json` prints (as JSON lines, same order) or
+   the row `show` prints; the peak RSS of `ls --json` (its output read as fast
+   as it comes);
 4. restart to READY with nothing changed (median of 5, interpreter start
    included) and to the `daemon.startup` log line (state loaded), while a
    watchdog observer here counts *.md files opened (must be 0); the daemon's
@@ -93,9 +96,12 @@ from harness import (
     json_list_of,
     make_stories,
     mentions,
+    peak_rss_mib,
     percentile,
+    pipelined_command,
     rewrite_offline,
     time_cli,
+    time_command,
     wait_settled,
     watch_opens,
     with_name,
@@ -216,16 +222,52 @@ BACKLOG_MAX_N = 10_000  # Backlog.md takes seconds per command there already
 SEARCH_WORDS = "pipeline retry"  # two words of the vocabulary: many hits, both must match
 
 
+# The floors the commands are measured against, in a fresh interpreter each: Python's
+# own start; apsw printing the rows `ls --json` prints (same columns, same order, one
+# JSON object per line); apsw printing the one row `show` prints.
+PYTHON_START = "pass"
+LS_JSON_FLOOR = """
+import apsw, json, sys
+conn = apsw.Connection({db!r}, flags=apsw.SQLITE_OPEN_READONLY)
+cursor = conn.execute({sql!r})
+names = [d[0] for d in cursor.getdescription()]
+write = sys.stdout.write
+for row in cursor:
+    write(json.dumps(dict(zip(names, row)), ensure_ascii=False) + "\\n")
+"""
+SHOW_FLOOR = """
+import apsw, sys
+conn = apsw.Connection({db!r}, flags=apsw.SQLITE_OPEN_READONLY)
+row = conn.execute("SELECT * FROM pipeline_items WHERE id = ?", ({story_id!r},)).fetchone()
+sys.stdout.write("\\n".join(map(str, row)) + "\\n")
+"""
+
+
 def measure_cli(daemon: Daemon, n: int, story_id: str) -> Result:
-    """`ls --json`, `ls`, `ls --stage 2_current`, `show ID` and `search`, daemon running."""
+    """`ls --json`, `ls`, `ls --stage 2_current`, `show ID`, `status` and `search`, the
+    daemon running; beside them Python's start and the apsw floors; the peak RSS of
+    `ls --json`."""
+    from pipelined.schema import ITEM_COLUMNS
+    from pipelined.store.queries import STAGE_NUMBER_SQL, STORY_NUMBER_SQL
+
     where = ["--db", str(daemon.db), "--root", str(daemon.root)]
+    ls_sql = (f"SELECT {', '.join(ITEM_COLUMNS)} FROM pipeline_items ORDER BY "
+              f"{STAGE_NUMBER_SQL}, stage, {STORY_NUMBER_SQL}, id")
+    py = [sys.executable, "-c"]
     return {
         "cli_ls_json_s": time_cli(["ls", *where, "--json"], json_list_of(n)),
         "cli_ls_s": time_cli(["ls", *where], lambda _: None),
         "cli_ls_stage_s": time_cli(["ls", *where, "--stage", "2_current"], lambda _: None),
         "cli_show_s": time_cli(["show", *where, story_id], mentions(story_id)),
+        "cli_status_s": time_cli(["status", *where], mentions(f"stories:   {n}")),
         "cli_search_s": time_cli(["search", *where, SEARCH_WORDS], lambda _: None),
         "cli_show_id": story_id,
+        "python_start_s": time_command([*py, PYTHON_START], lambda _: None),
+        "floor_ls_json_s": time_command(
+            [*py, LS_JSON_FLOOR.format(db=str(daemon.db), sql=ls_sql)], lambda _: None),
+        "floor_show_s": time_command(
+            [*py, SHOW_FLOOR.format(db=str(daemon.db), story_id=story_id)], mentions(story_id)),
+        "cli_ls_json_rss_mib": peak_rss_mib([*pipelined_command(), "ls", *where, "--json"]),
     }
 
 
@@ -413,7 +455,8 @@ def summarize(r: Result) -> Result:
     r["edit_whole_p99_ms"] = percentile(r["edit_whole_ms"], 99)
     for key in ("restart_s", "restart_loaded_s", "changed_restart_s", "changed_loaded_s",
                 "baseline_s", "cli_ls_json_s", "cli_ls_s", "cli_ls_stage_s", "cli_show_s",
-                "cli_search_s", "rss_restart_mib", "backlog_ls_s", "backlog_show_s",
+                "cli_search_s", "cli_status_s", "python_start_s", "floor_ls_json_s",
+                "floor_show_s", "rss_restart_mib", "backlog_ls_s", "backlog_show_s",
                 "backlog_search_s", "backlog_edit_s"):
         if key in r:
             r[f"{key}_median"] = med(r[key])
@@ -421,6 +464,7 @@ def summarize(r: Result) -> Result:
     r["opened_count"] = len(r["opened"])
     r["ratio_unchanged"] = r["baseline_s_median"] / r["restart_s_median"]
     r["ratio_changed"] = r["baseline_s_median"] / r["changed_restart_s_median"]
+    r["ratio_ls_json_floor"] = r["cli_ls_json_s_median"] / r["floor_ls_json_s_median"]
     return r
 
 

@@ -415,7 +415,12 @@ def pipelined_command() -> list[str]:
 def time_cli(args: list[str], check: Callable[[str], str | None]) -> list[float]:
     """Wall seconds of CLI_RUNS runs of `pipelined ARGS`, each checked: exit 0 and
     `check(stdout)` returning None (else the problem)."""
-    cmd, env, times = [*pipelined_command(), *args], child_env(), []
+    return time_command([*pipelined_command(), *args], check)
+
+
+def time_command(cmd: list[str], check: Callable[[str], str | None]) -> list[float]:
+    """Wall seconds of CLI_RUNS runs of `cmd`, checked as in `time_cli`."""
+    env, times = child_env(), []
     for _ in range(CLI_RUNS):
         started = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env=env,
@@ -426,6 +431,22 @@ def time_cli(args: list[str], check: Callable[[str], str | None]) -> list[float]
         if problem is not None:
             raise RuntimeError(f"{shlex.join(cmd)}: {problem}\n{done.stderr[-2000:]}")
     return times
+
+
+_PEAK_RSS = ("import resource, subprocess, sys\n"
+             "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+             "sys.exit(done.returncode)\n")
+
+
+def peak_rss_mib(cmd: list[str]) -> float:
+    """The peak RSS (MiB) of one run of `cmd`, its output thrown away (a reader that
+    keeps up): ru_maxrss of the only child of a small wrapper."""
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *cmd], capture_output=True,
+                          text=True, env=child_env(), timeout=READY_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)}: exit code {done.returncode}\n{done.stderr}")
+    return int(done.stdout) / 1024
 
 
 def json_list_of(n: int) -> Callable[[str], str | None]:
