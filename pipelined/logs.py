@@ -196,14 +196,36 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         _configured = False
 
 
+def _import_structlog() -> Any:
+    """structlog, imported without rich.
+
+    structlog.dev imports rich, when it is installed (the MCP SDK brings it), only to
+    offer rich tracebacks, and ours are plain (`_printable_traceback`). Loading it
+    would cost the daemon about 5 MiB and a third of structlog's import time. So
+    while structlog is imported, `import rich` fails as if rich were absent, and
+    then works again: the board imports it later as usual. No thread of the
+    daemon, `serve` or `mcp` imports rich.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog
+
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]  # import rich -> ImportError
+    try:
+        import structlog
+    finally:
+        if sys.modules.get("rich", False) is None:
+            del sys.modules["rich"]
+    return structlog
+
+
 def _apply() -> None:
     global _configured, _generation, _sink  # noqa: PLW0603 - one process-wide logging setup
     with _lock:
         if _configured:
             return
         _generation += 1
-        import structlog
-
+        structlog = _import_structlog()
         fmt, level = _settings["fmt"], _settings["level"]
         if fmt == "auto":
             fmt = "console" if sys.stderr.isatty() else "json"

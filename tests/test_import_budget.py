@@ -124,3 +124,22 @@ def test_the_daemon_never_loads_the_network_stack() -> None:
     assert "pycrdt" in loaded and "watchdog" in loaded  # the probe did load the daemon
     assert loaded & {"mcp", "mcp_types", "starlette", "uvicorn", "pydantic", "httpx"} == set()
 
+
+
+def test_logging_loads_no_rich_and_leaves_it_importable() -> None:
+    """structlog would import rich for tracebacks we do not use (5 MiB in the daemon):
+    after the first log line rich is not loaded, and `import rich` still works."""
+    probe = ("import sys\n"
+             "from pipelined.logs import configure_logging, get_logger\n"
+             "configure_logging('console', 'info')\n"
+             "try:\n"
+             "    1 / 0\n"
+             "except ZeroDivisionError:\n"
+             "    get_logger('probe').exception('probe.failed')\n"
+             "print('RICH', 'rich' in sys.modules)\n"
+             "import rich.console\n"
+             "print('IMPORTED', 'rich' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=DEADLINE_S, check=True)
+    assert done.stdout.split("\n")[:2] == ["RICH False", "IMPORTED True"], done.stdout
+    assert "probe.failed" in done.stderr and "ZeroDivisionError" in done.stderr
