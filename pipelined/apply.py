@@ -93,8 +93,6 @@ class ApplyLoop(threading.Thread):
         startup = Startup(self.config, self.root, self.db_path, self.writer, self._in_sync)
         try:
             started = startup.run()
-            if started.other_contents_owed:
-                startup.load_other_contents(started.reconciler)
             self._reconciler = started.reconciler
             self._compaction = started.compaction
             self._deletes.defer(started.deferred)
@@ -117,6 +115,13 @@ class ApplyLoop(threading.Thread):
     def run(self) -> None:
         if not self._start():
             return
+        assert self._reconciler is not None
+        try:
+            self._loop()
+        finally:
+            self._reconciler.content.close()
+
+    def _loop(self) -> None:
         assert self._reconciler is not None
         timers = _Timers(time.monotonic())
         while True:

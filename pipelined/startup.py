@@ -31,7 +31,7 @@ from pipelined.logs import get_logger
 from pipelined.policies import CompactionPolicy
 from pipelined.shaping import reread_for_settings, stored_with_settings
 from pipelined.store.connection import open_read_only
-from pipelined.store.load import Signatures, read_contents, read_signatures, read_state
+from pipelined.store.load import ContentReader, Signatures, read_signatures, read_state
 from pipelined.store.writer import Writer, WriterStopped
 
 if TYPE_CHECKING:  # the sync, the story parser and batches load with the state
@@ -64,9 +64,6 @@ class Started:
     reconciler: Reconciler
     compaction: CompactionPolicy  # primed with the size of the loaded history
     deferred: set[str]  # ids found absent: their delete waits for the DeletePolicy
-    # The catch-up loaded only the contents it needed; `load_other_contents` reads
-    # the rest (after READY, before the first flush).
-    other_contents_owed: bool
 
 
 class Startup:
@@ -114,20 +111,24 @@ class Startup:
             if in_sync_early:
                 self._in_sync(stored.story_count)
             self.writer.begin()  # its quick_check: after the stat pass
-            loaded = self._load_state(conn, stored, None if in_sync_early else touched)
+            loaded = self._load_state(conn, stored)
         finally:
             conn.close()
         reconciler = loaded.reconciler
         # Unreadable and symlinked files are looked at again whatever their signature.
         for stage, why in unlistable.items():
             reconciler.note_stage_problem(stage, why)
-        totals = self._catch_up(reconciler, touched | reconciler.unreadable,
-                                loaded.mismatch | reread,
-                                new_client=stored.client_id is None,
-                                stored_with=None if stored.stored_with == stored_with
-                                else stored_with,
-                                first_import=stored.story_count == 0,
-                                search_suspended=stored.search_suspended)
+        try:
+            totals = self._catch_up(reconciler, touched | reconciler.unreadable,
+                                    loaded.mismatch | reread,
+                                    new_client=stored.client_id is None,
+                                    stored_with=None if stored.stored_with == stored_with
+                                    else stored_with,
+                                    first_import=stored.story_count == 0,
+                                    search_suspended=stored.search_suspended)
+        except BaseException:
+            reconciler.content.close()
+            raise
         if reread:
             log.info("startup.settings_changed", reread=len(reread), now=stored_with,
                      before=stored.stored_with)
@@ -138,19 +139,7 @@ class Startup:
                  created=totals.created, updated=totals.updated, moved=totals.moved,
                  deleted=totals.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
                  ms=self._ms_since(started))
-        return Started(reconciler, loaded.compaction, totals.absent, loaded.other_contents_owed)
-
-    def load_other_contents(self, reconciler: Reconciler) -> None:
-        """After a catch-up: the contents it did not need, as committed (its own rows
-        are already in the map and are not overwritten)."""
-        content = reconciler.content
-        conn = open_read_only(self.db_path)
-        try:
-            for story_id, text in read_contents(conn):
-                if not content.has(story_id):
-                    content.set_content(story_id, text)
-        finally:
-            conn.close()
+        return Started(reconciler, loaded.compaction, totals.absent)
 
     def _ms_since(self, started: float) -> int:
         return int((self._clock() - started) * 1000)
@@ -226,14 +215,9 @@ class Startup:
             return first
         return RuntimeError("the writer stopped before the startup changes were committed")
 
-    def _load_state(self, conn: Any, stored: Signatures, touched: set[str] | None) -> _Loaded:
-        """The pycrdt document, the content map and the known files, from the database.
-
-        With `touched` (files changed while stopped: READY waits for this load)
-        the content map holds only what the catch-up reconciles; the rest is
-        read after READY (`load_other_contents`), before the first flush: a
-        large catalogue's contents are not read before READY.
-        """
+    def _load_state(self, conn: Any, stored: Signatures) -> _Loaded:
+        """The pycrdt document and the known files, from the database; the content
+        map reads the committed texts from there when the sync needs them."""
         from pipelined.content import ContentMap
         from pipelined.state import PipelineState  # pycrdt: loaded only with the state
         from pipelined.sync import KnownFile, Reconciler
@@ -251,15 +235,14 @@ class Startup:
             log.warning("startup.state_rows_disagree", ids=sorted(mismatch)[:20],
                         count=len(mismatch))
         symlinked = symlinked_story_ids(self.root, self.config.stages)
-        # Every id the catch-up reconciles (see reconcile(): symlinked ones too).
-        first = None if touched is None else touched | full.unreadable | mismatch | symlinked
-        content = ContentMap(read_contents(conn, first))
+        writer = self.writer
+        content = ContentMap(committed_texts=ContentReader(self.db_path),
+                             next_seq=lambda: writer.submitted + 1,
+                             committed=lambda: writer.committed)
         reconciler = Reconciler(self.root, self.config.stages, state, content, known,
                                 self.config.max_file_bytes, stored.high_water,
                                 unreadable=full.unreadable, symlinked=symlinked)
-        # A first import owes nothing: every row is one the catch-up writes.
-        owed = first is not None and bool(full.row_ids - first)
-        return _Loaded(reconciler, compaction, mismatch, owed)
+        return _Loaded(reconciler, compaction, mismatch)
 
 
 @dataclass(slots=True)
@@ -267,4 +250,3 @@ class _Loaded:
     reconciler: Reconciler
     compaction: CompactionPolicy
     mismatch: set[str]  # ids in the state but not the rows, or the other way round
-    other_contents_owed: bool

@@ -108,6 +108,8 @@ class _Pass:
     tracked: dict[str, Tracked] = field(default_factory=dict)
     contents: dict[str, str | None] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
+    # The previous text of each id of the pass the sync has seen (ContentMap.texts).
+    before: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -295,6 +297,7 @@ class Reconciler:
         if log_each is None:
             log_each = logs_each_story(len(ids))
         self._story_log = log.info if log_each else log.debug
+        work.before = self.content.texts(ids)
         try:
             for story_id in ids:
                 record = replace(self.tracked.get(story_id, _NOTHING))
@@ -404,7 +407,7 @@ class Reconciler:
             unchanged = (
                 not repair and prev is not None and prev["stage"] == winner.stage
                 and kf is not None and kf.signature == winner.signature
-                and self.content.has(story_id) and not record.unreadable
+                and story_id in work.before and not record.unreadable
             )
             if unchanged:
                 break
@@ -539,7 +542,8 @@ class Reconciler:
         change came about when it is no move (see `_stage_change_kind`)."""
         result = work.result
         prev = self.state.get(story_id)
-        old_text = self.content.read_content(story_id) if self.content.has(story_id) else None
+        known = story_id in work.before
+        old_text = work.before.get(story_id)
         new_fields = parsed.fields
         if prev is None:
             values: dict[str, Any] = {"stage": winner.stage, **new_fields}
@@ -577,7 +581,7 @@ class Reconciler:
             after = {**prev, **values}
         if values:
             work.puts[story_id] = values
-        content_changed = old_text != parsed.content or not self.content.has(story_id)
+        content_changed = old_text != parsed.content or not known
         if values or content_changed or repair or prev is None:
             work.contents[story_id] = parsed.content
             result.batch.upserts.append(RowUpsert(

@@ -47,7 +47,7 @@ class TestFailedReconcile:
         state.fail_next = True
         with pytest.raises(RuntimeError, match="injected"):
             reconciler.reconcile({"1_a"}, confirm_absent=True)
-        assert "name: \"old\"" in (content.read_content("1_a") or "")
+        assert "name: \"old\"" in (content.texts(["1_a"]).get("1_a") or "")
 
         result = reconciler.reconcile({"1_a"}, confirm_absent=True)
         assert state.get("1_a")["name"] == "new"  # type: ignore[index]
@@ -61,7 +61,7 @@ class TestFailedReconcile:
         state.fail_next = True
         with pytest.raises(RuntimeError):
             reconciler.reconcile({"7_b"}, confirm_absent=True)
-        assert not content.has("7_b") and reconciler.tracked == {}
+        assert content.texts(["7_b"]) == {} and reconciler.tracked == {}
         assert reconciler.high_water == 0
         result = reconciler.reconcile({"7_b"}, confirm_absent=True)
         assert result.created == 1 and reconciler.high_water == 7
@@ -76,7 +76,7 @@ def memory(reconciler: Reconciler) -> dict[str, Any]:
     for name, value in vars(reconciler).items():
         if name in ("state", "_story_log", "_dirs"):
             continue
-        kept[name] = copy.deepcopy(dict(value._texts) if name == "content" else value)
+        kept[name] = copy.deepcopy(dict(value._pending) if name == "content" else value)
     kept["state"] = reconciler.state.to_dict()
     return kept
 

@@ -63,10 +63,7 @@ class Run:
         startup = Startup(self.config, self.stories.root, self.db, writer,
                           lambda n: self.in_sync.append((n, rows(self.db))), **kwargs)
         try:
-            started = startup.run()
-            if started.other_contents_owed:
-                startup.load_other_contents(started.reconciler)
-            return started
+            return startup.run()
         finally:
             writer.close(30)
 
@@ -89,24 +86,28 @@ class TestInSync:
                                      "2_story_b": ("2_current", "b"),
                                      "3_story_c": ("4_merge", "c")}
         assert len(started.reconciler.state) == 3
-        assert not started.other_contents_owed
 
     def test_unchanged_restart_is_in_sync_before_the_state_loads(
             self, run: Run, log_events: Callable[[], list[dict[str, Any]]]) -> None:
-        """Nothing changed: `in_sync` comes from the stat pass alone, and the state and
-        every content are loaded all the same."""
+        """Nothing changed: `in_sync` comes from the stat pass alone; the state is loaded
+        all the same, and every text is read from the rows, none held in memory."""
         run()
         log_events()
         started = run()
         assert [n for n, _rows in run.in_sync] == [3]
         (line,) = [e for e in log_events() if e["event"] == "daemon.startup"]
         assert line["ready_before_load"] is True and line["files_reread"] == 0
-        assert sorted(started.reconciler.content) == ["1_story_a", "2_story_b", "3_story_c"]
+        content = started.reconciler.content
+        assert content.pending() == 0
+        assert content.texts(["1_story_a", "2_story_b", "3_story_c", "9_story_none"]) == {
+            story_id: run.stories.path(stage, story_id).read_text(encoding="utf-8")
+            for stage, story_id in (("1_backlog", "1_story_a"), ("2_current", "2_story_b"),
+                                    ("4_merge", "3_story_c"))}
 
     def test_an_edit_while_stopped_is_committed_before_in_sync(
             self, run: Run, log_events: Callable[[], list[dict[str, Any]]]) -> None:
         """One file edited and one moved while stopped: only those are re-read, they are
-        committed when `in_sync` is told, and the other contents are loaded after."""
+        committed when `in_sync` is told; then every text comes from the rows."""
         run()
         run.stories.write("1_backlog", "1_story_a", name="a edited")
         run.stories.move("2_story_b", "2_current", "4_merge")
@@ -118,7 +119,10 @@ class TestInSync:
         assert committed["2_story_b"] == ("4_merge", "b")
         (line,) = [e for e in log_events() if e["event"] == "daemon.startup"]
         assert line["files_reread"] == 2 and line["ready_before_load"] is False
-        assert started.reconciler.content.has("3_story_c")  # loaded after in_sync
+        content = started.reconciler.content
+        assert content.pending() == 0  # the catch-up is committed: no text in memory
+        assert content.texts(["1_story_a"])["1_story_a"] == run.stories.path(
+            "1_backlog", "1_story_a").read_text(encoding="utf-8")
 
     def test_a_file_deleted_while_stopped_is_deleted_at_once(self, run: Run) -> None:
         """Absence found at start-up, git not at work: the delete is committed at once."""

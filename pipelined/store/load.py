@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from pathlib import Path
 from typing import NamedTuple, cast
 
 import apsw
 
+from pipelined.store.connection import open_read_only
+
 __all__ = [
+    "ContentReader",
     "Signatures",
     "StoredState",
     "read_contents",
@@ -86,3 +90,22 @@ def read_contents(conn: apsw.Connection,
     return cast(list[tuple[str, str | None]], conn.execute(
         "SELECT id, content FROM pipeline_items WHERE id IN (SELECT value FROM json_each(?))",
         (json.dumps(sorted(story_ids)),)).fetchall())
+
+
+class ContentReader:
+    """The committed texts of the content map (content.ContentMap), by id: one
+    read-only connection of the apply thread, opened on the first read."""
+
+    def __init__(self, db_path: Path) -> None:
+        self._db_path = db_path
+        self._conn: apsw.Connection | None = None
+
+    def read(self, story_ids: Collection[str]) -> dict[str, str | None]:
+        if self._conn is None:
+            self._conn = open_read_only(self._db_path)
+        return dict(read_contents(self._conn, story_ids))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -286,6 +286,11 @@ class Writer(threading.Thread):
     def submitted(self) -> int:
         return self._submitted
 
+    @property
+    def committed(self) -> int:
+        """The sequence number of the last batch committed (0: none yet)."""
+        return self._committed
+
     def pending(self) -> int:
         return self._queue.qsize()
 
