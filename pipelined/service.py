@@ -42,6 +42,7 @@ from pipelined.store import history as store_history
 from pipelined.store import queries
 from pipelined.store.connection import open_read_only
 from pipelined.store.preflight import check_before_reading
+from pipelined.store.search import BUILDING_NOTE, index_building
 from pipelined.store.search import search as run_search
 from pipelined.story import story_number
 from pipelined.views import board_columns, is_ready, unmet_dependencies
@@ -333,7 +334,8 @@ class Pipeline:
         with queries.snapshot(conn):
             hits = [_short_names(hit.as_dict())
                     for hit in run_search(conn, query, stage=folder, limit=limit)]
-            return self._answer(conn, hits=_within_budget(hits, keep="first"))
+            building = {"note": BUILDING_NOTE} if index_building(conn) else {}
+            return self._answer(conn, hits=_within_budget(hits, keep="first"), **building)
 
     def recent(self, limit: int = 100) -> dict[str, Any]:
         """The newest history rows of every story, oldest first."""

@@ -119,7 +119,7 @@ class Startup:
         for stage, why in unlistable.items():
             reconciler.note_stage_problem(stage, why)
         try:
-            totals = self._catch_up(reconciler, touched | reconciler.unreadable,
+            totals, search_owed = self._catch_up(reconciler, touched | reconciler.unreadable,
                                     loaded.mismatch | reread,
                                     new_client=stored.client_id is None,
                                     stored_with=None if stored.stored_with == stored_with
@@ -133,6 +133,8 @@ class Startup:
             log.info("startup.settings_changed", reread=len(reread), now=stored_with,
                      before=stored.stored_with)
         self._in_sync(len(reconciler.state))
+        if search_owed:
+            self._build_search_index()
         log.info("daemon.startup", stories_loaded=stored.story_count,
                  crdt_updates=loaded.compaction.updates,
                  files_stat_checked=len(seen), files_reread=totals.files_read,
@@ -140,6 +142,20 @@ class Startup:
                  deleted=totals.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
                  ms=self._ms_since(started))
         return Started(reconciler, loaded.compaction, totals.absent)
+
+    def _build_search_index(self) -> None:
+        """After READY: the search index of a first import, built whole by the writer
+        (FTS5 'rebuild') before any later batch; not waited for. Until it is
+        committed, `search` says the index is being built; a crash before that
+        leaves the note, and the next start builds it (docs/design.md)."""
+        from pipelined.store.batch import Batch
+
+        try:
+            self.writer.submit(Batch(search_index="resume"))
+        except WriterStopped:
+            raise self._writer_stopped() from None
+        log.info("startup.search_index_building",
+                 action="search may miss stories until it is built")
 
     def _ms_since(self, started: float) -> int:
         return int((self._clock() - started) * 1000)
@@ -151,7 +167,8 @@ class Startup:
 
     def _catch_up(self, reconciler: Reconciler, touched: set[str], mismatch: set[str],
                   *, new_client: bool, stored_with: str | None = None,
-                  first_import: bool = False, search_suspended: bool = False) -> SyncResult:
+                  first_import: bool = False, search_suspended: bool = False,
+                  ) -> tuple[SyncResult, bool]:
         """Reconcile what changed while the daemon was stopped; wait until it is committed.
 
         In chunks of STARTUP_CHUNK ids, each its own pycrdt transaction and batch
@@ -166,8 +183,9 @@ class Startup:
         re-reads again what the change affects.
 
         A first import of BULK_SEARCH_MIN stories or more suspends the search index
-        with its first chunk and builds it whole with its last; a start that finds it
-        still suspended (a crash mid-import) builds it with its last chunk too.
+        with its first chunk; the index is then built whole right after READY
+        (the second value returned: owed), as it is by a start that finds it still
+        suspended (a crash mid-import or before the build).
         """
         from pipelined.store.batch import Batch
         from pipelined.sync import SyncResult, logs_each_story
@@ -185,11 +203,8 @@ class Startup:
                                           log_each=log_each)
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
-            bulk = first_import and len(ids) >= BULK_SEARCH_MIN  # two chunks or more
-            if bulk and begin == 0:
-                result.batch.search_index = "suspend"
-            elif (bulk or search_suspended) and begin == last_begin:
-                result.batch.search_index = "resume"
+            if first_import and len(ids) >= BULK_SEARCH_MIN and begin == 0:
+                result.batch.search_index = "suspend"  # two chunks or more
             totals.absent |= result.absent
             totals.add_counts(result)
             if (stored_with is not None and begin == (last_begin if mismatch else 0)
@@ -203,7 +218,7 @@ class Startup:
                 raise self._writer_stopped() from None
         if seq is not None and not self.writer.wait_committed(seq):
             raise self._writer_stopped()
-        return totals
+        return totals, search_suspended or (first_import and len(ids) >= BULK_SEARCH_MIN)
 
     def _writer_stopped(self) -> BaseException:
         """Why the catch-up cannot go on: a second signal abandoned the writer (not a

@@ -24,9 +24,15 @@ from conftest import (
     wait_until,
 )
 
+from pipelined.config import resolve
+from pipelined.entry import main as entry_main
 from pipelined.errors import EXIT_NEEDS_A_PERSON
+from pipelined.logs import configure_logging
+from pipelined.maintenance import rebuild
+from pipelined.service import Pipeline
 from pipelined.startup import STARTUP_CHUNK
 from pipelined.store.connection import open_writer
+from pipelined.store.search import BUILDING_NOTE
 from pipelined.store.writer import Writer
 from pipelined.sync import read_at_most
 
@@ -51,6 +57,36 @@ def search_ready(daemon: DaemonProcess) -> bool:
     return triggers == [(3,)] and not owed
 
 
+def test_a_search_while_the_index_is_owed_says_so(
+        stories: Stories, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a first import's READY and its search index (or after a crash in
+    between), `search` and the service's answer carry a note; once built, neither."""
+    stories.write("1_backlog", "1_story_bulk", name="bulk one")
+    db = tmp_path / "p.db"
+    config = resolve({"root": stories.root, "db": db}, env={})
+    rebuild(config)
+    configure_logging()
+    args = ["search", "bulk", "--db", str(db), "--root", str(stories.root)]
+
+    def searched() -> tuple[str, str]:
+        monkeypatch.setattr("sys.argv", ["pipelined", *args])
+        with pytest.raises(SystemExit) as exited:
+            entry_main()
+        assert exited.value.code in (0, None)
+        return capsys.readouterr()
+
+    out, err = searched()
+    assert "1_story_bulk" in out and BUILDING_NOTE not in err
+    assert "note" not in Pipeline(config).search("bulk")
+    conn = open_writer(db)
+    conn.execute("INSERT INTO daemon_meta(key, value) VALUES ('search_suspended', '[]')")
+    conn.close()
+    out, err = searched()
+    assert "1_story_bulk" in out and f"note: {BUILDING_NOTE}" in err.splitlines()
+    assert Pipeline(config).search("bulk")["note"] == BUILDING_NOTE
+
+
 class TestChunkedImport:
     def test_first_import_commits_one_update_per_chunk(self, stories: Stories,
                                                        daemon: DaemonProcess) -> None:
@@ -64,8 +100,9 @@ class TestChunkedImport:
         assert [kind for (kind,) in updates] == ["update"] * 3
         startup = daemon.wait_log("daemon.startup")
         assert (startup["files_reread"], startup["created"]) == (total, total)
-        # The search index was built in bulk at the end, and works row by row again.
-        assert search_ready(daemon)
+        # The search index is built in bulk right after READY, and works row by row again.
+        wait_until(lambda: search_ready(daemon), what="the search index built")
+        assert "startup.search_index_building" in [e.get("event") for e in daemon.log_events()]
         assert daemon.cli("search", "bulk", "--json").returncode == 0
         hits = json.loads(daemon.cli("search", f"{total}_story_bulk", "--json").stdout)
         assert [h["id"] for h in hits] == [f"{total}_story_bulk"]
@@ -106,16 +143,20 @@ class TestChunkedImport:
         assert state_matches_rows(daemon)  # and its pycrdt update with them
         created = {i: r["created_at"] for i, r in daemon.rows().items()}
 
-        # The kill left the search index suspended, and the note saying so.
+        # The kill left the search index suspended, and the note saying so; a search
+        # meanwhile says so too.
         assert not search_ready(daemon)
         assert daemon.query("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'")
+        searched = daemon.cli("search", "bulk")
+        assert searched.returncode == 0 and BUILDING_NOTE in searched.stderr
 
         daemon.start()
         startup = daemon.wait_log("daemon.startup")  # the killed run logged none
         assert startup["files_reread"] == total - committed
         assert startup["created"] == total - committed
         assert folder_matches_db(stories, daemon)
-        assert search_ready(daemon)  # built whole by the resumed import's last chunk
+        # built whole once the resumed import is in
+        wait_until(lambda: search_ready(daemon), what="the search index built")
         assert daemon.query("SELECT count(*) FROM pipeline_search WHERE pipeline_search "
                             "MATCH 'bulk'") == [(total,)]
         assert state_matches_rows(daemon)

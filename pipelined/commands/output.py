@@ -35,17 +35,18 @@ __all__ = [
     "take_note",
 ]
 
-_notes: list[str] = []  # at most one: the read command's line about old data
+_notes: list[str] = []  # the read command's lines about what it could not show as it is
 
 
 def leave_note(line: str) -> None:
     """Say `line` on stderr once the command has printed its output and succeeded."""
-    _notes[:] = [one_line(line)]
+    _notes.append(one_line(line))
 
 
 def take_note() -> str | None:
-    """The note a command left, and forget it (a second run in-process starts clean)."""
-    note = _notes[0] if _notes else None
+    """The notes a command left, one per line, and forget them (a second run in-process
+    starts clean)."""
+    note = "\n".join(_notes) if _notes else None
     _notes.clear()
     return note
 

@@ -127,6 +127,8 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
 
     Example: pipelined search "login form" --stage 2_current
     """
+    from pipelined.commands.output import leave_note
+    from pipelined.store.search import BUILDING_NOTE, index_building
     from pipelined.store.search import search as run_search
 
     config = load_config(root, db, stages, config_file)
@@ -135,8 +137,10 @@ def search(root: Path | None, db: Path | None, stages: str | None, config_file: 
     # story text and become the terminal's bold after it. Elsewhere: **match**.
     bold = sys.stdout.isatty() and not as_json
     marks = ("\ue000", "\ue001") if bold else ("**", "**")
-    hits = run_search(read_conn(config, announce=True), query, stage=stage, limit=limit,
-                      marks=marks)
+    conn = read_conn(config, announce=True)
+    hits = run_search(conn, query, stage=stage, limit=limit, marks=marks)
+    if index_building(conn):
+        leave_note(f"note: {BUILDING_NOTE}")
     if as_json:
         print_json([hit.as_dict() for hit in hits])
         return

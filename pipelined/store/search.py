@@ -25,7 +25,8 @@ import apsw
 from pipelined.errors import SearchQueryError
 from pipelined.store import queries
 
-__all__ = ["SearchHit", "body_snippet", "fts_query", "search", "uses_fts_syntax"]
+__all__ = ["BUILDING_NOTE", "SearchHit", "body_snippet", "fts_query", "index_building", "search",
+           "uses_fts_syntax"]
 
 SNIPPET_OPEN = "**"
 SNIPPET_CLOSE = "**"
@@ -174,3 +175,14 @@ def body_snippet(content: str | None, terms: list[tuple[str, bool]],
 def _fts_reason(message: str) -> str:
     reason = message.removeprefix("SQLError:").strip()
     return " ".join(reason.split()) or "FTS5 cannot parse it"
+
+
+BUILDING_NOTE = ("the search index is still being built after a first import: "
+                 "stories may be missing from the matches for a few seconds")
+
+
+def index_building(conn: apsw.Connection) -> bool:
+    """True while a first import's search index is owed (store.writer.SEARCH_SUSPENDED):
+    the rows are all there, the index not yet."""
+    return conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
+                        ).fetchone() is not None

@@ -12,8 +12,9 @@ real daemon as a subprocess (the `pipelined` console script beside this
 interpreter, as systemd starts it, else `python -m pipelined`; readiness taken from
 sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 
-1. first import (Popen -> READY=1); the daemon's RSS and VmHWM once the
-   pipeline state is loaded; the database size (db + wal);
+1. first import (Popen -> READY=1), and until its search index is built (right
+   after READY); the daemon's RSS and VmHWM once the pipeline state is loaded;
+   the database size (db + wal);
 2. edit -> row visible: spaced single edits of a story's `name:`, polled in
    the database through a read-only apsw connection every 2 ms; then, as the
    baseline, the same after a restart with the whole settle window for every
@@ -385,9 +386,27 @@ def first_import(daemon: Daemon) -> Result:
     flush_writes()  # the stories were just written
     first = daemon.start()
     loaded = daemon.wait_state_loaded()
+    searchable = wait_search_built(daemon)
     rss, hwm = daemon.rss_mib()
-    return {"first_s": first, "first_loaded_s": loaded, "rss_first_mib": rss,
-            "hwm_first_mib": hwm, "db_ready_mib": db_mib(daemon.db)}
+    return {"first_s": first, "first_loaded_s": loaded, "first_search_s": searchable,
+            "rss_first_mib": rss, "hwm_first_mib": hwm, "db_ready_mib": db_mib(daemon.db)}
+
+
+def wait_search_built(daemon: Daemon) -> float:
+    """Seconds from Popen until no search index build is owed (a first import of 2,000
+    stories or more builds it whole right after READY)."""
+    conn = apsw.Connection(str(daemon.db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        deadline = time.perf_counter() + READY_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            if conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
+                            ).fetchone() is None:
+                return time.perf_counter() - daemon.started
+            daemon.check_alive("while the search index was built")
+            time.sleep(POLL_S)
+    finally:
+        conn.close()
+    raise RuntimeError("the search index was never built\n" + daemon.tail())
 
 
 def step(n: int, what: str) -> None:
