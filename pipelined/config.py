@@ -35,6 +35,7 @@ DEFAULT_STAGES = ("1_backlog", "2_current", "4_merge")
 PROJECT_FILE = "pipelined.toml"  # `pipelined init` writes it at the root
 STAGE_NAME = re.compile(r"^[0-9]{1,18}_[A-Za-z0-9][A-Za-z0-9_-]*$")  # a number SQLite holds
 LOG_FORMATS = ("auto", "console", "json", "logfmt")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 # A NamedTuple, not a dataclass: every command imports this module, and dataclasses
@@ -79,8 +80,8 @@ class Config(NamedTuple):
             raise ConfigError("git_lock_cap_s", self.git_lock_cap_s, "must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError("log_format", self.log_format, f"one of {', '.join(LOG_FORMATS)}")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
-            raise ConfigError("log_level", self.log_level, "one of debug, info, warning, error")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError("log_level", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
         return self
 
     def _check_ranges(self) -> None:

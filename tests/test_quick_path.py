@@ -106,9 +106,50 @@ def test_the_quick_path_escapes_story_text(settings: list[str],
     ["show"], ["show", "1", "2"], ["show", "-1"], ["show", "1", "--"],
     ["status", "--json", "--json"], ["status", "--verbose"], ["board"], ["-V"],
     ["show", "1", "--root"], ["ls", "--root", "--json"],
+    ["run", "--json"], ["run", "--settle-ms", "+100"], ["run", "--settle-ms", "1e3"],
+    ["run", "--log-format", "JSON"], ["run", "--log-level=verbose"], ["run", "x"],
 ])
 def test_anything_else_goes_to_click(args: list[str]) -> None:
     assert parse(args) is None
+
+
+def test_run_takes_its_own_options() -> None:
+    assert parse(["run", "--settle-ms", "50", "--log-format=json", "--log-level", "debug",
+                  "--max-file-bytes", "4096", "--root", "r"]) == (
+        "run", {"--settle-ms": "50", "--log-format": "json", "--log-level": "debug",
+                "--max-file-bytes": "4096", "--root": "r"}, None, False)
+
+
+CLICK_PROBE = """
+import sys
+from pipelined.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(("args", "status"), [
+    (["run", "--root", "{tmp}/nowhere"], 1),  # a root a later mount may bring: restart
+    (["run", "--db", "{tmp}/damaged.db", "--root", "{root}"], 78),  # no restart cures it
+    (["run", "--settle-ms", "0", "--root", "{root}"], 78),  # a bad setting
+])
+def test_run_fails_the_same_both_ways(args: list[str], status: int, settings: list[str],
+                                      tmp_path: Path) -> None:
+    """`run` failing before the daemon starts, in a fresh interpreter: the same line and
+    exit status through the quick path and through click (78 where systemd must not
+    restart it)."""
+    (tmp_path / "damaged.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    filled = [a.format(tmp=tmp_path, root=settings[1]) for a in args]
+    assert parse(filled) is not None
+    results = []
+    for probe in (PROBE, CLICK_PROBE):
+        done = subprocess.run([sys.executable, "-c", probe, *filled], capture_output=True,
+                              text=True, timeout=DEADLINE_S, check=False, cwd=tmp_path)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+        results.append((done.stdout, errors, done.returncode if probe is CLICK_PROBE
+                        else int(done.stderr.split(" EXIT ")[-1])))
+    assert results[0] == results[1]
+    out, errors, code = results[0]
+    assert code == status and out == "" and len(errors) == 1, results
 
 
 def test_settings_options_in_both_spellings() -> None:
@@ -134,13 +175,15 @@ print("CLICK " + str("click" in sys.modules) + " EXIT " + str(code), file=sys.st
 @pytest.mark.parametrize(("form", "quick"), [
     (["show", "1"], True), (["ls", "--stage", "current"], True), (["status", "--json"], True),
     (["ls", "--agent", "coder-1"], False), (["show", "1", "-h"], False),
+    (["run", "--settle-ms", "0"], True),  # fails its check (exit 78) before it starts
 ])
 def test_the_quick_forms_do_not_import_click(settings: list[str], form: list[str],
                                              quick: bool, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE, *form, *settings],
                           capture_output=True, text=True, timeout=DEADLINE_S, check=False,
                           cwd=tmp_path)
-    assert f"CLICK {not quick} EXIT 0" in done.stderr.splitlines(), done.stderr
+    status = 78 if form[0] == "run" else 0
+    assert f"CLICK {not quick} EXIT {status}" in done.stderr.splitlines(), done.stderr
 
 
 def test_completion_is_left_to_click(settings: list[str], tmp_path: Path) -> None:

@@ -1,19 +1,22 @@
-"""The quick path: `ls`, `show` and `status` on a simple command line, without click.
+"""The quick path: `ls`, `show`, `status` and `run` on a simple command line, without click.
 
 Importing click and building the command group is most of what a read command
-costs before it opens the database, and these three are the commands typed
-(and scripted) most. `try_quick` recognises their plain forms and runs the very
-functions the click commands call (`commands.readout`), through the same
-ending (`commands.exits`): the output, the note about old data, the `Error:`
-line and the exit code are the same. Anything else on the command line (help,
-another option, a repeated or empty one, shell completion) returns None, and
-click parses it as before. `tests/test_quick_path.py` runs each form both ways.
+costs before it opens the database, and a good part of the daemon's way to
+READY; these are the commands typed, scripted and restarted most. `try_quick`
+recognises their plain forms and runs the very functions the click commands
+call (`commands.readout`, `commands.rundaemon`), through the same ending
+(`commands.exits`): the output, the note about old data, the `Error:` line
+and the exit code are the same. Anything else on the command line (help,
+another option, a repeated or empty one, a value click would refuse, shell
+completion) returns None, and click parses it as before.
+`tests/test_quick_path.py` runs each form both ways.
 
 Recognised, in any order after the command name:
 
     ls     [--stage S] [--json]
     show   ID [--json]
     status [--json]
+    run    [--settle-ms N] [--max-file-bytes N] [--log-format F] [--log-level L]
 
 each also with the settings options `--root`, `--db`, `--stages`, `--config`,
 as `--opt VALUE` or `--opt=VALUE`.
@@ -29,7 +32,23 @@ __all__ = ["parse", "try_quick"]
 
 _SETTINGS = ("--root", "--db", "--stages", "--config")
 # command -> its own options that take a value
-_VALUED = {"ls": ("--stage",), "show": (), "status": ()}
+_VALUED = {"ls": ("--stage",), "show": (), "status": (),
+           "run": ("--settle-ms", "--max-file-bytes", "--log-format", "--log-level")}
+_FLAGS = {"ls": ("--json",), "show": ("--json",), "status": ("--json",), "run": ()}
+
+
+def _valid(name: str, value: str) -> bool:
+    """Whether click would take `value` for option `name` as it is (else click parses
+    the line, and says what is wrong)."""
+    from pipelined.config import LOG_FORMATS, LOG_LEVELS
+
+    if name in ("--settle-ms", "--max-file-bytes"):
+        return value.isascii() and value.isdigit()
+    if name == "--log-format":
+        return value in LOG_FORMATS
+    if name == "--log-level":
+        return value in LOG_LEVELS
+    return True
 
 
 def parse(args: Sequence[str]) -> tuple[str, dict[str, str], str | None, bool] | None:
@@ -43,13 +62,14 @@ def parse(args: Sequence[str]) -> tuple[str, dict[str, str], str | None, bool] |
     as_json = False
     rest = iter(args[1:])
     for token in rest:
-        if token == "--json" and not as_json:
+        if token in _FLAGS[command] and not as_json:
             as_json = True
         elif token.startswith("--"):
             name, has_value, value = token.partition("=")
             if not has_value:
                 value = next(rest, "")
-            if name not in valued or name in options or not value or value.startswith("-"):
+            if (name not in valued or name in options or not value or value.startswith("-")
+                    or not _valid(name, value)):
                 return None
             options[name] = value
         elif command == "show" and argument is None and not token.startswith("-"):
@@ -62,7 +82,7 @@ def parse(args: Sequence[str]) -> tuple[str, dict[str, str], str | None, bool] |
 
 
 def try_quick(args: Sequence[str]) -> int | None:
-    """Run `pipelined ARGS` here if it is a simple `ls`, `show` or `status`: its exit
+    """Run `pipelined ARGS` here if it is a simple `ls`, `show`, `status` or `run`: its exit
     status (or SystemExit from `commands.exits`); None when click must parse it."""
     if os.environ.get("_PIPELINED_COMPLETE"):  # shell completion: click's
         return None
@@ -85,8 +105,19 @@ def try_quick(args: Sequence[str]) -> int | None:
             readout.list_stories(config, stage=options.get("--stage"), as_json=as_json)
         elif command == "show":
             readout.show_story(config, str(argument), as_json)
-        else:
+        elif command == "status":
             readout.show_status(config, as_json)
+        else:
+            from pipelined.commands.rundaemon import run_daemon
+
+            def number(name: str) -> int | None:
+                return int(options[name]) if name in options else None
+
+            run_daemon(path("--root"), path("--db"), options.get("--stages"),
+                       path("--config"), settle_ms=number("--settle-ms"),
+                       max_file_bytes=number("--max-file-bytes"),
+                       log_format=options.get("--log-format"),
+                       log_level=options.get("--log-level"))
 
     try:
         run_reported(lambda: command, run)
