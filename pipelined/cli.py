@@ -56,6 +56,7 @@ COMMANDS: Mapping[str, str] = {
     "edit": "pipelined.commands.editing:edit",
     "mcp": "pipelined.commands.mcp:mcp_command",
     "serve": "pipelined.commands.serve:serve",
+    "publish": "pipelined.commands.publish:publish",
 }
 
 

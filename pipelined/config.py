@@ -58,6 +58,9 @@ class Config(NamedTuple):
     compact_updates: int = 1000  # persisted pycrdt updates squashed into one snapshot; 0: never
     log_format: str = "auto"
     log_level: str = "info"
+    # `pipelined publish`: the y-websocket room (ws://HOST:PORT/ROOM) and a bearer token
+    publish_server: str | None = None
+    publish_token_file: Path | None = None
 
     def validate(self) -> Config:
         """Return self, or raise ConfigError naming the first bad field."""
@@ -80,6 +83,10 @@ class Config(NamedTuple):
             raise ConfigError("git_lock_cap_s", self.git_lock_cap_s, "must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError("log_format", self.log_format, f"one of {', '.join(LOG_FORMATS)}")
+        if self.publish_server is not None and not self.publish_server.startswith(
+                ("ws://", "wss://")):
+            raise ConfigError("publish_server", self.publish_server,
+                              "expected ws://HOST:PORT/ROOM or wss://...")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
         return self
@@ -176,8 +183,15 @@ def _word(value: object) -> str:
     return value.lower()
 
 
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
 _CONVERT: dict[str, Any] = {
     "root": _path, "db": _optional_path, "stages": _stages,
+    "publish_server": _text, "publish_token_file": _optional_path,
     **dict.fromkeys(("settle_ms", "settle_quick_ms", "settle_cap_ms", "delete_grace_ms",
                      "max_file_bytes",
                      "writer_queue", "compact_updates"), _whole),

@@ -31,6 +31,7 @@ UNITS = Path(__file__).resolve().parents[1] / "systemd"
 SYSTEM_UNIT = UNITS / "pipelined.service"
 USER_UNIT = UNITS / "pipelined-user.service"
 SERVE_UNIT = UNITS / "pipelined-serve.service"
+PUBLISH_UNIT = UNITS / "pipelined-publish.service"
 SERVE_SOCKET = UNITS / "pipelined-serve.socket"
 ANALYZE = shutil.which("systemd-analyze")
 
@@ -157,6 +158,20 @@ class TestSecurityScore:
         assert settings["PrivateNetwork"] == ["yes"]
         assert settings["RestrictAddressFamilies"] == ["AF_UNIX"]
         assert unit_settings(SERVE_SOCKET)["ListenStream"] == ["127.0.0.1:8765"]
+
+    def test_publish_unit_is_at_most_2_0(self, tmp_path: Path) -> None:
+        """`pipelined publish` needs the network (the Yjs server), and nothing else of the
+        daemon's: it only reads the database. `--threshold=20` passes (score <= 2.0)."""
+        done = analyze("security", "--offline=yes", "--threshold=20", str(PUBLISH_UNIT),
+                       cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+        score = re.search(r"Overall exposure level for pipelined-publish.service: ([0-9.]+)",
+                          done.stdout)
+        assert score is not None and float(score.group(1)) <= 2.0, score
+        settings = unit_settings(PUBLISH_UNIT)
+        assert settings["ReadWritePaths"] == ["/var/lib/pipelined"]  # no story folder
+        assert settings["ExecStart"] == ["/opt/pipelined/venv/bin/pipelined publish"]
+        assert settings["RestartPreventExitStatus"] == ["78"]
 
     def test_the_threshold_really_fails_a_weak_unit(self, tmp_path: Path) -> None:
         """The score test can fail: a unit without the sandbox exits 1 at threshold 5."""

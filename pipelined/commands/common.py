@@ -47,6 +47,7 @@ __all__ = [
     "print_json",
     "print_json_stream",
     "read_conn",
+    "read_token",
     "settings_options",
     "shown_time",
     "table",
@@ -74,6 +75,22 @@ def settings_options(func: F) -> F:
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True,
                         help="Print JSON (shapes: docs/commands.md; ignore unknown keys).")(func)
+
+
+def read_token(path: Path, min_length: int = 16) -> str:
+    """The secret in a token file: one line, no spaces, at least `min_length` characters;
+    ConfigError naming the file otherwise."""
+    from pipelined.errors import ConfigError
+
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("token-file", str(path), f"cannot read it ({exc})") from None
+    if len(token) < min_length or any(c.isspace() for c in token):
+        least = f"at least {min_length} characters" if min_length > 1 else "not empty"
+        raise ConfigError("token-file", str(path),
+                          f"the token must be one line, {least}, no spaces")
+    return token
 
 
 # -- shell completion ------------------------------------------------------------------

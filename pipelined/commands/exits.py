@@ -27,7 +27,7 @@ __all__ = ["DAEMON_COMMANDS", "SERVICE_COMMANDS", "error_line", "run_reported", 
 # Commands that run until stopped and log to stderr: for them a broken pipe is fatal.
 DAEMON_COMMANDS = frozenset({"run"})
 # What systemd runs: their errors that a restart cannot fix exit EXIT_NEEDS_A_PERSON.
-SERVICE_COMMANDS = frozenset({"run", "serve"})
+SERVICE_COMMANDS = frozenset({"run", "serve", "publish"})
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from pipelined.commands.common import load_config, read_conn, settings_options
+from pipelined.commands.common import load_config, read_conn, read_token, settings_options
 
 __all__ = ["serve"]
 
@@ -39,19 +39,6 @@ def _is_loopback(host: str) -> bool:
         return ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _read_token(path: Path) -> str:
-    from pipelined.errors import ConfigError
-
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("token-file", str(path), f"cannot read it ({exc})") from None
-    if len(token) < 16 or any(c.isspace() for c in token):
-        raise ConfigError("token-file", str(path),
-                          "the token must be one line of at least 16 characters, no spaces")
-    return token
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -110,7 +97,7 @@ def serve(root: Path | None, db: Path | None, stages: str | None, config_file: P
 
     config = load_config(root, db, stages, config_file)
     host, port = _listen_address(listen)
-    token = _read_token(token_file) if token_file is not None else None
+    token = read_token(token_file) if token_file is not None else None
     check_root(config.root, config.stages)
     read_conn(config).close()  # no database, or not ours: one Error: line, before serving
     sock = _no_delay(_socket(host, port))

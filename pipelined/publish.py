@@ -1,0 +1,301 @@
+"""`pipelined publish`: the pipeline state, live, in a room of a standard Yjs server.
+
+A separate process (the daemon stays network-free). It reads the database
+read-only, as any reader, and keeps one Yjs document equal to the rows: a
+top-level map `stories`, one entry per story id, each a map of the pipeline
+fields (docs/publish.md gives the shape). It connects to any server speaking
+the y-websocket protocol through pycrdt's `Provider` over a `websockets`
+connection, so the Node `@y/websocket-server`, y/hub or y-sweet keep the room.
+
+It mirrors rows, not the daemon's pycrdt updates: its document has its own
+client id and history, and every change it sends is the difference between
+the rows and what the room holds. So the room needs nothing from the
+daemon's restarts, compactions or new epochs (a deleted story cannot come
+back from an old epoch: the room never saw one), and a fresh encoding and the
+room differ only by what Yjs keeps of overwritten values.
+
+Read-only from the network: a change another client makes in the room is
+overwritten with the rows' values on the next poll, and logged once per
+connection. Writes go through MCP or HTTP. A lost connection is retried with
+back-off (0.5 s doubling to 30 s); on reconnect the sync protocol sends the
+server whatever it lacks, so a restarted, empty server gets the whole state.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pycrdt
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from pipelined.logs import get_logger
+from pipelined.store import history as store_history
+from pipelined.store import queries
+from pipelined.store.connection import open_read_only
+
+__all__ = ["FIELDS", "ROOT", "Publisher", "WebsocketChannel"]
+
+log = get_logger("pipelined.publish")
+
+ROOT = "stories"  # the document's top-level map
+FIELDS = ("stage", "name", "agent", "retry_count", "blocked", "depends_on")
+POLL_S = 0.05  # how often the database is asked whether anything was committed
+RESYNC_S = 60.0  # a full comparison of the rows with the room, as a safety net
+SYNC_TIMEOUT_S = 30.0  # the server's answer to our first sync message
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
+HISTORY_PAGE = 2000  # more changes than this since the last poll: compare everything
+
+Values = tuple[Any, ...]  # a story's FIELDS, in order, as the rows give them
+
+
+class WebsocketChannel:
+    """pycrdt's Channel over a `websockets` connection: binary messages both ways."""
+
+    def __init__(self, websocket: ClientConnection, path: str) -> None:
+        self._websocket = websocket
+        self._path = path
+        self.closed = anyio.Event()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __aiter__(self) -> WebsocketChannel:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except ConnectionClosed:
+            self.closed.set()
+            raise StopAsyncIteration from None
+
+    async def send(self, message: bytes) -> None:
+        try:
+            await self._websocket.send(message)
+        except ConnectionClosed:
+            self.closed.set()
+            raise
+
+    async def recv(self) -> bytes:
+        while True:
+            message = await self._websocket.recv()
+            if isinstance(message, bytes):
+                return message
+
+
+def values_of(item: Mapping[str, Any]) -> Values:
+    """A row's (or a room entry's) pipeline fields, with Yjs's floats made ints again."""
+    def plain(key: str, value: Any) -> Any:
+        if key == "retry_count" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if key == "depends_on" and isinstance(value, list):
+            return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+        return value
+    return tuple(plain(key, item.get(key)) for key in FIELDS)
+
+
+class Publisher:
+    """Keeps the room at `server` equal to the rows of the database at `db_path`."""
+
+    def __init__(self, db_path: Path, server: str, token: str | None = None) -> None:
+        self.db_path = db_path
+        self.server = server
+        self.token = token
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
+        self.stories: pycrdt.Map[Any] = self.doc.get(ROOT, type=pycrdt.Map)
+        self.room: dict[str, Values] = {}  # what the room holds, as far as we know
+        self._writing = False
+        self._remote_change = False
+        self._doc_subscription = self.doc.observe(self._on_transaction)
+        self._history_seq = 0
+        self._conn: Any = None
+        self.connected = anyio.Event()  # set while connected and in sync (tests, status)
+        self._down_since: float | None = None  # when the connection was lost
+        self.sent_changes = 0  # stories written into the room (created, changed, deleted)
+        self.sessions = 0  # connections that got in sync
+
+    # -- the database side (worker threads, one at a time) ------------------------
+
+    def _db(self) -> Any:
+        if self._conn is None:
+            self._conn = open_read_only(self.db_path)
+        return self._conn
+
+    def _read_all(self) -> tuple[int, dict[str, Values]]:
+        conn = self._db()
+        with queries.snapshot(conn):
+            seq = store_history.max_seq(conn) if store_history.has_history(conn) else 0
+            return seq, {item["id"]: values_of(item) for item in queries.iter_stories(conn)}
+
+    def _read_changed(self, after: int) -> tuple[int, dict[str, Values | None]] | None:
+        """(history seq, the changed ids' values, None for a deleted one) since `after`;
+        None when a full comparison is needed (too many changes, or a rebuilt database)."""
+        conn = self._db()
+        if not store_history.has_history(conn):
+            return None
+        with queries.snapshot(conn):
+            seq = store_history.max_seq(conn)
+            if seq == after:
+                return seq, {}
+            if seq < after:
+                return None  # a new database (rebuilt): compare everything
+            rows = store_history.rows_after(conn, after, HISTORY_PAGE + 1)
+            if len(rows) > HISTORY_PAGE:
+                return None
+            ids = sorted({row["id"] for row in rows})
+            found = {item["id"]: values_of(item) for item in queries.stories_by_id(conn, ids)}
+            return seq, {story_id: found.get(story_id) for story_id in ids}
+
+    # -- the document side (the event loop's thread) --------------------------------
+
+    def _on_transaction(self, _event: Any) -> None:
+        if not self._writing:
+            self._remote_change = True
+
+    def _room_now(self) -> dict[str, Values]:
+        """What the document holds now (after the server's state arrived, or a remote
+        change), read from the document itself."""
+        return {str(story_id): values_of((entry.to_py() if isinstance(entry, pycrdt.Map)
+                                          else None) or {})
+                for story_id, entry in self.stories.items()}
+
+    def apply(self, changes: Mapping[str, Values | None]) -> int:
+        """Write the stories whose values differ from the room's (None: delete), in one
+        transaction; the number of stories written."""
+        todo = {story_id: values for story_id, values in changes.items()
+                if self.room.get(story_id) != values}
+        if not todo:
+            return 0
+        self._writing = True
+        try:
+            with self.doc.transaction():
+                for story_id, values in todo.items():
+                    if values is None:
+                        if story_id in self.stories:
+                            del self.stories[story_id]
+                        self.room.pop(story_id, None)
+                        continue
+                    entry = self.stories.get(story_id)
+                    fields = dict(zip(FIELDS, values, strict=True))
+                    if not isinstance(entry, pycrdt.Map):
+                        self.stories[story_id] = pycrdt.Map(fields)
+                    else:
+                        before = self.room.get(story_id)
+                        for index, key in enumerate(FIELDS):
+                            if before is None or before[index] != values[index]:
+                                entry[key] = fields[key]
+                    self.room[story_id] = values
+        finally:
+            self._writing = False
+        self.sent_changes += len(todo)
+        return len(todo)
+
+    def compare_all(self, rows: Mapping[str, Values]) -> int:
+        """Make the room equal to `rows`: the document is read afresh (the server's or
+        another client's changes are in it), then the differences written."""
+        self.room = self._room_now()
+        self._remote_change = False
+        gone: dict[str, Values | None] = {story_id: None for story_id in self.room
+                                          if story_id not in rows}
+        return self.apply({**gone, **rows})
+
+    # -- the connection ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, follow the database, reconnect with back-off; until cancelled."""
+        backoff = BACKOFF_FIRST_S
+        while True:
+            sessions = self.sessions
+            try:
+                await self._connected_session()
+                error = "the server closed the connection"
+            except* (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as group:
+                error = _first(group.exceptions)
+            if self.sessions != sessions:  # it was in sync: start the back-off afresh
+                backoff = BACKOFF_FIRST_S
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("publish.disconnected", server=self.server, error=error,
+                            action=f"retrying, first in {backoff:.1f} s")
+            else:
+                log.debug("publish.retry_failed", error=error)
+            await anyio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _connected_session(self) -> None:
+        """One connection: sync, compare, follow until it closes."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        async with connect(self.server, additional_headers=headers, max_size=None,
+                           open_timeout=SYNC_TIMEOUT_S) as websocket:
+            channel = WebsocketChannel(websocket, self.server)
+            provider = pycrdt.Provider(self.doc, channel)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    await tasks.start(provider.start)
+                    with anyio.fail_after(SYNC_TIMEOUT_S):
+                        await provider.synced.wait()
+                    seq, rows = await anyio.to_thread.run_sync(self._read_all)
+                    written = self.compare_all(rows)
+                    self._history_seq = seq
+                    if self._down_since is not None:
+                        log.info("publish.reconnected", server=self.server, stories=len(rows),
+                                 written=written,
+                                 down_s=round(time.monotonic() - self._down_since, 1))
+                        self._down_since = None
+                    else:
+                        log.info("publish.connected", server=self.server, stories=len(rows),
+                                 written=written)
+                    self.sessions += 1
+                    self.connected.set()
+                    await self._follow(channel)
+                    tasks.cancel_scope.cancel()
+            finally:
+                if self.connected.is_set():
+                    self.connected = anyio.Event()
+
+    async def _follow(self, channel: WebsocketChannel) -> None:
+        """Poll the database; write what changed; overwrite remote changes."""
+        last_full = time.monotonic()
+        warned = False
+        while not channel.closed.is_set():
+            with anyio.move_on_after(POLL_S):
+                await channel.closed.wait()
+            if channel.closed.is_set():
+                return
+            if self._remote_change or time.monotonic() - last_full > RESYNC_S:
+                remote = self._remote_change
+                seq, rows = await anyio.to_thread.run_sync(self._read_all)
+                written = self.compare_all(rows)
+                self._history_seq, last_full = seq, time.monotonic()
+                if remote and written and not warned:
+                    warned = True
+                    log.warning("publish.remote_change_overwritten", stories=written,
+                                action="the room is read-only: write through MCP or HTTP")
+                continue
+            changed = await anyio.to_thread.run_sync(self._read_changed, self._history_seq)
+            if changed is None:
+                seq, rows = await anyio.to_thread.run_sync(self._read_all)
+                self.compare_all(rows)
+                self._history_seq = seq
+                continue
+            self._history_seq, updates = changed
+            self.apply(updates)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _first(errors: Iterable[BaseException]) -> str:
+    for error in errors:
+        return f"{type(error).__name__}: {error}"
+    return "unknown"
+
