@@ -23,6 +23,7 @@ server whatever it lacks, so a restarted, empty server gets the whole state.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import apsw
 import pycrdt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -116,17 +118,30 @@ class Publisher:
         self._doc_subscription = self.doc.observe(self._on_transaction)
         self._history_seq = 0
         self._conn: Any = None
-        self.connected = anyio.Event()  # set while connected and in sync (tests, status)
+        self._inode = 0  # the open database file's
         self._down_since: float | None = None  # when the connection was lost
-        self.sent_changes = 0  # stories written into the room (created, changed, deleted)
         self.sessions = 0  # connections that got in sync
 
     # -- the database side (worker threads, one at a time) ------------------------
 
     def _db(self) -> Any:
         if self._conn is None:
+            self._inode = os.stat(self.db_path).st_ino
             self._conn = open_read_only(self.db_path)
         return self._conn
+
+    def _replaced(self) -> bool:
+        """True (and the connection closed) when the database file is not the one open:
+        `pipelined rebuild` moved it aside and made a new one."""
+        if self._conn is None:
+            return False
+        try:
+            same = os.stat(self.db_path).st_ino == self._inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self.close()
+        return not same
 
     def _read_all(self) -> tuple[int, dict[str, Values]]:
         conn = self._db()
@@ -137,6 +152,9 @@ class Publisher:
     def _read_changed(self, after: int) -> tuple[int, dict[str, Values | None]] | None:
         """(history seq, the changed ids' values, None for a deleted one) since `after`;
         None when a full comparison is needed (too many changes, or a rebuilt database)."""
+        if self._replaced():
+            log.info("publish.database_replaced", action="comparing the whole room")
+            return None
         conn = self._db()
         if not store_history.has_history(conn):
             return None
@@ -194,7 +212,6 @@ class Publisher:
                     self.room[story_id] = values
         finally:
             self._writing = False
-        self.sent_changes += len(todo)
         return len(todo)
 
     def compare_all(self, rows: Mapping[str, Values]) -> int:
@@ -236,29 +253,24 @@ class Publisher:
                            open_timeout=SYNC_TIMEOUT_S) as websocket:
             channel = WebsocketChannel(websocket, self.server)
             provider = pycrdt.Provider(self.doc, channel)
-            try:
-                async with anyio.create_task_group() as tasks:
-                    await tasks.start(provider.start)
-                    with anyio.fail_after(SYNC_TIMEOUT_S):
-                        await provider.synced.wait()
-                    seq, rows = await anyio.to_thread.run_sync(self._read_all)
-                    written = self.compare_all(rows)
-                    self._history_seq = seq
-                    if self._down_since is not None:
-                        log.info("publish.reconnected", server=self.server, stories=len(rows),
-                                 written=written,
-                                 down_s=round(time.monotonic() - self._down_since, 1))
-                        self._down_since = None
-                    else:
-                        log.info("publish.connected", server=self.server, stories=len(rows),
-                                 written=written)
-                    self.sessions += 1
-                    self.connected.set()
-                    await self._follow(channel)
-                    tasks.cancel_scope.cancel()
-            finally:
-                if self.connected.is_set():
-                    self.connected = anyio.Event()
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(provider.start)
+                with anyio.fail_after(SYNC_TIMEOUT_S):
+                    await provider.synced.wait()
+                seq, rows = await anyio.to_thread.run_sync(self._read_all)
+                written = self.compare_all(rows)
+                self._history_seq = seq
+                if self._down_since is not None:
+                    log.info("publish.reconnected", server=self.server, stories=len(rows),
+                             written=written,
+                             down_s=round(time.monotonic() - self._down_since, 1))
+                    self._down_since = None
+                else:
+                    log.info("publish.connected", server=self.server, stories=len(rows),
+                             written=written)
+                self.sessions += 1
+                await self._follow(channel)
+                tasks.cancel_scope.cancel()
 
     async def _follow(self, channel: WebsocketChannel) -> None:
         """Poll the database; write what changed; overwrite remote changes."""
@@ -269,24 +281,33 @@ class Publisher:
                 await channel.closed.wait()
             if channel.closed.is_set():
                 return
-            if self._remote_change or time.monotonic() - last_full > RESYNC_S:
-                remote = self._remote_change
-                seq, rows = await anyio.to_thread.run_sync(self._read_all)
-                written = self.compare_all(rows)
-                self._history_seq, last_full = seq, time.monotonic()
-                if remote and written and not warned:
-                    warned = True
-                    log.warning("publish.remote_change_overwritten", stories=written,
-                                action="the room is read-only: write through MCP or HTTP")
-                continue
-            changed = await anyio.to_thread.run_sync(self._read_changed, self._history_seq)
-            if changed is None:
-                seq, rows = await anyio.to_thread.run_sync(self._read_all)
-                self.compare_all(rows)
-                self._history_seq = seq
-                continue
-            self._history_seq, updates = changed
-            self.apply(updates)
+            try:
+                if self._remote_change:  # someone else wrote into the room: read it
+                    seq, rows = await anyio.to_thread.run_sync(self._read_all)
+                    written = self.compare_all(rows)
+                    self._history_seq, last_full = seq, time.monotonic()
+                    if written and not warned:
+                        warned = True
+                        log.warning("publish.remote_change_overwritten", stories=written,
+                                    action="the room is read-only: write through MCP or HTTP")
+                    continue
+                changed = None
+                if time.monotonic() - last_full <= RESYNC_S:
+                    changed = await anyio.to_thread.run_sync(self._read_changed,
+                                                             self._history_seq)
+                if changed is None:  # the safety net, or too much to go by the history
+                    seq, rows = await anyio.to_thread.run_sync(self._read_all)
+                    gone = {story_id: None for story_id in self.room if story_id not in rows}
+                    self.apply({**gone, **rows})
+                    self._history_seq, last_full = seq, time.monotonic()
+                    continue
+                self._history_seq, updates = changed
+                self.apply(updates)
+            except apsw.Error as exc:  # the database replaced or rebuilt: open it again
+                log.warning("publish.database_unreadable", error=f"{type(exc).__name__}: {exc}",
+                            action="trying again")
+                self.close()
+                await anyio.sleep(1.0)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -302,6 +302,33 @@ def test_server_and_publish_restarts_leave_the_room_equal_to_the_rows(
         daemon.stop()
 
 
+def test_a_rebuilt_database_is_followed(stories: Stories, daemon: DaemonProcess,
+                                       yserver: YServer) -> None:
+    """`pipelined rebuild` moves the database aside and makes a new one: publish reads
+    the new file, and a change after the rebuild reaches the room."""
+    stories.write("1_backlog", "1_story_login", name="login")
+    daemon.start()
+    publishing = Publishing(daemon, yserver.url())
+    reader = node_reader(yserver.url())
+    try:
+        publishing.wait_event("publish.connected")
+        wait_until(lambda: converged([reader], daemon.db), what="the reader")
+        assert daemon.stop() == 0
+        done = subprocess.run([sys.executable, "-m", "pipelined", "rebuild", "--root",
+                               str(daemon.root), "--db", str(daemon.db)],
+                              capture_output=True, text=True, timeout=DEADLINE_S, check=False)
+        assert done.returncode == 0, done.stderr
+        daemon.start()
+        stories.write("2_current", "2_story_after", name="after the rebuild")
+        daemon.wait_row("2_story_after")
+        publishing.wait_event("publish.database_replaced")
+        wait_until(lambda: converged([reader], daemon.db), what="the reader after a rebuild")
+    finally:
+        reader.stop()
+        assert publishing.stop() == 0
+        daemon.stop()
+
+
 def test_a_bearer_token_is_sent(stories: Stories, daemon: DaemonProcess,
                                 tmp_path: Path) -> None:
     """Against a server that wants a token: without it, refused and retried (one warning);
@@ -329,6 +356,9 @@ def test_a_bearer_token_is_sent(stories: Stories, daemon: DaemonProcess,
     ([], "give --server ws://HOST:PORT/ROOM"),
     (["--server", "http://127.0.0.1:1/x"], "expected ws://HOST:PORT/ROOM"),
     (["--server", "ws://127.0.0.1:1/x", "--token-file", "{tmp}/empty"], "not empty"),
+    (["--server", "ws://[::1/x"], "publish_server"),
+    (["--server", "ws://host:99999/x"], "Port out of range"),
+    (["--server", "ws://"], "hostname isn't provided"),
 ])
 def test_bad_settings_give_one_line_and_exit_78(stories: Stories, tmp_path: Path,
                                                 args: list[str], words: str) -> None:

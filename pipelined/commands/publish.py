@@ -45,6 +45,13 @@ def publish(root: Path | None, db: Path | None, stages: str | None, config_file:
     if config.publish_server is None:
         raise ConfigError("publish_server", "",
                           "give --server ws://HOST:PORT/ROOM, or publish_server in the config")
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
+    try:
+        parse_uri(config.publish_server)
+    except (InvalidURI, ValueError) as exc:  # no host, a bad port or IPv6 address...
+        raise ConfigError("publish_server", config.publish_server, str(exc)) from None
     token = (read_token(config.publish_token_file, min_length=1)
              if config.publish_token_file is not None else None)
     read_conn(config).close()  # a missing or foreign database: one line, before any network
