@@ -380,3 +380,91 @@ def test_a_missing_database_is_one_line_and_a_restart_may_cure_it(stories: Stori
                           capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert done.returncode == 1 and done.stderr.startswith("Error: "), done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+                   cwd=cwd, check=True, capture_output=True, timeout=DEADLINE_S)
+
+
+@pytest.mark.slow  # 4,000 files, a checkout, a rebase: over about 6 s
+def test_a_checkout_and_a_daemon_restart(stories: Stories, daemon: DaemonProcess,
+                                        yserver: YServer) -> None:
+    """A `git checkout` of 2,000 changes (moves, edits, deletes, creates), then a
+    delete while the daemon is stopped: both readers end equal to the rows."""
+    stages = ("1_backlog", "2_current", "4_merge")
+    git(stories.root, "init", "-q", "-b", "main")
+    for n in range(2400):
+        stories.write(stages[n % 3], f"{n + 1}_story_item", name=f"item {n}")
+    git(stories.root, "add", "-A")
+    git(stories.root, "commit", "-qm", "main")
+    git(stories.root, "checkout", "-q", "-b", "other")
+    for n in range(0, 800):  # 800 moves
+        git(stories.root, "mv", f"{stages[n % 3]}/{n + 1}_story_item.md",
+            f"{stages[(n + 1) % 3]}/{n + 1}_story_item.md")
+    for n in range(800, 1400):  # 600 edits
+        stories.write(stages[n % 3], f"{n + 1}_story_item", name=f"item {n} on other")
+    for n in range(1400, 1700):  # 300 deletes
+        stories.path(stages[n % 3], f"{n + 1}_story_item").unlink()
+    for n in range(300):  # 300 creates
+        stories.write("1_backlog", f"{3000 + n}_story_new", name=f"new {n}")
+    git(stories.root, "add", "-A")
+    git(stories.root, "commit", "-qm", "other")
+    git(stories.root, "checkout", "-q", "main")
+    daemon.start()
+    publishing = Publishing(daemon, yserver.url())
+    readers = [node_reader(yserver.url()), python_reader(yserver.url())]
+    try:
+        publishing.wait_event("publish.connected")
+        wait_until(lambda: converged(readers, daemon.db), what="the readers: main")
+        git(stories.root, "checkout", "-q", "other")
+        wait_until(lambda: "3299_story_new" in rows_state(daemon.db)
+                   and "1401_story_item" not in rows_state(daemon.db),
+                   what="the checkout in the rows")
+        wait_until(lambda: converged(readers, daemon.db), what="the readers: the checkout")
+        assert daemon.stop() == 0
+        stories.path("1_backlog", "3010_story_new").unlink()  # while the daemon is down
+        daemon.start()
+        wait_until(lambda: "3010_story_new" not in rows_state(daemon.db), what="the delete")
+        wait_until(lambda: converged(readers, daemon.db), what="the readers: after a restart")
+        shown = last_state(readers[1])
+        assert shown is not None and len(shown) == len(rows_state(daemon.db)) == 2399
+    finally:
+        for reader in readers:
+            reader.stop()
+        assert publishing.stop() == 0
+        daemon.stop()
+
+
+@pytest.mark.slow  # 96 edits, each waited for
+def test_a_rebase_of_the_daemons_document_is_invisible(stories: Stories,
+                                                       daemon: DaemonProcess,
+                                                       yserver: YServer) -> None:
+    """The daemon rebases its document onto a new epoch (a new client id, no history):
+    the room, which never held the daemon's document, stays equal to the rows, and a
+    story deleted before the rebase does not come back."""
+    for n in range(3):
+        stories.write("2_current", f"{n + 1}_story_c", name="start")
+    stories.write("1_backlog", "9_story_gone", name="deleted before the rebase")
+    daemon.start(env={"PIPELINED_COMPACT_UPDATES": "12"})
+    publishing = Publishing(daemon, yserver.url())
+    reader = node_reader(yserver.url())
+    try:
+        publishing.wait_event("publish.connected")
+        stories.path("1_backlog", "9_story_gone").unlink()
+        daemon.wait_gone("9_story_gone")
+        for k in range(96):
+            stories.write("2_current", f"{k % 3 + 1}_story_c", name=f"name {k}")
+            daemon.wait_row(f"{k % 3 + 1}_story_c", lambda r, k=k: r["name"] == f"name {k}")
+        assert any(e.get("rebased") for e in daemon.log_events()
+                   if e.get("event") == "crdt.compacted")
+        wait_until(lambda: converged([reader], daemon.db), what="the reader after a rebase")
+        late = python_reader(yserver.url())  # a reader that joins after the rebase
+        wait_until(lambda: converged([late], daemon.db), what="a new reader")
+        shown = last_state(late)
+        assert shown is not None and sorted(shown) == ["1_story_c", "2_story_c", "3_story_c"]
+        late.stop()
+    finally:
+        reader.stop()
+        assert publishing.stop() == 0
+        daemon.stop()
