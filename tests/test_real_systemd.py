@@ -293,6 +293,70 @@ class TestServeUnit:
         assert after == {"Result": "success", "ActiveState": "inactive"}, after
 
 
+# One look at a room, as any pycrdt reader would take it: its `stories` map as JSON.
+READ_ROOM = """
+import json, sys
+import anyio, pycrdt
+from websockets.asyncio.client import connect
+from pipelined.publish import FIELDS, ROOT, WebsocketChannel, values_of
+
+async def main(url):
+    doc = pycrdt.Doc()
+    stories = doc.get(ROOT, type=pycrdt.Map)
+    async with connect(url) as websocket:
+        async with pycrdt.Provider(doc, WebsocketChannel(websocket, url)) as provider:
+            with anyio.fail_after(20):
+                await provider.synced.wait()
+            print(json.dumps({str(k): dict(zip(FIELDS, values_of(v.to_py() or {})))
+                              for k, v in stories.items()}))
+
+anyio.run(main, sys.argv[1])
+"""
+NODE = shutil.which("node")
+Y_SERVER = REPO / "tests/node/node_modules/@y/websocket-server/src/server.js"
+
+
+class TestPublishUnit:
+    @pytest.mark.skipif(NODE is None or not Y_SERVER.exists(),
+                        reason="needs node and `npm ci --prefix tests/node`")
+    def test_publish_keeps_the_room_and_stops_cleanly(self, ns: Namespace, site: Site) -> None:
+        """pipelined-publish.service, named a room in the config as docs/operations.md
+        says, keeps the official Node server's room equal to the stories (an edit
+        arrives), survives the server's restart, and stops with Result=success."""
+        site.write("1_backlog", "1_story_a", "A")
+        start_daemon(ns, site)
+        url = "ws://127.0.0.1:1234/pipeline"
+
+        def start_server() -> None:
+            ns.run("systemd-run", "--unit=yjs-server", "--quiet", "-E", "HOST=127.0.0.1",
+                   "-E", "PORT=1234", str(NODE), str(Y_SERVER))
+
+        def room() -> dict[str, dict[str, object]] | None:
+            done = ns.run(str(VENV / "bin" / "python"), "-c", READ_ROOM, url, check=False)
+            return json.loads(done.stdout) if done.returncode == 0 else None
+
+        def name_in_room() -> object:
+            return ((room() or {}).get("1_story_a") or {}).get("name")
+
+        start_server()
+        site.configure(publish_server=url)
+        install_unit(ns, "pipelined-publish.service",
+                     f"[Service]\nEnvironment=PIPELINED_CONFIG={site.config}\n")
+        systemctl = Systemctl(ns)
+        systemctl("start", "pipelined-publish")
+        wait_until(lambda: name_in_room() == "A", 60, "the story in the room")
+        site.write("1_backlog", "1_story_a", "A edited")
+        wait_until(lambda: name_in_room() == "A edited", 60, "the edit in the room")
+        ns.run("systemctl", "stop", "yjs-server")  # in memory: it comes back empty
+        start_server()
+        wait_until(lambda: name_in_room() == "A edited", 60, "the room after a server restart")
+        state = ns.show("pipelined-publish.service", "ActiveState", "NRestarts")
+        assert state == {"ActiveState": "active", "NRestarts": "0"}, state
+        systemctl("stop", "pipelined-publish.service")
+        after = ns.show("pipelined-publish.service", "Result", "ExecMainStatus")
+        assert after == {"Result": "success", "ExecMainStatus": "0"}, after
+
+
 # The shipped drop-in for user managers that cannot give a unit a user namespace.
 NO_USERNS = UNITS / "pipelined-user-without-userns.conf"
 
