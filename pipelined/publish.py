@@ -34,8 +34,9 @@ import anyio
 import apsw
 import pycrdt
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from pipelined.errors import PipelinedError
 from pipelined.logs import get_logger
 from pipelined.store import history as store_history
 from pipelined.store import queries
@@ -51,9 +52,16 @@ POLL_S = 0.05  # how often the database is asked whether anything was committed
 RESYNC_S = 60.0  # a full comparison of the rows with the room, as a safety net
 SYNC_TIMEOUT_S = 30.0  # the server's answer to our first sync message
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
+STEADY_S = 10.0  # a connection in sync this long starts the next back-off afresh
 HISTORY_PAGE = 2000  # more changes than this since the last poll: compare everything
 
 Values = tuple[Any, ...]  # a story's FIELDS, in order, as the rows give them
+# What a read can meet while the database is rebuilt, replaced or busy: tried again.
+DB_ERRORS = (apsw.Error, PipelinedError, OSError)
+
+
+class NotReady(Exception):
+    """The database cannot be read as it is now (it is being rebuilt): try again."""
 
 
 class WebsocketChannel:
@@ -119,6 +127,8 @@ class Publisher:
         self._history_seq = 0
         self._conn: Any = None
         self._inode = 0  # the open database file's
+        self._new_file = False  # the database was replaced: compare everything
+        self._read_failing = False
         self._down_since: float | None = None  # when the connection was lost
         self.sessions = 0  # connections that got in sync
 
@@ -129,50 +139,53 @@ class Publisher:
     # (10,000 stories, 30,000 edits: 97 MiB with them, 82 without).
 
     def _db(self) -> Any:
+        """The read-only connection, to the file now at `db_path`: when `pipelined
+        rebuild` has moved the old one aside (another inode), the connection is opened
+        again and `_new_file` says a full comparison is due."""
+        inode = os.stat(self.db_path).st_ino  # FileNotFoundError mid-rebuild: NotReady
+        if self._conn is not None and inode != self._inode:
+            self.close()
         if self._conn is None:
-            self._inode = os.stat(self.db_path).st_ino
+            if self._inode and inode != self._inode:
+                self._new_file = True
+                log.info("publish.database_replaced", action="comparing the whole room")
             self._conn = open_read_only(self.db_path)
+            self._inode = inode
         return self._conn
 
-    def _replaced(self) -> bool:
-        """True (and the connection closed) when the database file is not the one open:
-        `pipelined rebuild` moved it aside and made a new one."""
-        if self._conn is None:
-            return False
-        try:
-            same = os.stat(self.db_path).st_ino == self._inode
-        except FileNotFoundError:
-            same = False
-        if not same:
-            self.close()
-        return not same
+    def _synced(self, conn: Any) -> None:
+        """NotReady unless a batch was ever committed to this database: a database
+        `rebuild` has just made holds no rows yet, which must not empty the room."""
+        if "last_sync" not in queries.meta(conn):
+            raise NotReady("the database has no committed sync yet")
 
     def _read_all(self) -> tuple[int, dict[str, Values]]:
         conn = self._db()
         with queries.snapshot(conn):
+            self._synced(conn)
+            self._new_file = self._read_failing = False
             seq = store_history.max_seq(conn) if store_history.has_history(conn) else 0
             return seq, {item["id"]: values_of(item) for item in queries.iter_stories(conn)}
 
     def _read_changed(self, after: int) -> tuple[int, dict[str, Values | None]] | None:
         """(history seq, the changed ids' values, None for a deleted one) since `after`;
-        None when a full comparison is needed (too many changes, or a rebuilt database)."""
-        if self._replaced():
-            log.info("publish.database_replaced", action="comparing the whole room")
-            return None
+        None when a full comparison is needed (too many changes, or a new database)."""
         conn = self._db()
-        if not store_history.has_history(conn):
+        if self._new_file or not store_history.has_history(conn):
             return None
         with queries.snapshot(conn):
             seq = store_history.max_seq(conn)
             if seq == after:
                 return seq, {}
+            self._synced(conn)
             if seq < after:
-                return None  # a new database (rebuilt): compare everything
+                return None
             rows = store_history.rows_after(conn, after, HISTORY_PAGE + 1)
             if len(rows) > HISTORY_PAGE:
                 return None
             ids = sorted({row["id"] for row in rows})
             found = {item["id"]: values_of(item) for item in queries.stories_by_id(conn, ids)}
+            self._read_failing = False
             return seq, {story_id: found.get(story_id) for story_id in ids}
 
     # -- the document side (the event loop's thread) --------------------------------
@@ -183,10 +196,17 @@ class Publisher:
 
     def _room_now(self) -> dict[str, Values]:
         """What the document holds now (after the server's state arrived, or a remote
-        change), read from the document itself."""
-        return {str(story_id): values_of((entry.to_py() if isinstance(entry, pycrdt.Map)
-                                          else None) or {})
-                for story_id, entry in self.stories.items()}
+        change), read from the document itself. An entry that is not a map of our
+        fields alone (another client added a key, or put something else there) is
+        taken as holding nothing, so it is written again whole."""
+        room: dict[str, Values] = {}
+        for story_id, entry in self.stories.items():
+            value = entry.to_py() if isinstance(entry, pycrdt.Map) else None
+            if isinstance(value, dict) and set(value) <= set(FIELDS):
+                room[str(story_id)] = values_of(value)
+            else:
+                room[str(story_id)] = ()
+        return room
 
     def apply(self, changes: Mapping[str, Values | None]) -> int:
         """Write the stories whose values differ from the room's (None: delete), in one
@@ -206,7 +226,7 @@ class Publisher:
                         continue
                     entry = self.stories.get(story_id)
                     fields = dict(zip(FIELDS, values, strict=True))
-                    if not isinstance(entry, pycrdt.Map):
+                    if not isinstance(entry, pycrdt.Map) or self.room.get(story_id) == ():
                         self.stories[story_id] = pycrdt.Map(fields)
                     else:
                         before = self.room.get(story_id)
@@ -233,14 +253,15 @@ class Publisher:
         """Connect, follow the database, reconnect with back-off; until cancelled."""
         backoff = BACKOFF_FIRST_S
         while True:
+            started = time.monotonic()
             sessions = self.sessions
             try:
                 await self._connected_session()
                 error = "the server closed the connection"
-            except* (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as group:
+            except* (OSError, TimeoutError, WebSocketException, NotReady, *DB_ERRORS) as group:
                 error = _first(group.exceptions)
-            if self.sessions != sessions:  # it was in sync: start the back-off afresh
-                backoff = BACKOFF_FIRST_S
+            if self.sessions != sessions and time.monotonic() - started > STEADY_S:
+                backoff = BACKOFF_FIRST_S  # it was in sync a while: start the back-off afresh
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("publish.disconnected", server=self.server, error=error,
@@ -261,7 +282,10 @@ class Publisher:
                 await tasks.start(provider.start)
                 with anyio.fail_after(SYNC_TIMEOUT_S):
                     await provider.synced.wait()
-                seq, rows = self._read_all()
+                read = await self._read_all_when_readable(channel)
+                if read is None:
+                    return
+                seq, rows = read
                 written = self.compare_all(rows)
                 self._history_seq = seq
                 if self._down_since is not None:
@@ -275,6 +299,19 @@ class Publisher:
                 self.sessions += 1
                 await self._follow(channel)
                 tasks.cancel_scope.cancel()
+
+    async def _read_all_when_readable(self, channel: WebsocketChannel
+                                      ) -> tuple[int, dict[str, Values]] | None:
+        """Every row, once the database can be read (None if the connection closed
+        meanwhile): a rebuild in progress keeps the room as it is."""
+        while not channel.closed.is_set():
+            try:
+                return self._read_all()
+            except (NotReady, *DB_ERRORS) as exc:
+                self._unreadable(exc)
+            with anyio.move_on_after(1.0):
+                await channel.closed.wait()
+        return None
 
     async def _follow(self, channel: WebsocketChannel) -> None:
         """Poll the database; write what changed; overwrite remote changes."""
@@ -306,11 +343,18 @@ class Publisher:
                     continue
                 self._history_seq, updates = changed
                 self.apply(updates)
-            except apsw.Error as exc:  # the database replaced or rebuilt: open it again
-                log.warning("publish.database_unreadable", error=f"{type(exc).__name__}: {exc}",
-                            action="trying again")
-                self.close()
+            except (NotReady, *DB_ERRORS) as exc:  # being rebuilt, replaced, busy
+                self._unreadable(exc)
                 await anyio.sleep(1.0)
+
+    def _unreadable(self, exc: BaseException) -> None:
+        """A read failed: the connection is dropped and opened again at the next read;
+        said once until a read works again."""
+        self.close()
+        if not self._read_failing:
+            self._read_failing = True
+            log.warning("publish.database_unreadable", error=f"{type(exc).__name__}: {exc}",
+                        action="the room is kept as it is; trying again every second")
 
     def close(self) -> None:
         if self._conn is not None:

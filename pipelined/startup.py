@@ -134,7 +134,11 @@ class Startup:
                      before=stored.stored_with)
         self._in_sync(len(reconciler.state))
         if search_owed:
-            self._build_search_index()
+            try:
+                self._build_search_index()
+            except BaseException:
+                reconciler.content.close()
+                raise
         log.info("daemon.startup", stories_loaded=stored.story_count,
                  crdt_updates=loaded.compaction.updates,
                  files_stat_checked=len(seen), files_reread=totals.files_read,

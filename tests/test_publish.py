@@ -237,6 +237,8 @@ def test_a_remote_change_is_overwritten_and_logged_once(
             assert done.returncode == 0, done.stdout + done.stderr
             wait_until(lambda: converged([reader], daemon.db),
                        what="the room back to the rows")
+        raw = json.loads(reader.lines[-1])["stories"]
+        assert set(raw) == {"1_story_login"} and set(raw["1_story_login"]) == set(FIELDS)
         warnings = [e for e in publishing.events()
                     if e.get("event") == "publish.remote_change_overwritten"]
         assert len(warnings) == 1, warnings  # once per connection, not per change
@@ -258,6 +260,7 @@ provider.on('sync', (synced) => {
   if (!synced) return
   const stories = doc.getMap('stories')
   stories.get('1_story_login').set('name', 'changed elsewhere')
+  stories.get('1_story_login').set('owner', 'someone else')
   stories.set('99_story_injected', new Y.Map())
   setTimeout(() => { provider.destroy(); process.exit(0) }, 300)
 })
@@ -323,6 +326,8 @@ def test_a_rebuilt_database_is_followed(stories: Stories, daemon: DaemonProcess,
         daemon.wait_row("2_story_after")
         publishing.wait_event("publish.database_replaced")
         wait_until(lambda: converged([reader], daemon.db), what="the reader after a rebuild")
+        # The new file was empty until the rebuild committed: the room never was.
+        assert all(json.loads(line)["stories"] for line in reader.lines)
     finally:
         reader.stop()
         assert publishing.stop() == 0

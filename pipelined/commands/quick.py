@@ -42,8 +42,8 @@ def _valid(name: str, value: str) -> bool:
     the line, and says what is wrong)."""
     from pipelined.config import LOG_FORMATS, LOG_LEVELS
 
-    if name in ("--settle-ms", "--max-file-bytes"):
-        return value.isascii() and value.isdigit()
+    if name in ("--settle-ms", "--max-file-bytes"):  # int() takes at most 4,300 digits
+        return value.isascii() and value.isdigit() and len(value) <= 18
     if name == "--log-format":
         return value in LOG_FORMATS
     if name == "--log-level":
