@@ -23,8 +23,6 @@ server whatever it lacks, so a restarted, empty server gets the whole state.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import random
 import time
@@ -238,8 +236,6 @@ class Publisher:
                     self.room[story_id] = values
         finally:
             self._writing = False
-        if len(todo) >= _TRIM_AFTER:
-            release_free_memory()
         return len(todo)
 
     def compare_all(self, rows: Mapping[str, Values]) -> int:
@@ -249,9 +245,7 @@ class Publisher:
         self._remote_change = False
         gone: dict[str, Values | None] = {story_id: None for story_id in self.room
                                           if story_id not in rows}
-        written = self.apply({**gone, **rows})
-        release_free_memory()  # the server's state as it arrived, the document read whole
-        return written
+        return self.apply({**gone, **rows})
 
     # -- the connection ------------------------------------------------------------
 
@@ -346,7 +340,6 @@ class Publisher:
                     gone = {story_id: None for story_id in self.room if story_id not in rows}
                     self.apply({**gone, **rows})
                     self._history_seq, last_full = seq, time.monotonic()
-                    release_free_memory()  # the rows just read, and a minute's garbage
                     continue
                 self._history_seq, updates = changed
                 self.apply(updates)
@@ -367,28 +360,6 @@ class Publisher:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-_TRIM_AFTER = 500  # stories written in one transaction before free memory is given back
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None (another C library)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the kernel. pycrdt frees the memory of
-    overwritten values and of the sync's encodings into holes that glibc keeps
-    otherwise: a pycrdt document of 10,000 stories after 100,000 overwrites held
-    86 MiB, 74 MiB once trimmed (docs/publish.md)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _first(errors: Iterable[BaseException]) -> str:
