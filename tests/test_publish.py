@@ -77,20 +77,29 @@ class YServer:
     """The official Node server on a loopback port (in memory: a restart empties it)."""
 
     def __init__(self, script: Path = SERVER_JS, **env: str) -> None:
-        self.port = free_port()
         self.script = script
         self.env = env
         self.server: Lines | None = None
-        self.start()
+        for _attempt in range(3):  # another test may take the free port first
+            self.port = free_port()
+            if self.start():
+                return
+        pytest.fail("the y-websocket server did not start on three free ports")
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start on `self.port`; False if the server exited (the port was taken)."""
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **self.env}
-        self.server = Lines([str(NODE), str(self.script)], env=env, cwd=NODE_DIR)
+        server = self.server = Lines([str(NODE), str(self.script)], env=env, cwd=NODE_DIR)
         try:
-            wait_until(self._answers, what="the y-websocket server")
+            wait_until(lambda: self._answers() or server.proc.poll() is not None,
+                       what="the y-websocket server")
         except BaseException:
             self.stop()
             raise
+        if server.proc.poll() is not None:
+            self.stop()
+            return False
+        return True
 
     def _answers(self) -> bool:
         try:
@@ -288,7 +297,7 @@ def test_server_and_publish_restarts_leave_the_room_equal_to_the_rows(
         yserver.stop()
         stories.write("1_backlog", "21_story_while_down", name="while the server was down")
         daemon.wait_row("21_story_while_down")
-        yserver.start()
+        assert yserver.start(), "the server could not listen again on its port"
         publishing.wait_event("publish.reconnected")
         reader = python_reader(yserver.url())
         wait_until(lambda: converged([reader], daemon.db), what="a new reader: the rows")
