@@ -189,6 +189,9 @@ class Daemon:
         """Tick until the apply thread's `future` is done; False if the run ends first
         (a signal, a failure reported to the Outcome, a thread gone, a path replaced)."""
         while not self._stop.is_set():
+            # `status` reads the heartbeat from the start: a writer failing during a
+            # first import (a full disk) shows as degraded, not as starting for ever.
+            self._beat(parts)
             if wait([future], self._tick(parts)).done:
                 return not self._stop.is_set() and not self._outcome.failed
             problem = self._problem(parts)  # a long first import is no time to lose the file

@@ -75,6 +75,34 @@ class TestFullDisk:
             daemon.kill()
 
 
+    def test_a_disk_full_during_the_first_import_shows_as_degraded(
+            self, stories: Stories, tmp_path: Path, small_disk: Path) -> None:
+        """The disk is full before the first import can commit: `status` says degraded
+        (the heartbeat is written while the daemon starts, its block allocated up
+        front), not `starting` for ever; once space is back the import completes."""
+        filler = small_disk / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=80"],
+                       capture_output=True, check=True)  # 5 MiB of the 6
+        for n in range(1, 31):
+            stories.write("2_current", f"{n}_story_big", big_story(n))  # about 3 MB
+        daemon = DaemonProcess(stories.root, small_disk / "pipeline.db", tmp_path)
+        try:
+            daemon.spawn()
+
+            def state() -> object:  # the database may not exist yet
+                done = daemon.cli("status", "--json")
+                return json.loads(done.stdout)["state"] if done.returncode == 0 else None
+
+            wait_until(lambda: state() == "degraded", what="degraded state")
+            assert "READY=1" not in daemon.messages
+            filler.unlink()
+            daemon.wait_message("READY=1")
+            wait_until(lambda: folder_matches_db(stories, daemon), what="every story committed")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+
+
 class TestLockedDatabase:
     @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_write_lock_held_by_another_program(self, stories: Stories,

@@ -9,6 +9,7 @@ needs no free space on a full disk. Only the daemon's main thread writes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -55,7 +56,11 @@ class Heartbeat:
                     os.close(fd)
                     return
                 self._fd = fd
-                os.ftruncate(self._fd, BLOCK)
+                os.ftruncate(fd, BLOCK)
+                # Its block allocated now: the beats that say the disk is full must fit
+                # (a file system without fallocate: they are written as before).
+                with contextlib.suppress(OSError):
+                    os.posix_fallocate(fd, 0, BLOCK)
             pwrite_all(self._fd, data.ljust(BLOCK), 0)  # a pwrite may be short
         except OSError:
             pass  # advisory: status then reports the heartbeat as stale
