@@ -43,6 +43,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = DEADLINE_S,
         time.sleep(interval)
 
 
+def git(cwd: Path, *args: str) -> str:
+    """git in `cwd` as a test user, no detached-head advice, no line-end conversion;
+    its stdout. Fails the test on a non-zero exit."""
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
+         "-c", "advice.detachedHead=false", "-c", "core.autocrlf=false", *args],
+        cwd=cwd, check=True, capture_output=True, text=True, timeout=DEADLINE_S,
+    ).stdout
+
+
 def observe(condition: Callable[[], bool], seconds: float) -> bool:
     """True if `condition` held at every poll for `seconds` (an observation window)."""
     deadline = time.monotonic() + seconds

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, wait_until
+from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, git, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=root, check=True, capture_output=True, text=True,
-    ).stdout
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from conftest import (
     DaemonProcess,
     Stories,
     folder_matches_db,
+    git,
     observe,
     story_text,
     wait_until,
@@ -36,14 +36,6 @@ SYNC_TIMEOUT_S = 15.0
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
-         "-c", "advice.detachedHead=false", "-c", "core.autocrlf=false", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout
 
 
 def sid(n: int) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import apsw
 import pytest
-from conftest import DEADLINE_S, DaemonProcess, Stories, wait_until
+from conftest import DEADLINE_S, DaemonProcess, Stories, git, wait_until
 
 from pipelined.publish import FIELDS, values_of
 
@@ -403,11 +403,6 @@ def test_a_missing_database_is_one_line_and_a_restart_may_cure_it(stories: Stori
                           capture_output=True, text=True, timeout=DEADLINE_S, check=False)
     assert done.returncode == 1 and done.stderr.startswith("Error: "), done.stderr
     assert done.stderr.count("\n") == 1
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-                   cwd=cwd, check=True, capture_output=True, timeout=DEADLINE_S)
 
 
 @pytest.mark.slow  # 4,000 files, a checkout, a rebase: over about 6 s
