@@ -239,6 +239,8 @@ def test_readers_follow_the_folders(stories: Stories, daemon: DaemonProcess,
 def test_a_remote_change_is_overwritten_and_logged_once(
         stories: Stories, daemon: DaemonProcess, yserver: YServer, tmp_path: Path) -> None:
     stories.write("1_backlog", "1_story_login", name="login")
+    stories.write("1_backlog", "2_story_flag", name="flag")
+    stories.write("1_backlog", "3_story_map", name="map")
     daemon.start()
     publishing = Publishing(daemon, yserver.url())
     reader = node_reader(yserver.url())
@@ -255,10 +257,13 @@ def test_a_remote_change_is_overwritten_and_logged_once(
             wait_until(lambda: converged([reader], daemon.db),
                        what="the room back to the rows")
         raw = shown(reader)[-1]
-        assert set(raw) == {"1_story_login"} and set(raw["1_story_login"]) == set(FIELDS)
+        assert set(raw) == {"1_story_login", "2_story_flag", "3_story_map"}
+        assert all(set(entry) == set(FIELDS) for entry in raw.values())
+        assert raw["2_story_flag"]["blocked"] is False  # `0` == False in Python
         warnings = [e for e in publishing.events()
                     if e.get("event") == "publish.remote_change_overwritten"]
         assert len(warnings) == 1, warnings  # once per connection, not per change
+        assert warnings[0]["stories"] == 4, warnings  # each kind of change was seen
     finally:
         writer_js.unlink()
         reader.stop()
@@ -276,9 +281,16 @@ const provider = new WebsocketProvider(base, room, doc, { WebSocketPolyfill: Web
 provider.on('sync', (synced) => {
   if (!synced) return
   const stories = doc.getMap('stories')
-  stories.get('1_story_login').set('name', 'changed elsewhere')
-  stories.get('1_story_login').set('owner', 'someone else')
-  stories.set('99_story_injected', new Y.Map())
+  doc.transact(() => {  // one update: publish sees the four changes at once
+    stories.set('1_story_login',
+                { ...stories.get('1_story_login'), name: 'changed elsewhere', owner: 'me' })
+    stories.set('2_story_flag', { ...stories.get('2_story_flag'), blocked: 0 })
+    const map = new Y.Map()  // the same values, as a Y.Map: not our shape
+    const values = stories.get('3_story_map')
+    stories.set('3_story_map', map)
+    for (const [key, value] of Object.entries(values)) map.set(key, value)
+    stories.set('99_story_injected', new Y.Map())
+  })
   setTimeout(() => { provider.destroy(); process.exit(0) }, 300)
 })
 """

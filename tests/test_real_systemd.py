@@ -307,7 +307,7 @@ async def main(url):
         async with pycrdt.Provider(doc, WebsocketChannel(websocket, url)) as provider:
             with anyio.fail_after(20):
                 await provider.synced.wait()
-            print(json.dumps({str(k): dict(zip(FIELDS, values_of(v.to_py() or {})))
+            print(json.dumps({str(k): dict(zip(FIELDS, values_of(v)))
                               for k, v in stories.items()}))
 
 anyio.run(main, sys.argv[1])

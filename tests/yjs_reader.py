@@ -29,7 +29,7 @@ async def main(url: str) -> None:
             while not channel.closed.is_set():
                 if changed[0]:
                     changed[0] = False
-                    state = {str(k): dict(zip(FIELDS, values_of(v.to_py() or {}), strict=True))
+                    state = {str(k): dict(zip(FIELDS, values_of(v), strict=True))
                              for k, v in stories.items()}
                     print(json.dumps({"stories": state}), flush=True)
                 with anyio.move_on_after(0.02):

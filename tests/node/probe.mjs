@@ -21,17 +21,13 @@ stories.observeDeep((events) => {
     if (event.target === stories) for (const key of event.keysChanged) ids.add(key)
     else ids.add(event.path[0])
   }
-  say({ changed: [...ids].map((id) => [id, stories.get(id)?.get('name') ?? null]) })
+  say({ changed: [...ids].map((id) => [id, stories.get(id)?.name ?? null]) })
 })
 process.on('SIGUSR2', () => {
   const fresh = new Y.Doc()
   const copy = fresh.getMap('stories')
   fresh.transact(() => {
-    for (const [id, entry] of stories) {
-      const map = new Y.Map()
-      copy.set(id, map)
-      for (const [key, value] of entry) map.set(key, value)
-    }
+    for (const [id, entry] of stories) copy.set(id, entry)
   })
   say({ room_bytes: Y.encodeStateAsUpdate(doc).length, fresh_bytes: Y.encodeStateAsUpdate(fresh).length })
 })
