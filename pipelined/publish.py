@@ -232,7 +232,8 @@ class Publisher:
         """Make the room equal to `rows` (the server's or another client's changes
         are in the document): remove what is not a row, write what differs."""
         self._remote_change = False
-        gone: dict[str, Values | None] = {str(story_id): None for story_id in self.stories
+        held = self.stories.keys()  # pycrdt types its Map without __iter__
+        gone: dict[str, Values | None] = {str(story_id): None for story_id in held
                                           if story_id not in rows}
         return self.apply({**gone, **rows})
 

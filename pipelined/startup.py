@@ -35,6 +35,7 @@ from pipelined.store.load import ContentReader, Signatures, read_signatures, rea
 from pipelined.store.writer import Writer, WriterStopped
 
 if TYPE_CHECKING:  # the sync, the story parser and batches load with the state
+    from pipelined.parse_ahead import ParseAhead
     from pipelined.sync import Reconciler, SyncResult
 
 __all__ = ["STARTUP_CHUNK", "Started", "Startup", "StartupStopped", "new_client_id"]
@@ -45,6 +46,9 @@ STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 # A first import of at least this many stories builds the search index in bulk at
 # its end (writer.suspend_search_index), not row by row: about half the writer's work.
 BULK_SEARCH_MIN = 2 * STARTUP_CHUNK
+# A catch-up of at least this many ids parses the chunks after its first in a
+# worker process (pipelined.parse_ahead) while this thread applies the current one.
+PARSE_AHEAD_MIN = 2 * STARTUP_CHUNK
 
 
 class StartupStopped(Exception):
@@ -79,6 +83,7 @@ class Startup:
         self._on_in_sync = on_in_sync
         self._in_sync_told = False
         self._clock = clock
+        self._parsed_ahead = 0  # chunks the parse-ahead worker answered
 
     def run(self) -> Started:
         """The stat pass against the stored signatures, the state, the catch-up.
@@ -150,7 +155,7 @@ class Startup:
                  files_stat_checked=files_checked, files_reread=totals.files_read,
                  created=totals.created, updated=totals.updated, moved=totals.moved,
                  deleted=totals.deleted, ready_before_load=in_sync_early, stat_ms=stat_ms,
-                 ms=self._ms_since(started))
+                 parsed_ahead=self._parsed_ahead, ms=self._ms_since(started))
         return Started(reconciler, loaded.compaction, totals.absent)
 
     def _build_search_index(self) -> None:
@@ -204,13 +209,46 @@ class Startup:
         ids = sorted(touched | mismatch)
         log_each = logs_each_story(len(ids) + len(reconciler.symlinked))  # the whole catch-up
         totals = SyncResult(Batch())
-        seq = None
         last_begin = max(0, len(ids) - 1) // STARTUP_CHUNK * STARTUP_CHUNK
+        ahead = self._parse_ahead(reconciler, ids)
+        try:
+            seq = self._catch_up_chunks(reconciler, ids, mismatch, totals, ahead,
+                                        confirm_absent=confirm_absent, log_each=log_each,
+                                        new_client=new_client, stored_with=stored_with,
+                                        first_import=first_import, last_begin=last_begin)
+        finally:
+            if ahead is not None:
+                ahead.close()
+                self._parsed_ahead = ahead.answered
+        if seq is not None and not self.writer.wait_committed(seq):
+            raise self._writer_stopped()
+        return totals, search_suspended or (first_import and len(ids) >= BULK_SEARCH_MIN)
+
+    def _parse_ahead(self, reconciler: Reconciler, ids: list[str]) -> ParseAhead | None:
+        """A worker process parsing the chunks after the first, for a catch-up of
+        PARSE_AHEAD_MIN ids or more on a machine with another core (parse_ahead)."""
+        if len(ids) < PARSE_AHEAD_MIN or len(os.sched_getaffinity(0)) < 2:
+            return None
+        from pipelined.parse_ahead import ParseAhead
+
+        chunks = [ids[begin:begin + STARTUP_CHUNK]
+                  for begin in range(STARTUP_CHUNK, len(ids), STARTUP_CHUNK)]
+        return ParseAhead(str(reconciler.root), reconciler.stages, chunks,
+                          reconciler.max_file_bytes)
+
+    def _catch_up_chunks(self, reconciler: Reconciler, ids: list[str], mismatch: set[str],
+                         totals: SyncResult, ahead: ParseAhead | None, *,
+                         confirm_absent: bool, log_each: bool, new_client: bool,
+                         stored_with: str | None, first_import: bool, last_begin: int,
+                         ) -> int | None:
+        """Each chunk reconciled and submitted; the last batch's writer sequence."""
+        seq = None
         for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
             chunk = ids[begin:begin + STARTUP_CHUNK]
             result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
                                           repair=mismatch.intersection(chunk),
-                                          log_each=log_each)
+                                          log_each=log_each,
+                                          ahead=ahead.take() if ahead and begin else None)
             if new_client and begin == 0:
                 result.batch.meta["client_id"] = str(reconciler.state.doc.client_id)
             if first_import and len(ids) >= BULK_SEARCH_MIN and begin == 0:
@@ -226,9 +264,7 @@ class Startup:
                 seq = self.writer.submit(result.batch)
             except WriterStopped:
                 raise self._writer_stopped() from None
-        if seq is not None and not self.writer.wait_committed(seq):
-            raise self._writer_stopped()
-        return totals, search_suspended or (first_import and len(ids) >= BULK_SEARCH_MIN)
+        return seq
 
     def _writer_stopped(self) -> BaseException:
         """Why the catch-up cannot go on: a second signal abandoned the writer (not a

@@ -26,6 +26,7 @@ from pipelined.layout import (
     stat_story,
 )
 from pipelined.logs import get_logger
+from pipelined.parse_ahead import Ahead, digest
 from pipelined.schema import FIELDS, RESET_ON_MOVE, StoryError, parse_number
 from pipelined.store.batch import Batch, RowUpsert, SignatureRow
 from pipelined.story import ParsedStory, parse_story, story_number, too_large
@@ -103,6 +104,7 @@ class _Pass:
     result: SyncResult
     confirm_absent: bool
     high_water: int
+    ahead: Ahead  # files parsed by another process: path -> (digest, story)
     puts: dict[str, dict[str, Any]] = field(default_factory=dict)
     removes: list[str] = field(default_factory=list)
     tracked: dict[str, Tracked] = field(default_factory=dict)
@@ -279,6 +281,7 @@ class Reconciler:
         confirm_absent: bool,
         repair: Iterable[str] = (),
         log_each: bool | None = None,
+        ahead: Ahead | None = None,
     ) -> SyncResult:
         """Look up each id on disk; build one pycrdt transaction and one Batch.
 
@@ -286,10 +289,12 @@ class Reconciler:
         is returned in `absent` for the caller to confirm later. Ids in
         `repair` get their row rewritten even if nothing seems to have changed.
         Nothing in memory changes unless the whole reconcile succeeds: the next
-        one would otherwise take the new files for already applied.
+        one would otherwise take the new files for already applied. `ahead`
+        holds files parsed by another process (parse_ahead), taken only for
+        the very bytes read here.
         """
         repair_set = set(repair)
-        work = _Pass(SyncResult(Batch()), confirm_absent, self.high_water)
+        work = _Pass(SyncResult(Batch()), confirm_absent, self.high_water, ahead or {})
         ids = sorted(set(story_ids) | repair_set | self.symlinked)
         # A first import or a big checkout: one line per story would be thousands
         # of lines (and a good part of an import's time); the caller logs the counts.
@@ -345,8 +350,10 @@ class Reconciler:
 
     # -- one id ------------------------------------------------------------------
 
-    def _read(self, story_file: StoryFile, record: Tracked) -> ParsedStory | None:
-        """Parse the file; None if it vanished since the stat."""
+    def _read(self, story_file: StoryFile, record: Tracked,
+              ahead: Ahead | None = None) -> ParsedStory | None:
+        """Parse the file (or take the story `ahead` parsed from the same bytes); None
+        if it vanished since the stat."""
         record.unreadable = False
         try:
             raw = _read_fd(self._dirs.open(story_file.stage, story_file.story_id),
@@ -363,6 +370,9 @@ class Reconciler:
             return ParsedStory(dict.fromkeys(FIELDS), content=None, broken=True,
                                errors=(StoryError("unreadable",
                                                   f"cannot read the file ({exc.strerror})"),))
+        parsed_ahead = ahead.pop(story_file.path, None) if ahead else None
+        if parsed_ahead is not None and parsed_ahead[0] == digest(raw):
+            return parsed_ahead[1]
         return parse_story(raw, self.max_file_bytes)
 
     def _find_files(self, story_id: str, record: Tracked) -> list[StoryFile] | None:
@@ -411,7 +421,7 @@ class Reconciler:
             )
             if unchanged:
                 break
-            parsed = self._read(winner, record)
+            parsed = self._read(winner, record, work.ahead)
             result.files_read += 1
             record.symlinked = winner.symlink
             if parsed is not None:

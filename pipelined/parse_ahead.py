@@ -1,0 +1,186 @@
+"""A big catch-up's files parsed ahead in a second process (docs/design.md, "Parsing ahead").
+
+A first import or a big offline change parses thousands of files on the apply
+thread, under the GIL it shares with the writer: about 40% of that thread's
+work. `ParseAhead` starts one worker process (`python -m pipelined.parse_ahead`)
+that reads and parses the files of the chunks to come while the apply thread
+applies the current one, on the machine's other core.
+
+The worker is only ever a shortcut. The apply thread still opens and reads
+every file itself, with all its checks (inside the root, a regular file, the
+size limit), and takes the worker's result only for the very same bytes (a
+digest of them): `parse_story` is pure, so the same bytes give the same story.
+A file changed between the two reads, one the worker could not read, a worker
+that failed or is too slow: the apply thread parses the file itself, and the
+worker is stopped. Nothing it does can change what is stored.
+
+Protocol (pickles over the worker's stdin and stdout): one request, the root,
+the stage folders and the chunks of ids; then one answer per chunk, in order,
+`{path: (digest, ParsedStory)}` for each candidate file it could read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import queue
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+from pipelined.logs import get_logger
+from pipelined.story import ParsedStory, parse_story
+
+__all__ = ["Ahead", "ParseAhead", "digest"]
+
+log = get_logger("pipelined.parse_ahead")
+
+Ahead = dict[str, tuple[bytes, ParsedStory]]  # path -> (digest of its bytes, the story)
+TAKE_TIMEOUT_S = 10.0  # a chunk later than this: the apply thread parses alone
+READER_JOIN_S = 5.0
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def digest(raw: bytes) -> bytes:
+    """What identifies a file's bytes between the two processes."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+class ParseAhead:
+    """The worker process, fed every chunk at once; `take()` gives the next answer.
+
+    Owned by the thread that calls `take` and `close` (the apply thread); a reader
+    thread of its own keeps at most two answers waiting, so the worker stays one
+    chunk ahead without holding the whole import in memory.
+    """
+
+    def __init__(self, root: str, stages: Sequence[str], chunks: Sequence[Sequence[str]],
+                 max_file_bytes: int) -> None:
+        self._answers: queue.Queue[Ahead | None] = queue.Queue(maxsize=2)
+        self._failed = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._expected = len(chunks)
+        self.answered = 0  # chunks the worker answered so far
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "pipelined.parse_ahead", str(max_file_bytes)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as exc:
+            self._fail(f"cannot start it ({exc})")
+            return
+        request = (root, list(stages), [list(chunk) for chunk in chunks])
+        self._reader = threading.Thread(target=self._read_answers, args=(request,),
+                                        name="pipelined-parse-ahead", daemon=True)
+        self._reader.start()
+
+    def take(self) -> Ahead:
+        """The next chunk's answer; empty once the worker failed (parse locally)."""
+        if self._failed:
+            return {}
+        try:
+            answer = self._answers.get(timeout=TAKE_TIMEOUT_S)
+        except queue.Empty:
+            answer = None
+            self._fail(f"no answer in {TAKE_TIMEOUT_S:.0f} s")
+        if answer is None:
+            self.close()
+            return {}
+        self.answered += 1
+        return answer
+
+    def close(self) -> None:
+        """Stop the worker (it has nothing left to do, or it failed)."""
+        self._failed = True
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()  # a worker holds nothing worth keeping
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        while True:  # unblock the reader thread if it waits for room in the queue
+            try:
+                self._answers.get_nowait()
+            except queue.Empty:
+                break
+        if self._reader is not None:
+            self._reader.join(READER_JOIN_S)  # it stops at its next answer, or at the EOF
+
+    def _fail(self, why: str) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("parse_ahead.failed", error=why,
+                        action="the apply thread parses the files itself")
+
+    def _read_answers(self, request: Any) -> None:
+        """The reader thread: send the request, then queue each answer as it comes."""
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            pickle.dump(request, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.close()
+            for _ in range(self._expected):
+                answer = pickle.load(proc.stdout)  # our own child's pickles
+                if self._failed:
+                    return
+                self._answers.put(answer)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            if not self._failed:  # not closed by us
+                self._fail(f"{type(exc).__name__}: {exc}")
+                self._answers.put(None)
+
+
+# -- the worker process ------------------------------------------------------------
+
+
+def _read(path: str, limit: int) -> bytes | None:
+    """The file's bytes, if it is a regular file (not a symlink) within the limit."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks, total = [], 0
+        while chunk := os.read(fd, limit + 1 - total):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def serve(limit: int, requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The worker: one request in, one answer per chunk out."""
+    root, stages, chunks = pickle.load(requests)  # from our parent
+    for chunk in chunks:
+        answer: Ahead = {}
+        for story_id in chunk:
+            for stage in stages:
+                path = os.path.join(root, stage, story_id + ".md")
+                raw = _read(path, limit)
+                if raw is not None:
+                    answer[path] = (digest(raw), parse_story(raw, limit))
+        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError, EOFError, KeyboardInterrupt):
+        # the daemon stopped, or has all it needs
+        serve(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
