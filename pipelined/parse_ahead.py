@@ -16,7 +16,11 @@ worker is stopped. Nothing it does can change what is stored.
 
 Protocol (pickles over the worker's stdin and stdout): one request, the root,
 the stage folders and the chunks of ids; then one answer per chunk, in order,
-`{path: (digest, ParsedStory)}` for each candidate file it could read.
+`{path: (digest, ParsedStory)}` for each candidate file it could read, each
+after its length (8 bytes, little-endian). The reader thread only reads the
+bytes; the apply thread unpickles them, so the stories are allocated where a
+local parse would have put them (a thread's allocations go to a malloc arena
+of its own, which kept 10 MiB more after a first import of 10,000 stories).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ log = get_logger("pipelined.parse_ahead")
 Ahead = dict[str, tuple[bytes, ParsedStory]]  # path -> (digest of its bytes, the story)
 TAKE_TIMEOUT_S = 10.0  # a chunk later than this: the apply thread parses alone
 READER_JOIN_S = 5.0
+LENGTH_BYTES = 8  # before each answer: its length
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -61,7 +66,7 @@ class ParseAhead:
 
     def __init__(self, root: str, stages: Sequence[str], chunks: Sequence[Sequence[str]],
                  max_file_bytes: int) -> None:
-        self._answers: queue.Queue[Ahead | None] = queue.Queue(maxsize=2)
+        self._answers: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
         self._failed = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -91,8 +96,14 @@ class ParseAhead:
         if answer is None:
             self.close()
             return {}
+        try:
+            stories: Ahead = pickle.loads(answer)  # our own child's pickles
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            self._fail(f"a bad answer ({type(exc).__name__}: {exc})")
+            self.close()
+            return {}
         self.answered += 1
-        return answer
+        return stories
 
     def close(self) -> None:
         """Stop the worker (it has nothing left to do, or it failed)."""
@@ -129,14 +140,22 @@ class ParseAhead:
             pickle.dump(request, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             proc.stdin.close()
             for _ in range(self._expected):
-                answer = pickle.load(proc.stdout)  # our own child's pickles
+                answer = _read_exactly(proc.stdout, int.from_bytes(_read_exactly(
+                    proc.stdout, LENGTH_BYTES), "little"))
                 if self._failed:
                     return
                 self._answers.put(answer)
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        except (OSError, EOFError, ValueError) as exc:
             if not self._failed:  # not closed by us
                 self._fail(f"{type(exc).__name__}: {exc}")
                 self._answers.put(None)
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError(f"the worker's answer ended after {len(data)} of {size} bytes")
+    return data
 
 
 # -- the worker process ------------------------------------------------------------
@@ -176,7 +195,9 @@ def serve(limit: int, requests: IO[bytes], answers: IO[bytes]) -> None:
                 raw = _read(path, limit)
                 if raw is not None:
                     answer[path] = (digest(raw), parse_story(raw, limit))
-        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.write(len(blob).to_bytes(LENGTH_BYTES, "little"))
+        answers.write(blob)
         answers.flush()
 
 
