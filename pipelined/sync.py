@@ -409,10 +409,12 @@ class Reconciler:
             return
         parsed: ParsedStory | None = None
         winner: StoryFile | None = None
+        # The state changes only once the whole pass is planned: read it once per id
+        # (a pycrdt read is a transaction, and an existing entry seven of them).
+        prev = self.state.get(story_id)
         while found:
             order = {s: i for i, s in enumerate(self.stages)}
             winner = max(found, key=lambda f: (f.signature.mtime_ns, order[f.stage]))
-            prev = self.state.get(story_id)
             kf = record.file(winner.rel_path)
             unchanged = (
                 not repair and prev is not None and prev["stage"] == winner.stage
@@ -430,12 +432,11 @@ class Reconciler:
             winner = None
 
         if winner is None:
-            if story_id not in self.state and not record.files:
+            if prev is None and not record.files:
                 return
             if not work.confirm_absent:
                 result.absent.add(story_id)
                 return
-            prev = self.state.get(story_id)
             work.removes.append(story_id)
             work.dropped.add(story_id)
             batch.deletes.append(story_id)
@@ -448,14 +449,14 @@ class Reconciler:
 
         known_before = {kf.rel_path: kf for kf in record.files}
         self._record_files(batch, story_id, record, winner, found)
-        self._copy_left_behind(batch, story_id, known_before, winner, found)
+        self._copy_left_behind(batch, story_id, prev, known_before, winner, found)
         number = story_number(story_id)
         if number is not None and work.high_water < number <= MAX_STORY_NUMBER:
             work.high_water = batch.high_water = number
         if parsed is None:
             return  # same signature, same stage: nothing to read or change
-        kind = _stage_change_kind(found, known_before, winner, self.state.get(story_id))
-        self._apply_parsed(story_id, record, winner, parsed, repair, work, kind)
+        kind = _stage_change_kind(found, known_before, winner, prev)
+        self._apply_parsed(story_id, prev, record, winner, parsed, repair, work, kind)
 
     def _record_files(
         self,
@@ -486,13 +487,12 @@ class Reconciler:
             files.append(kf)
         record.files = tuple(files)
 
-    def _copy_left_behind(self, batch: Batch, story_id: str,
+    def _copy_left_behind(self, batch: Batch, story_id: str, prev: dict[str, Any] | None,
                           known_before: dict[str, KnownFile], winner: StoryFile,
                           found: list[StoryFile]) -> None:
         """A conflict that ends with the winning copy, in another stage than the copy
         that went, completes a move made in two steps (`cp`, later `rm` of the
         original): one `moved` history row (the stage itself changed at the `cp`)."""
-        prev = self.state.get(story_id)
         if len(known_before) < 2 or prev is None or prev["stage"] != winner.stage:
             return
         present = {f.rel_path for f in found}
@@ -541,6 +541,7 @@ class Reconciler:
     def _apply_parsed(
         self,
         story_id: str,
+        prev: dict[str, Any] | None,
         record: Tracked,
         winner: StoryFile,
         parsed: ParsedStory,
@@ -551,7 +552,6 @@ class Reconciler:
         """The parsed winner into the state and a row; `stage_kind` says how a stage
         change came about when it is no move (see `_stage_change_kind`)."""
         result = work.result
-        prev = self.state.get(story_id)
         known = story_id in work.before
         old_text = work.before.get(story_id)
         new_fields = parsed.fields
