@@ -17,14 +17,14 @@ from pipelined.layout import split_rel_path, stat_signatures
 from pipelined.schema import REFS_FIELDS
 from pipelined.state import PipelineState
 from pipelined.store import queries
-from pipelined.store.load import read_signatures, read_updates
+from pipelined.store.load import iter_updates, read_signatures
 
 __all__ = ["diagnose"]
 
 
 def _state_from_db(conn: apsw.Connection) -> dict[str, dict[str, Any]]:
     state = PipelineState(client_id=1)
-    state.load(read_updates(conn))  # as the daemon's start-up loads it
+    state.load(iter_updates(conn))  # as the daemon's start-up loads it
     return state.to_dict()
 
 

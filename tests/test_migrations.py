@@ -267,7 +267,7 @@ class TestUnreadableColumn:
                                                       db_path: Path) -> None:
         """What startup re-reads as unreadable comes from the column, whatever the
         error's wording."""
-        from pipelined.store.load import read_state
+        from pipelined.store.load import read_unreadable
 
         apply_migrations(conn, db_path)
         conn.execute("INSERT INTO pipeline_items(id, stage) VALUES ('4_story_x', '1_backlog')")
@@ -276,4 +276,4 @@ class TestUnreadableColumn:
         conn.execute("INSERT INTO pipeline_items(id, stage) VALUES ('5_story_y', '1_backlog')")
         conn.execute("INSERT INTO story_extras(id, errors, unreadable) VALUES "
                      "('5_story_y', '[\"cannot read the file (old text)\"]', 0)")
-        assert read_state(conn).unreadable == {"4_story_x"}
+        assert read_unreadable(conn) == {"4_story_x"}

@@ -1,15 +1,16 @@
 """What the daemon reads back at startup (docs/design.md, rule 5), from a read-only connection.
 
 Steps, so that a restart is in sync as early as possible: `read_signatures`
-is all the stat pass needs; `read_state` is what applying changes needs
-(pycrdt updates, full signature rows); `read_contents` the content map, for
-the changed ids first when there are any, and the rest after READY.
+is all the stat pass needs; the state loads from `iter_updates`,
+`iter_signature_rows`, `iter_row_ids` and `read_unreadable`, one row at a time
+(at 100,000 stories a list of each was 60 MB allocated around the document and
+freed, holes the daemon kept); `read_contents` is the content map's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -20,11 +21,12 @@ from pipelined.store.connection import open_read_only
 __all__ = [
     "ContentReader",
     "Signatures",
-    "StoredState",
+    "iter_row_ids",
+    "iter_signature_rows",
+    "iter_updates",
     "read_contents",
     "read_signatures",
-    "read_state",
-    "read_updates",
+    "read_unreadable",
 ]
 
 
@@ -39,13 +41,6 @@ class Signatures(NamedTuple):
     story_count: int  # distinct ids among the files
     stored_with: str | None  # the data-shaping settings the rows were made with (JSON)
     search_suspended: bool = False  # a first import's bulk index build is still owed
-
-
-class StoredState(NamedTuple):
-    updates: list[bytes]
-    signatures: list[tuple[str, str, str, int, int, int, int]]
-    row_ids: set[str]
-    unreadable: set[str]  # ids whose file could not be read last time
 
 
 def read_signatures(conn: apsw.Connection) -> Signatures:
@@ -63,22 +58,28 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
                       str(shaped[0]) if shaped is not None else None, suspended is not None)
 
 
-def read_updates(conn: apsw.Connection) -> list[bytes]:
+def iter_updates(conn: apsw.Connection) -> Iterator[bytes]:
     """The persisted pycrdt updates (and snapshot), in commit order."""
-    return [bytes(r[0]) for r in conn.execute("SELECT data FROM crdt_updates ORDER BY seq")]
+    for (data,) in conn.execute("SELECT data FROM crdt_updates ORDER BY seq"):
+        yield bytes(data)
 
 
-def read_state(conn: apsw.Connection) -> StoredState:
-    """pycrdt updates in commit order, full signature rows, the row ids."""
-    return StoredState(
-        updates=read_updates(conn),
-        signatures=cast(list[tuple[str, str, str, int, int, int, int]], conn.execute(
-            "SELECT path, story_id, stage, mtime_ns, size, inode, winner FROM file_signatures"
-        ).fetchall()),
-        row_ids={str(r[0]) for r in conn.execute("SELECT id FROM pipeline_items")},
-        unreadable={str(r[0]) for r in conn.execute(
-            "SELECT id FROM story_extras WHERE unreadable = 1")},
-    )
+def iter_signature_rows(conn: apsw.Connection
+                        ) -> Iterator[tuple[str, str, int, int, int, int]]:
+    """(story_id, stage, mtime_ns, size, inode, winner) of every known file."""
+    yield from conn.execute(
+        "SELECT story_id, stage, mtime_ns, size, inode, winner FROM file_signatures")
+
+
+def iter_row_ids(conn: apsw.Connection) -> Iterator[str]:
+    for (story_id,) in conn.execute("SELECT id FROM pipeline_items"):
+        yield str(story_id)
+
+
+def read_unreadable(conn: apsw.Connection) -> set[str]:
+    """The ids whose file could not be read last time."""
+    return {str(r[0]) for r in conn.execute(
+        "SELECT id FROM story_extras WHERE unreadable = 1")}
 
 
 def read_contents(conn: apsw.Connection,
