@@ -12,6 +12,7 @@ mutated.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ DEFERRED_POLL_S = 0.05
 BURST_LOG_MIN = 10  # bursts touching this many ids log their flush at info level
 SYMLINK_CHECK_S = 2.0  # symlinked stories' targets may live outside the watched folders
 STAGE_PROBE_S = 2.0  # an unreadable stage folder is probed this often until it recovers
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+TRIM_AFTER_IDS = 1000  # a burst this big frees enough heap to give back (_trim_heap)
 
 
 class _Timers:
@@ -80,6 +83,9 @@ class ApplyLoop(threading.Thread):
         self._compaction = CompactionPolicy(config.compact_updates)
         self._reconciler: Reconciler | None = None
         self._fresh_bytes_per_story: float | None = None
+        # The start-up, or a big burst, freed much of the C heap: given back to the
+        # kernel once the writer has committed it all (see _trim_heap).
+        self._trim_due = True
 
     def _in_sync(self, stories: int) -> None:
         # READY is sent from this thread: the state load that follows holds the GIL
@@ -130,6 +136,11 @@ class ApplyLoop(threading.Thread):
             settled = self.coalescer.take(timeout)
             if settled.hurried:
                 return
+            self._reconciler.content.forget_committed()
+            if self._trim_due and not settled.story_ids and self.writer.pending() == 0 \
+                    and self.writer.committed >= self.writer.submitted:
+                self._trim_due = False
+                _trim_heap()
             self._add_periodic_work(settled, timers)
             if not self._flush_settled(settled.story_ids, settled.rescan, settled.stopping):
                 return
@@ -233,6 +244,7 @@ class ApplyLoop(threading.Thread):
     def _submit(self, result: SyncResult, started: float, touched: int) -> None:
         assert self._reconciler is not None
         self.writer.submit(result.batch)
+        self._trim_due |= touched >= TRIM_AFTER_IDS
         if result.batch.crdt_update and self._compaction.add(len(result.batch.crdt_update)):
             self._compact()
         self.stories = len(self._reconciler.state)
@@ -272,3 +284,33 @@ class ApplyLoop(threading.Thread):
                  replaced_bytes=self._compaction.bytes, snapshot_bytes=len(snapshot),
                  rebased=compaction.new_epoch, ms=int((time.monotonic() - started) * 1000))
         self._compaction.compacted(len(snapshot))
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's `malloc_trim`).
+
+    A first import or a big checkout allocates and frees hundreds of megabytes
+    (texts, rows, SQLite's pages) among objects that stay; glibc keeps the freed
+    pages, so the daemon's RSS stayed at its peak (10,000 stories: 88 MiB after
+    a first import, 79 after this; 75 after a restart). Without glibc (musl),
+    nothing to do.
+    """
+    import ctypes  # already loaded by watchdog's inotify
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    before, started = _rss_mib(), time.monotonic()
+    trim(0)
+    log.info("daemon.heap_trimmed", rss_mib_before=before, rss_mib=_rss_mib(),
+             ms=int((time.monotonic() - started) * 1000))
+
+
+def _rss_mib(statm_path: str = "/proc/self/statm") -> int | None:
+    """The daemon's resident memory, or None where /proc cannot tell."""
+    try:
+        with open(statm_path, "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES // 2**20
+    except (OSError, ValueError, IndexError):
+        return None

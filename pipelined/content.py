@@ -55,7 +55,7 @@ class ContentMap:
     def texts(self, story_ids: Collection[str]) -> dict[str, str | None]:
         """The text of each of `story_ids` the sync has seen (and not deleted since);
         an id it has not seen is missing from the answer."""
-        self._forget_committed()
+        self.forget_committed()
         found: dict[str, str | None] = {}
         to_read = []
         for story_id in story_ids:
@@ -78,10 +78,13 @@ class ContentMap:
 
     def pending(self) -> int:
         """How many texts wait in memory for the writer."""
-        self._forget_committed()
+        self.forget_committed()
         return len(self._pending)
 
-    def _forget_committed(self) -> None:
+    def forget_committed(self) -> None:
+        """Drop the texts the writer has committed (read from the rows from now on).
+        Also called by the apply loop when idle: otherwise the texts of a big burst
+        stayed in memory until the next one (10 MB after a first import of 10,000)."""
         if self._read is None:
             return
         committed = self._committed()

@@ -230,6 +230,7 @@ class Startup:
                 self._parsed_ahead = ahead.answered
         if seq is not None and not self.writer.wait_committed(seq):
             raise self._writer_stopped()
+        reconciler.content.forget_committed()  # all of it: committed
         return totals, search_suspended or (first_import and len(ids) >= BULK_SEARCH_MIN)
 
     def _parse_ahead(self, reconciler: Reconciler, ids: list[str]) -> ParseAhead | None:

@@ -100,8 +100,12 @@ class TestChunkedImport:
         assert [kind for (kind,) in updates] == ["update"] * 3
         startup = daemon.wait_log("daemon.startup")
         assert (startup["files_reread"], startup["created"]) == (total, total)
+        assert startup["parsed_ahead"] == 2  # chunks 2 and 3, by the worker process
         # The search index is built in bulk right after READY, and works row by row again.
         wait_until(lambda: search_ready(daemon), what="the search index built")
+        # Then, the writer idle, the freed heap goes back to the kernel.
+        trimmed = daemon.wait_log("daemon.heap_trimmed")
+        assert trimmed["rss_mib"] <= trimmed["rss_mib_before"]
         assert "startup.search_index_building" in [e.get("event") for e in daemon.log_events()]
         assert daemon.cli("search", "bulk", "--json").returncode == 0
         hits = json.loads(daemon.cli("search", f"{total}_story_bulk", "--json").stdout)
@@ -279,3 +283,16 @@ class TestWriterBegin:
         writer.start()
         writer.close(10)
         assert not writer.is_alive()
+
+
+class TestGivingTheHeapBack:
+    def test_the_rss_is_read_or_said_unknown(self, tmp_path: Path) -> None:
+        """The RSS logged around the heap trim: this process's, or None when /proc
+        cannot tell (missing, or not what statm holds), never an error."""
+        from pipelined.apply import _rss_mib
+
+        rss = _rss_mib()
+        assert rss is not None and rss > 10
+        assert _rss_mib(str(tmp_path / "missing")) is None
+        (tmp_path / "statm").write_text("garbage\n")
+        assert _rss_mib(str(tmp_path / "statm")) is None

@@ -87,6 +87,15 @@ class TestInSync:
                                      "3_story_c": ("4_merge", "c")}
         assert len(started.reconciler.state) == 3
 
+    def test_no_text_stays_in_memory_once_the_catch_up_is_committed(self, run: Run) -> None:
+        """The catch-up's texts are read from the rows once it is committed: none is
+        left in memory until the next burst (they were, 10 MB at 10,000 stories)."""
+        started = run()
+        content = started.reconciler.content
+        assert content._pending == {}  # not pending(): that call forgets them itself
+        assert content.texts(["2_story_b"]) == {
+            "2_story_b": run.stories.path("2_current", "2_story_b").read_text(encoding="utf-8")}
+
     def test_unchanged_restart_is_in_sync_before_the_state_loads(
             self, run: Run, log_events: Callable[[], list[dict[str, Any]]]) -> None:
         """Nothing changed: `in_sync` comes from the stat pass alone; the state is loaded

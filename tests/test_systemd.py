@@ -322,7 +322,7 @@ class TestSystemCalls:
                 raw = path.group(1)
                 if raw.startswith(("/proc/", "/sys/")):
                     # Not resolved: /proc/self here is the test's own process.
-                    if OWN_FD.fullmatch(raw) is None and raw != GLIBC_MALLOC:
+                    if OWN_FD.fullmatch(raw) is None and raw not in (GLIBC_MALLOC, OWN_MEMORY):
                         special.add(raw)
                     continue
                 target = (tmp_path / raw).resolve()
@@ -347,6 +347,9 @@ OWN_FD = re.compile(r"/proc/(self|[0-9]+)/fd/[0-9]+")  # layout.open_story's che
 # check_may_shrink_heap), depending on how memory happens to be laid out; under
 # ProcSubset=pid the open fails and glibc simply does not shrink that way.
 GLIBC_MALLOC = "/proc/sys/vm/overcommit_memory"
+# The daemon's own RSS, logged around giving freed heap back (apply._trim_heap);
+# its own /proc entry stays readable under ProcSubset=pid and ProtectProc=invisible.
+OWN_MEMORY = "/proc/self/statm"
 
 
 PR_SET_MDWE = 65
