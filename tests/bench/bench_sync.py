@@ -13,9 +13,10 @@ interpreter, as systemd starts it, else `python -m pipelined`; readiness taken f
 sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 
 1. first import (Popen -> READY=1), and until its search index is built (right
-   after READY); the daemon's RSS and VmHWM once the pipeline state is loaded;
-   the database size (db + wal);
-2. edit -> row visible: spaced single edits of a story's `name:`, polled in
+   after READY); the daemon's RSS then, one lone edit right after the build,
+   and the RSS and VmHWM once the daemon is idle (its `daemon.heap_trimmed`
+   line); the database size (db + wal);
+2. edit -> row visible, once idle: spaced single edits of a story's `name:`, polled in
    the database through a read-only apsw connection every 2 ms; then, as the
    baseline, the same after a restart with the whole settle window for every
    change (PIPELINED_SETTLE_QUICK_MS=100, as before the quick path);
@@ -387,9 +388,26 @@ def first_import(daemon: Daemon) -> Result:
     first = daemon.start()
     loaded = daemon.wait_state_loaded()
     searchable = wait_search_built(daemon)
-    rss, hwm = daemon.rss_mib()
+    rss, _hwm = daemon.rss_mib()
     return {"first_s": first, "first_loaded_s": loaded, "first_search_s": searchable,
-            "rss_first_mib": rss, "hwm_first_mib": hwm, "db_ready_mib": db_mib(daemon.db)}
+            "rss_built_mib": rss, "db_ready_mib": db_mib(daemon.db)}
+
+
+def after_import(daemon: Daemon, paths: dict[str, Path], rng: random.Random) -> Result:
+    """One lone edit right after the search index is built (the writer may still be
+    checkpointing the build: the edit waits behind it), then the daemon left until
+    it is idle (its `daemon.heap_trimmed` line: the writer has committed everything
+    and the freed heap went back); its RSS and VmHWM then."""
+    edit = measure_edits(daemon, paths, 1, rng)
+    deadline = time.perf_counter() + READY_TIMEOUT_S
+    while not any(e.get("event") == "daemon.heap_trimmed" for e in daemon.log_events()):
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the daemon never went idle after the import\n" + daemon.tail())
+        daemon.check_alive("while going idle")
+        time.sleep(POLL_S)
+    rss, hwm = daemon.rss_mib()
+    return {"edit_after_build_ms": edit["edit_ms"][0] if edit["edit_ms"] else None,
+            "rss_first_mib": rss, "hwm_first_mib": hwm}
 
 
 def wait_search_built(daemon: Daemon) -> float:
@@ -423,6 +441,7 @@ def bench_one(n: int, work: Path, notify: Notify, args: argparse.Namespace) -> R
         paths = make_stories(daemon.root, n, rng)
         step(n, "first import")
         r |= first_import(daemon)
+        r |= after_import(daemon, paths, rng)
         step(n, f"{args.rounds_edit} edits")
         r |= measure_edits(daemon, paths, args.rounds_edit, rng)
         # The baseline in the same run: every change waits the whole settle window,
