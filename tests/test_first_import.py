@@ -191,7 +191,9 @@ class TestChunkedImport:
         """Two SIGTERMs once the first chunk is in: the writer is abandoned while the
         catch-up still has chunks to queue; the daemon exits 0 without hanging, and
         the next start reads only the files that were not committed."""
-        total = 6 * STARTUP_CHUNK
+        # Twelve chunks: the main thread sees a signal at its next tick, and the import
+        # (parsed ahead since) must still be going on when the second one comes.
+        total = 12 * STARTUP_CHUNK
         write_many(stories, total)
         proc = daemon.spawn(env={"PIPELINED_WRITER_QUEUE": "1"})
         wait_until(lambda: count_rows(daemon) >= STARTUP_CHUNK, what="the first chunk")
