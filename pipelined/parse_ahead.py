@@ -48,6 +48,9 @@ Ahead = dict[str, tuple[bytes, ParsedStory]]  # path -> (digest of its bytes, th
 TAKE_TIMEOUT_S = 10.0  # a chunk later than this: the apply thread parses alone
 READER_JOIN_S = 5.0
 LENGTH_BYTES = 8  # before each answer: its length
+# Larger files are left to the apply thread: an answer (two wait, one is read) then
+# holds at most 1,000 x 64 KiB, whatever max_file_bytes allows (1 MiB by default).
+AHEAD_MAX_FILE_BYTES = 64 * 1024
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -162,7 +165,8 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def _read(path: str, limit: int) -> bytes | None:
-    """The file's bytes, if it is a regular file (not a symlink) within the limit."""
+    """The file's bytes, if it is a regular file (not a symlink) within `limit`; the
+    story is parsed with the daemon's own limit all the same."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
@@ -192,7 +196,7 @@ def serve(limit: int, requests: IO[bytes], answers: IO[bytes]) -> None:
         for story_id in chunk:
             for stage in stages:
                 path = os.path.join(root, stage, story_id + ".md")
-                raw = _read(path, limit)
+                raw = _read(path, min(limit, AHEAD_MAX_FILE_BYTES))
                 if raw is not None:
                     answer[path] = (digest(raw), parse_story(raw, limit))
         blob = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)

@@ -16,7 +16,7 @@ from pipelined import startup
 from pipelined.config import resolve
 from pipelined.content import ContentMap
 from pipelined.outcome import Outcome
-from pipelined.parse_ahead import ParseAhead, digest
+from pipelined.parse_ahead import AHEAD_MAX_FILE_BYTES, ParseAhead, digest
 from pipelined.startup import Startup
 from pipelined.state import PipelineState
 from pipelined.store.connection import open_writer
@@ -59,6 +59,19 @@ class TestTheWorker:
             assert got_digest == digest(raw)
             assert story == parse_story(raw, 2048)
         assert first[paths_of(stories, "2_current", "2_b")[0]][1].fields["name"] == "b"
+
+    def test_a_file_over_64_kib_is_left_to_the_apply_thread(self, tmp_path: Path) -> None:
+        """However much the daemon's limit allows: three answers of 1,000 such files
+        would otherwise hold gigabytes."""
+        stories = Stories(tmp_path / "root")
+        stories.write("1_backlog", "1_small", name="small")
+        stories.write("1_backlog", "2_large", name="large", body="z" * AHEAD_MAX_FILE_BYTES)
+        ahead = ParseAhead(str(stories.root), STAGES, [["1_small", "2_large"]], LIMIT)
+        try:
+            answer = ahead.take()
+        finally:
+            ahead.close()
+        assert list(answer) == paths_of(stories, "1_backlog", "1_small")
 
     def test_a_worker_that_dies_leaves_the_parsing_to_the_caller(
             self, tmp_path: Path, log_events: Callable[[], list[dict[str, Any]]]) -> None:
