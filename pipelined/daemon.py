@@ -1,6 +1,8 @@
 """The daemon's lifecycle: lock, migrate, load, watch, stat pass, apply, stop.
 
-The only module that wires threads:
+The only module that wires the daemon's threads (but one: a big catch-up's
+parse-ahead worker process has a reader thread, started and stopped by the
+start-up, see `pipelined.parse_ahead`):
 
 - main thread: signals (SIGHUP reloads the config), the watches (it alone
   schedules them), health checks, and all sd_notify but READY (WATCHDOG=1

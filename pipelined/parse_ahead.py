@@ -30,6 +30,7 @@ import hashlib
 import os
 import pickle
 import queue
+import signal
 import stat
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from pipelined.logs import get_logger
+from pipelined.shaping import PARSER_VERSION
 from pipelined.story import ParsedStory, parse_story
 
 __all__ = ["Ahead", "ParseAhead", "digest"]
@@ -48,9 +50,14 @@ Ahead = dict[str, tuple[bytes, ParsedStory]]  # path -> (digest of its bytes, th
 TAKE_TIMEOUT_S = 10.0  # a chunk later than this: the apply thread parses alone
 READER_JOIN_S = 5.0
 LENGTH_BYTES = 8  # before each answer: its length
-# Larger files are left to the apply thread: an answer (two wait, one is read) then
-# holds at most 1,000 x 64 KiB, whatever max_file_bytes allows (1 MiB by default).
+# What the daemon holds of the worker's answers is bounded whatever max_file_bytes
+# allows (1 MiB by default): a file over AHEAD_MAX_FILE_BYTES, or past an answer's
+# budget of file bytes, is left to the apply thread. One answer waits in the queue,
+# one in the reader thread, one is unpickled: about 4 x ANSWER_BUDGET_BYTES at most.
 AHEAD_MAX_FILE_BYTES = 64 * 1024
+ANSWER_BUDGET_BYTES = 8 * 1024 * 1024
+# An answer's length is checked against this before anything is allocated for it.
+MAX_ANSWER_BYTES = 4 * ANSWER_BUDGET_BYTES
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -63,29 +70,32 @@ class ParseAhead:
     """The worker process, fed every chunk at once; `take()` gives the next answer.
 
     Owned by the thread that calls `take` and `close` (the apply thread); a reader
-    thread of its own keeps at most two answers waiting, so the worker stays one
-    chunk ahead without holding the whole import in memory.
+    thread of its own keeps one answer waiting, so the worker stays a chunk ahead
+    without holding the whole import in memory. Whatever the worker sends, or
+    fails to, the caller gets an answer or an empty one, never an exception.
     """
 
     def __init__(self, root: str, stages: Sequence[str], chunks: Sequence[Sequence[str]],
                  max_file_bytes: int) -> None:
-        self._answers: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._answers: queue.Queue[bytes | None] = queue.Queue(maxsize=1)
         self._failed = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._expected = len(chunks)
         self.answered = 0  # chunks the worker answered so far
+        request = (PARSER_VERSION, root, list(stages), [list(chunk) for chunk in chunks])
         try:
+            # -P: not the current folder first on sys.path. The units start the daemon
+            # in the stories folder, where a `pickle.py` would otherwise be imported.
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelined.parse_ahead", str(max_file_bytes)],
+                [sys.executable, "-P", "-m", "pipelined.parse_ahead", str(max_file_bytes)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        except OSError as exc:
+            self._reader = threading.Thread(target=self._read_answers, args=(request,),
+                                            name="pipelined-parse-ahead", daemon=True)
+            self._reader.start()
+        except (OSError, RuntimeError) as exc:  # no process, or no thread for it
             self._fail(f"cannot start it ({exc})")
-            return
-        request = (root, list(stages), [list(chunk) for chunk in chunks])
-        self._reader = threading.Thread(target=self._read_answers, args=(request,),
-                                        name="pipelined-parse-ahead", daemon=True)
-        self._reader.start()
+            self.close()
 
     def take(self) -> Ahead:
         """The next chunk's answer; empty once the worker failed (parse locally)."""
@@ -101,7 +111,9 @@ class ParseAhead:
             return {}
         try:
             stories: Ahead = pickle.loads(answer)  # our own child's pickles
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            if not isinstance(stories, dict):
+                raise TypeError(f"an answer of type {type(stories).__name__}")
+        except Exception as exc:  # whatever a broken worker sent: parse locally
             self._fail(f"a bad answer ({type(exc).__name__}: {exc})")
             self.close()
             return {}
@@ -143,12 +155,14 @@ class ParseAhead:
             pickle.dump(request, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             proc.stdin.close()
             for _ in range(self._expected):
-                answer = _read_exactly(proc.stdout, int.from_bytes(_read_exactly(
-                    proc.stdout, LENGTH_BYTES), "little"))
+                size = int.from_bytes(_read_exactly(proc.stdout, LENGTH_BYTES), "little")
+                if size > MAX_ANSWER_BYTES:
+                    raise ValueError(f"an answer of {size} bytes")
+                answer = _read_exactly(proc.stdout, size)
                 if self._failed:
                     return
                 self._answers.put(answer)
-        except (OSError, EOFError, ValueError) as exc:
+        except Exception as exc:  # any failure: the apply thread goes on alone
             if not self._failed:  # not closed by us
                 self._fail(f"{type(exc).__name__}: {exc}")
                 self._answers.put(None)
@@ -189,16 +203,29 @@ def _read(path: str, limit: int) -> bytes | None:
 
 
 def serve(limit: int, requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The worker: one request in, one answer per chunk out."""
-    root, stages, chunks = pickle.load(requests)  # from our parent
+    """The worker: one request in, one answer per chunk out.
+
+    It gives up (exits: the daemon parses alone) when its parser is not the
+    daemon's (the package was upgraded under a running daemon), and leaves out a
+    story whose parse failed (`parser_failed`: memory, recursion, an import gone
+    wrong here may not go wrong there).
+    """
+    version, root, stages, chunks = pickle.load(requests)  # from our parent
+    if version != PARSER_VERSION:
+        return
     for chunk in chunks:
         answer: Ahead = {}
+        budget = ANSWER_BUDGET_BYTES
         for story_id in chunk:
             for stage in stages:
                 path = os.path.join(root, stage, story_id + ".md")
-                raw = _read(path, min(limit, AHEAD_MAX_FILE_BYTES))
-                if raw is not None:
-                    answer[path] = (digest(raw), parse_story(raw, limit))
+                raw = _read(path, min(limit, AHEAD_MAX_FILE_BYTES, max(0, budget)))
+                if raw is None:
+                    continue
+                story = parse_story(raw, limit)
+                if not any(error.code == "parser_failed" for error in story.errors):
+                    answer[path] = (digest(raw), story)
+                    budget -= len(raw)
         blob = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         answers.write(len(blob).to_bytes(LENGTH_BYTES, "little"))
         answers.write(blob)
@@ -206,6 +233,10 @@ def serve(limit: int, requests: IO[bytes], answers: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError, EOFError, KeyboardInterrupt):
-        # the daemon stopped, or has all it needs
+    # The daemon's signals are not for the worker: Ctrl-C reaches the whole process
+    # group and `systemctl stop` the whole unit, while a first SIGTERM lets the
+    # catch-up go on. The daemon kills it when done; a closed pipe ends it too.
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError, EOFError):
         serve(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)

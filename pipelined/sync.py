@@ -26,12 +26,12 @@ from pipelined.layout import (
     stat_story,
 )
 from pipelined.logs import get_logger
-from pipelined.parse_ahead import Ahead, digest
 from pipelined.schema import FIELDS, RESET_ON_MOVE, StoryError, parse_number
 from pipelined.store.batch import Batch, RowUpsert, SignatureRow
 from pipelined.story import ParsedStory, parse_story, story_number, too_large
 
 if TYPE_CHECKING:  # pycrdt is imported only once the state is loaded
+    from pipelined.parse_ahead import Ahead
     from pipelined.state import PipelineState
 
 __all__ = [
@@ -371,8 +371,11 @@ class Reconciler:
                                errors=(StoryError("unreadable",
                                                   f"cannot read the file ({exc.strerror})"),))
         parsed_ahead = ahead.pop(story_file.path, None) if ahead else None
-        if parsed_ahead is not None and parsed_ahead[0] == digest(raw):
-            return parsed_ahead[1]
+        if parsed_ahead is not None:
+            from pipelined.parse_ahead import digest  # noqa: PLC0415 - hashlib: only then
+
+            if parsed_ahead[0] == digest(raw):
+                return parsed_ahead[1]
         return parse_story(raw, self.max_file_bytes)
 
     def _find_files(self, story_id: str, record: Tracked) -> list[StoryFile] | None:

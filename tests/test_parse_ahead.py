@@ -4,6 +4,7 @@ files, and the Reconciler and Startup that take its answers only for the same by
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,13 @@ import apsw
 import pytest
 from conftest import STAGES, Stories, story_text
 
-from pipelined import startup
+from pipelined import parse_ahead, startup
 from pipelined.config import resolve
 from pipelined.content import ContentMap
 from pipelined.outcome import Outcome
-from pipelined.parse_ahead import AHEAD_MAX_FILE_BYTES, ParseAhead, digest
+from pipelined.parse_ahead import AHEAD_MAX_FILE_BYTES, ParseAhead, digest, serve
+from pipelined.schema import StoryError
+from pipelined.shaping import PARSER_VERSION
 from pipelined.startup import Startup
 from pipelined.state import PipelineState
 from pipelined.store.connection import open_writer
@@ -106,6 +109,122 @@ class TestTheWorker:
         assert "cannot start it" in failed["error"]
 
 
+class TestAWorkerCannotHurt:
+    def test_a_module_in_the_current_folder_is_not_imported(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The units start the daemon in the stories folder, which others can write:
+        a `pickle.py` there is not what the worker imports (python -P)."""
+        stories = Stories(tmp_path / "root")
+        stories.write("1_backlog", "1_a", name="a")
+        marker = tmp_path / "imported"
+        (stories.root / "pickle.py").write_text(
+            f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n", encoding="utf-8")
+        monkeypatch.chdir(stories.root)
+        ahead = ParseAhead(str(stories.root), STAGES, [["1_a"]], LIMIT)
+        try:
+            answer = ahead.take()
+        finally:
+            ahead.close()
+        assert list(answer) == paths_of(stories, "1_backlog", "1_a")
+        assert not marker.exists()
+
+    @pytest.mark.parametrize(("script", "said"), [
+        # A length no answer can have: refused before anything is allocated.
+        ("printf '\\377\\377\\377\\377\\377\\377\\377\\177'", "an answer of"),
+        # Alive after it (no end of the pipe to race the bad answer to the warning).
+        ("printf '\\005\\000\\000\\000\\000\\000\\000\\000abcde'; exec sleep 30", "a bad answer"),
+        ("printf '\\100\\000\\000\\000\\000\\000\\000\\000half'", "ended after"),
+        ("exec sleep 30", "no answer in"),
+    ], ids=["huge length", "not a pickle", "cut short", "silent"])
+    def test_a_broken_worker_leaves_the_parsing_to_the_caller(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, said: str,
+            log_events: Callable[[], list[dict[str, Any]]]) -> None:
+        """Whatever a worker sends (or does not): empty answers, one warning saying
+        what went wrong, and no exception for the apply thread."""
+        fake = tmp_path / "fake-python"
+        fake.write_text(f"#!/bin/sh\ncat > /dev/null\n{script}\n", encoding="utf-8")
+        fake.chmod(0o755)
+        monkeypatch.setattr("sys.executable", str(fake))
+        monkeypatch.setattr("pipelined.parse_ahead.TAKE_TIMEOUT_S", 0.5)
+        ahead = ParseAhead(str(tmp_path), STAGES, [["1_a"], ["2_b"]], LIMIT)
+        try:
+            answers = [ahead.take(), ahead.take()]
+        finally:
+            ahead.close()
+        assert answers == [{}, {}]
+        (failed,) = [e for e in log_events() if e["event"] == "parse_ahead.failed"]
+        assert said in failed["error"], failed
+
+    def test_the_daemons_signals_do_not_stop_the_worker(self, tmp_path: Path) -> None:
+        """SIGTERM and SIGINT (`systemctl stop`, Ctrl-C) reach the worker too; it goes on
+        with the catch-up the first signal lets finish."""
+        stories = Stories(tmp_path / "root")
+        chunks = []
+        for c in range(6):  # answers over a pipe's 64 KiB: the worker stays blocked
+            chunk = [f"{c * 40 + n}_s" for n in range(40)]
+            for story_id in chunk:
+                stories.write("1_backlog", story_id, name=story_id, body="w " * 1500)
+            chunks.append(chunk)
+        ahead = ParseAhead(str(stories.root), STAGES, chunks, LIMIT)
+        try:
+            assert len(ahead.take()) == 40
+            proc = ahead._proc
+            assert proc is not None and proc.poll() is None  # still writing its answers
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+            assert [len(ahead.take()) for _ in range(5)] == [40] * 5
+        finally:
+            ahead.close()
+
+
+class TestTheWorkersAnswers:
+    """`serve`, the worker's loop, in-process over byte streams."""
+
+    def served(self, request: tuple[Any, ...], limit: int = LIMIT) -> list[dict[str, Any]]:
+        import io
+        import pickle
+
+        out = io.BytesIO()
+        serve(limit, io.BytesIO(pickle.dumps(request)), out)
+        data, answers = out.getvalue(), []
+        while data:
+            size = int.from_bytes(data[:8], "little")
+            answers.append(pickle.loads(data[8:8 + size]))
+            data = data[8 + size:]
+        return answers
+
+    def test_a_worker_of_another_parser_version_answers_nothing(self, tmp_path: Path) -> None:
+        """The package upgraded under a running daemon: the new parser's stories are
+        not the old one's, so the worker gives up and the daemon parses alone."""
+        stories = Stories(tmp_path / "root")
+        stories.write("1_backlog", "1_a", name="a")
+        request = (PARSER_VERSION, str(stories.root), STAGES, [["1_a"]])
+        assert len(self.served(request)) == 1
+        assert self.served(("0-not-this-one", *request[1:])) == []
+
+    def test_a_failed_parse_and_files_past_the_budget_are_left_out(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A story whose parse failed here (memory, recursion) may not fail in the
+        daemon: left out; so are files once an answer holds its budget of bytes."""
+        stories = Stories(tmp_path / "root")
+        for n in range(1, 5):
+            stories.write("1_backlog", f"{n}_s", name=f"s {n}", body="b" * 900)
+        size = stories.path("1_backlog", "1_s").stat().st_size
+        monkeypatch.setattr("pipelined.parse_ahead.ANSWER_BUDGET_BYTES", 2 * size)
+        real = parse_ahead.parse_story
+
+        def failing_on_2(raw: bytes, limit: int) -> ParsedStory:
+            story = real(raw, limit)
+            if b"s 2" in raw:
+                return ParsedStory(story.fields, errors=(StoryError("parser_failed", "x"),))
+            return story
+
+        monkeypatch.setattr("pipelined.parse_ahead.parse_story", failing_on_2)
+        (answer,) = self.served((PARSER_VERSION, str(stories.root), STAGES,
+                                 [["1_s", "2_s", "3_s", "4_s"]]))
+        assert sorted(answer) == paths_of(stories, "1_backlog", "1_s", "3_s")
+
+
 class TestTheReconcilerTakesOnlyTheSameBytes:
     def reconcile_with(self, stories: Stories, ahead: dict[str, tuple[bytes, ParsedStory]]
                        ) -> dict[str, Any]:
@@ -147,6 +266,7 @@ class TestAStartUpParsesAhead:
         say, no warning, and the worker gone once the catch-up is committed."""
         monkeypatch.setattr(startup, "STARTUP_CHUNK", 10)
         monkeypatch.setattr(startup, "PARSE_AHEAD_MIN", 20)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})  # a 1-CPU runner
         stories = Stories(tmp_path / "root")
         expected: dict[str, tuple[str, str, int]] = {}
         for n in range(1, 46):
