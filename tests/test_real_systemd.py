@@ -247,6 +247,15 @@ class TestSystemUnit:
         assert startup["parsed_ahead"] == (19 if len(os.sched_getaffinity(0)) > 1 else 0), startup
         assert not [e for e in events if e["event"] == "parse_ahead.failed"]
 
+        def trimmed() -> list[dict[str, object]]:
+            """The heap given back once idle: ctypes' call works under the sandbox
+            (MemoryDenyWriteExecute, the system call filter), and /proc/self/statm reads."""
+            return [e for e in (json.loads(str(m["MESSAGE"])) for m in daemon_entries(ns)
+                                if str(m.get("MESSAGE", "")).startswith("{"))
+                    if e["event"] == "daemon.heap_trimmed"]
+        (trim,) = wait_until(trimmed, 60, "the heap trimmed once the daemon is idle")
+        assert isinstance(trim["rss_mib"], int), trim
+
 
 HTTP = """
 import json, sys, urllib.request
