@@ -69,8 +69,9 @@ class Batch:
     # history directly (a `cp` then, later, an `rm` of the original; sync.py)
     moves: list[tuple[str, str, str]] = field(default_factory=list)
     # A first import builds the search index in bulk: "suspend" (before this batch's
-    # rows) drops the index's triggers, "resume" (after them) rebuilds the index and
-    # puts the triggers back (writer.py; both may be in one batch).
+    # rows) drops the index's triggers, "resume" (after them) starts building the
+    # index anew, which the writer goes on with between batches ("slice", one of
+    # its own making), the last slice putting the triggers back (writer.py).
     search_index: str | None = None
 
     def is_empty(self) -> bool:

@@ -121,41 +121,107 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                              (key, value))
             if batch.compaction is not None:
                 _write_compaction(conn, batch.compaction, now)
-            if batch.search_index == "resume":
-                resume_search_index(conn)
+            if batch.search_index in ("resume", "slice"):  # after the batch's rows
+                (start_search_build if batch.search_index == "resume"
+                 else build_search_slice)(conn)
         conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES ('last_sync', ?)",
                      (now,))
 
 
 SEARCH_SUSPENDED = "search_suspended"  # daemon_meta: the triggers' SQL while suspended
+SEARCH_CURSOR = "search_build_cursor"  # daemon_meta: the next rowid a sliced build indexes
+SEARCH_SLICE_ROWS = 500  # rows a slice of the build indexes in one transaction
+
+# While the index is built in slices (build_search_slice), the triggers keep it for
+# the rows the build has passed (rowid < the cursor) and leave the others to it: a
+# row changed meanwhile is indexed once, as it is when its slice or its change comes.
+# The same three as migration 0004's, each statement guarded by the cursor.
+_CURSOR = f"(SELECT CAST(value AS INTEGER) FROM daemon_meta WHERE key = '{SEARCH_CURSOR}')"
+BUILDING_TRIGGERS = (
+    f"""CREATE TRIGGER pipeline_search_ai AFTER INSERT ON pipeline_items BEGIN
+  INSERT INTO pipeline_search(rowid, id, name, content)
+  SELECT new.rowid, new.id, new.name, new.content WHERE new.rowid < {_CURSOR};
+END""",
+    f"""CREATE TRIGGER pipeline_search_ad AFTER DELETE ON pipeline_items BEGIN
+  INSERT INTO pipeline_search(pipeline_search, rowid, id, name, content)
+  SELECT 'delete', old.rowid, old.id, old.name, old.content WHERE old.rowid < {_CURSOR};
+END""",
+    f"""CREATE TRIGGER pipeline_search_au AFTER UPDATE ON pipeline_items
+WHEN old.id IS NOT new.id OR old.name IS NOT new.name OR old.content IS NOT new.content
+  OR old.rowid IS NOT new.rowid
+BEGIN
+  INSERT INTO pipeline_search(pipeline_search, rowid, id, name, content)
+  SELECT 'delete', old.rowid, old.id, old.name, old.content WHERE old.rowid < {_CURSOR};
+  INSERT INTO pipeline_search(rowid, id, name, content)
+  SELECT new.rowid, new.id, new.name, new.content WHERE new.rowid < {_CURSOR};
+END""",
+)
+
+
+def _search_triggers(conn: apsw.Connection) -> list[tuple[str, str]]:
+    return [(str(name), str(sql)) for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+        "AND tbl_name = 'pipeline_items' AND name LIKE 'pipeline_search%'")]
 
 
 def suspend_search_index(conn: apsw.Connection) -> None:
     """Stop indexing row by row: the search index's triggers are dropped, their SQL kept
     in daemon_meta in the same transaction (a crash mid-import leaves a note the next
-    start resumes from: nothing but the uncommitted chunk is lost)."""
-    triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
-                            "AND tbl_name = 'pipeline_items' AND name LIKE 'pipeline_search%'"
-                            ).fetchall()
+    start resumes from: nothing but the uncommitted chunk is lost). A note already
+    there holds the real triggers: it is kept."""
+    triggers = _search_triggers(conn)
     if not triggers:  # suspended already (a resumed import), or no index (before 0004)
         return
-    conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES (?, ?)",
-                 (SEARCH_SUSPENDED, json.dumps(triggers)))
+    if conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
+                    (SEARCH_SUSPENDED,)).fetchone() is None:
+        conn.execute("INSERT INTO daemon_meta(key, value) VALUES (?, ?)",
+                     (SEARCH_SUSPENDED, json.dumps(triggers)))
     for name, _sql in triggers:
         conn.execute(f'DROP TRIGGER "{name}"')
 
 
-def resume_search_index(conn: apsw.Connection) -> None:
-    """Build the search index from every row at once (FTS5's 'rebuild', about twice as
-    fast as row by row) and put its triggers back."""
-    row = conn.execute("SELECT value FROM daemon_meta WHERE key = ?",
-                       (SEARCH_SUSPENDED,)).fetchone()
-    if row is None:
+def start_search_build(conn: apsw.Connection) -> None:
+    """Begin building the search index from every row, in slices the writer commits
+    between batches (build_search_slice): an empty index, the cursor at the first
+    row, the cursor-guarded triggers. A build cut short (a crash, a stop) starts
+    over at the next start: the note stays until the last slice."""
+    if conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
+                    (SEARCH_SUSPENDED,)).fetchone() is None:
         return
-    conn.execute("INSERT INTO pipeline_search(pipeline_search) VALUES ('rebuild')")
-    for _name, sql in json.loads(row[0]):
+    for name, _sql in _search_triggers(conn):  # the guarded ones of a build cut short
+        conn.execute(f'DROP TRIGGER "{name}"')
+    conn.execute("INSERT INTO pipeline_search(pipeline_search) VALUES ('delete-all')")
+    conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES (?, '0')",
+                 (SEARCH_CURSOR,))
+    for sql in BUILDING_TRIGGERS:
         conn.execute(sql)
-    conn.execute("DELETE FROM daemon_meta WHERE key = ?", (SEARCH_SUSPENDED,))
+
+
+def build_search_slice(conn: apsw.Connection, rows: int | None = None) -> bool:
+    """Index the next `rows` rows from the cursor; with the last, put the real triggers
+    back and drop the note and the cursor. True once the build is over (or none runs)."""
+    cursor = conn.execute("SELECT CAST(value AS INTEGER) FROM daemon_meta WHERE key = ?",
+                          (SEARCH_CURSOR,)).fetchone()
+    if cursor is None:
+        return True
+    end = conn.execute("SELECT rowid FROM pipeline_items WHERE rowid >= ? ORDER BY rowid "
+                       "LIMIT 1 OFFSET ?", (cursor[0], rows or SEARCH_SLICE_ROWS)).fetchone()
+    bounds = "rowid >= ?" + ("" if end is None else " AND rowid < ?")
+    conn.execute("INSERT INTO pipeline_search(rowid, id, name, content) SELECT rowid, id, "
+                 f"name, content FROM pipeline_items WHERE {bounds} ORDER BY rowid",
+                 (cursor[0],) if end is None else (cursor[0], end[0]))
+    if end is not None:
+        conn.execute("UPDATE daemon_meta SET value = ? WHERE key = ?", (str(end[0]),
+                                                                          SEARCH_CURSOR))
+        return False
+    note = conn.execute("SELECT value FROM daemon_meta WHERE key = ?",
+                        (SEARCH_SUSPENDED,)).fetchone()
+    for name, _sql in _search_triggers(conn):
+        conn.execute(f'DROP TRIGGER "{name}"')
+    for _name, sql in json.loads(note[0]) if note is not None else ():
+        conn.execute(sql)
+    conn.execute("DELETE FROM daemon_meta WHERE key IN (?, ?)", (SEARCH_SUSPENDED, SEARCH_CURSOR))
+    return True
 
 
 def _write_compaction(conn: apsw.Connection, compaction: Compaction, now: str) -> None:
@@ -334,30 +400,48 @@ class Writer(threading.Thread):
             log.error("writer.open_failed", error=str(exc))
             return
         try:
-            while not self._abandon.is_set():
-                try:
-                    first = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    if self._closing.is_set():
-                        break  # closing, and everything queued is committed
-                    continue
-                group: list[tuple[int, Batch]] = [first]
-                while len(group) < MAX_GROUP:
-                    try:
-                        group.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if not self._commit([batch for _, batch in group]):
-                    return
-                with self._seq_cond:
-                    self._committed = group[-1][0]
-                    self._seq_cond.notify_all()
-                if sum(len(batch.upserts) for _, batch in group) >= BIG_GROUP_ROWS:
-                    self._checkpoint()  # fold a big import into the database file now
-            if not self._abandon.is_set():
+            if self._serve() and not self._abandon.is_set():
                 self._checkpoint()
         finally:
             self._conn.close()
+
+    def _serve(self) -> bool:
+        """Commit what is queued until closing (True) or a commit fails or is abandoned
+        (False); between batches, the slices of a search index build."""
+        building = False  # a search index build in slices is under way
+        while not self._abandon.is_set():
+            try:
+                first = (self._queue.get_nowait() if building
+                         else self._queue.get(timeout=0.1))
+            except queue.Empty:
+                if self._closing.is_set():
+                    return True  # closing, and everything queued is committed
+                if building:  # nothing waits: the next slice of the index
+                    if not self._commit([_slice_batch()]):
+                        return False
+                    building = self._search_building()
+                continue
+            group: list[tuple[int, Batch]] = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not self._commit([batch for _, batch in group]):
+                return False
+            with self._seq_cond:
+                self._committed = group[-1][0]
+                self._seq_cond.notify_all()
+            if sum(len(batch.upserts) for _, batch in group) >= BIG_GROUP_ROWS:
+                self._checkpoint()  # fold a big import into the database file now
+            if any(batch.search_index == "resume" for _, batch in group):
+                building = self._search_building()
+        return True
+
+    def _search_building(self) -> bool:
+        assert self._conn is not None
+        return self._conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
+                                  (SEARCH_CURSOR,)).fetchone() is not None
 
     def _commit(self, group: list[Batch]) -> bool:
         """Commit a group, retrying with back-off until it lands or we are abandoned."""
@@ -430,3 +514,10 @@ class Writer(threading.Thread):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.Error as exc:
             log.warning("writer.checkpoint_failed", error=str(exc))
+
+
+def _slice_batch() -> Batch:
+    """A batch of nothing but the search index build's next slice (after READY)."""
+    from pipelined.store.batch import Batch  # noqa: PLC0415 - dataclasses: not before READY
+
+    return Batch(search_index="slice")

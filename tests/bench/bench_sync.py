@@ -13,7 +13,8 @@ interpreter, as systemd starts it, else `python -m pipelined`; readiness taken f
 sd_notify READY=1 on a datagram socket this script binds as NOTIFY_SOCKET):
 
 1. first import (Popen -> READY=1), and until its search index is built (right
-   after READY); the daemon's RSS then, one lone edit right after the build,
+   after READY, in slices); one lone edit right after READY (while the index is
+   built), the daemon's RSS once it is built, one lone edit right after that,
    and the RSS and VmHWM once the daemon is idle (its `daemon.heap_trimmed`
    line); the database size (db + wal);
 2. edit -> row visible, once idle: spaced single edits of a story's `name:`, polled in
@@ -382,14 +383,17 @@ def measure_burst(daemon: Daemon, count: int, first_number: int) -> Result:
     raise RuntimeError(f"burst: only {got} of {count} rows\n" + daemon.tail())
 
 
-def first_import(daemon: Daemon) -> Result:
-    """Popen -> READY=1 on an empty database; memory and size once the state is loaded."""
+def first_import(daemon: Daemon, paths: dict[str, Path], rng: random.Random) -> Result:
+    """Popen -> READY=1 on an empty database; one lone edit right after READY, while
+    the search index is built; memory and size once the index is built."""
     flush_writes()  # the stories were just written
     first = daemon.start()
+    during = measure_edits(daemon, paths, 1, rng)["edit_ms"]
     loaded = daemon.wait_state_loaded()
     searchable = wait_search_built(daemon)
     rss, _hwm = daemon.rss_mib()
     return {"first_s": first, "first_loaded_s": loaded, "first_search_s": searchable,
+            "edit_during_build_ms": during[0] if during else None,
             "rss_built_mib": rss, "db_ready_mib": db_mib(daemon.db)}
 
 
@@ -440,7 +444,7 @@ def bench_one(n: int, work: Path, notify: Notify, args: argparse.Namespace) -> R
         step(n, f"writing {n:,} stories to {daemon.root}")
         paths = make_stories(daemon.root, n, rng)
         step(n, "first import")
-        r |= first_import(daemon)
+        r |= first_import(daemon, paths, rng)
         r |= after_import(daemon, paths, rng)
         step(n, f"{args.rounds_edit} edits")
         r |= measure_edits(daemon, paths, args.rounds_edit, rng)

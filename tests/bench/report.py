@@ -83,6 +83,8 @@ def rows(args: argparse.Namespace, results: dict[int, Result]) -> list[Row]:
             "edit_p50_ms", ".0f", Target("<= 30", {10_000: 30, 100_000: 30})),
         Row("edit->row p99 (ms)", "edit_p99_ms", ".0f",
             Target("<= 80", {10_000: 80, 100_000: 80})),
+        Row("  a lone edit right after the first import's READY, index building (ms)",
+            "edit_during_build_ms", ".0f"),
         Row("  a lone edit right after the import's search index is built (ms)",
             "edit_after_build_ms", ".0f"),
         Row("  baseline: edit->row p50 / p99, whole settle window (ms)", "edit_whole_p50_ms",

@@ -1,0 +1,160 @@
+"""A first import's search index, built in slices between the writer's batches: real
+SQLite, the real writer thread, and FTS5's own integrity check (against the rows) as
+the judge of every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+from conftest import wait_until
+
+from pipelined.outcome import Outcome
+from pipelined.store import writer as writer_module
+from pipelined.store.batch import Batch, RowUpsert
+from pipelined.store.connection import open_writer
+from pipelined.store.migrations import apply_migrations
+from pipelined.store.writer import (
+    SEARCH_CURSOR,
+    SEARCH_SUSPENDED,
+    Writer,
+    build_search_slice,
+    write_batches,
+)
+
+FIELDS = {"name": None, "agent": None, "retry_count": 0, "blocked": False,
+          "depends_on": None}
+
+
+def row(n: int, text: str) -> RowUpsert:
+    return RowUpsert(f"{n}_story_s", "1_backlog", {**FIELDS, "name": f"story {n}"},
+                     text, {}, ())
+
+
+def imported(db: Path, count: int) -> tuple[apsw.Connection, list[tuple[str, str]]]:
+    """A database a first import of `count` rows left: rows in, index owed; and the
+    real triggers as the migrations made them."""
+    conn = open_writer(db)
+    apply_migrations(conn, db)
+    triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                            "AND name LIKE 'pipeline_search%' ORDER BY name").fetchall()
+    write_batches(conn, [Batch(upserts=[row(n, f"alpha word{n}") for n in range(count)],
+                               search_index="suspend")])
+    return conn, triggers
+
+
+def consistent(conn: apsw.Connection) -> None:
+    """FTS5's integrity check, with the rows: raises when the index disagrees (a row
+    indexed twice, a stale entry, one missing). Only once no build runs: a build's
+    index holds only the rows it has passed."""
+    conn.execute("INSERT INTO pipeline_search(pipeline_search, rank) "
+                 "VALUES ('integrity-check', 1)")
+
+
+def sound(conn: apsw.Connection) -> None:
+    """FTS5's integrity check of the index alone (its structure), mid-build."""
+    conn.execute("INSERT INTO pipeline_search(pipeline_search) VALUES ('integrity-check')")
+
+
+def hits(conn: apsw.Connection, query: str) -> list[str]:
+    return sorted(str(r[0]) for r in conn.execute(
+        "SELECT id FROM pipeline_search WHERE pipeline_search MATCH ?", (query,)))
+
+
+def meta(conn: apsw.Connection, key: str) -> Any:
+    found = conn.execute("SELECT value FROM daemon_meta WHERE key = ?", (key,)).fetchone()
+    return None if found is None else found[0]
+
+
+class TestSlices:
+    def test_changes_between_slices_are_indexed_once(self, tmp_path: Path) -> None:
+        """Edits of rows the build has passed and of rows it has not, a delete and a new
+        row, between slices of 7: the index agrees with the rows at every step, finds
+        what they say at the end, and the real triggers are back."""
+        conn, triggers = imported(tmp_path / "p.db", 40)
+        write_batches(conn, [Batch(search_index="resume")])
+        assert meta(conn, SEARCH_CURSOR) == "0" and meta(conn, SEARCH_SUSPENDED)
+        assert hits(conn, "alpha") == []  # emptied: built anew
+        assert not build_search_slice(conn, rows=7)
+        assert not build_search_slice(conn, rows=7)  # rows 1-14 indexed
+        sound(conn)
+        assert len(hits(conn, "alpha")) == 14
+        write_batches(conn, [Batch(upserts=[row(3, "beta passed"), row(30, "beta ahead"),
+                                            row(99, "beta new")],
+                                   deletes=["5_story_s", "35_story_s"])])
+        sound(conn)
+        assert hits(conn, "beta") == ["3_story_s"]  # the others wait for their slice
+        done = False
+        while not done:
+            done = build_search_slice(conn, rows=7)
+            sound(conn)
+        consistent(conn)
+        assert meta(conn, SEARCH_CURSOR) is None and meta(conn, SEARCH_SUSPENDED) is None
+        assert hits(conn, "beta") == ["30_story_s", "3_story_s", "99_story_s"]
+        assert hits(conn, "word5") == hits(conn, "word35") == hits(conn, "word3") == []
+        assert len(hits(conn, "alpha")) == 40 - 2 - 2  # deleted, and rewritten as beta
+        assert conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                            "AND name LIKE 'pipeline_search%' ORDER BY name"
+                            ).fetchall() == triggers
+        write_batches(conn, [Batch(upserts=[row(7, "gamma after")])])  # the real triggers
+        consistent(conn)
+        assert hits(conn, "gamma") == ["7_story_s"]
+
+    def test_a_build_cut_short_starts_over(self, tmp_path: Path) -> None:
+        """A crash after a few slices leaves the note, the cursor and the guarded
+        triggers; the next start's catch-up writes under them, then a new build."""
+        conn, triggers = imported(tmp_path / "p.db", 30)
+        write_batches(conn, [Batch(search_index="resume")])
+        assert not build_search_slice(conn, rows=10)
+        conn.close()  # the crash
+        conn = open_writer(tmp_path / "p.db")
+        write_batches(conn, [Batch(upserts=[row(2, "delta old"), row(25, "delta new")])])
+        sound(conn)
+        write_batches(conn, [Batch(search_index="resume")])
+        assert meta(conn, SEARCH_CURSOR) == "0"
+        while not build_search_slice(conn, rows=10):
+            pass
+        consistent(conn)
+        assert hits(conn, "delta") == ["25_story_s", "2_story_s"]
+        assert meta(conn, SEARCH_SUSPENDED) is None
+        assert conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                            "AND name LIKE 'pipeline_search%' ORDER BY name"
+                            ).fetchall() == triggers
+
+    def test_no_build_is_nothing_to_do(self, tmp_path: Path) -> None:
+        conn = open_writer(tmp_path / "p.db")
+        apply_migrations(conn, tmp_path / "p.db")
+        assert build_search_slice(conn)
+        write_batches(conn, [Batch(search_index="resume")])  # nothing owed: no build
+        assert meta(conn, SEARCH_CURSOR) is None
+
+
+class TestTheWriterBuildsBetweenBatches:
+    def test_an_edit_does_not_wait_for_the_whole_build(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The build runs in slices when nothing else waits: an edit queued behind its
+        start is committed first, the slices go on after it, and the index ends up
+        agreeing with the rows, the edit included."""
+        db = tmp_path / "p.db"
+        conn, _triggers = imported(db, 2000)
+        conn.close()
+        monkeypatch.setattr(writer_module, "SEARCH_SLICE_ROWS", 5)  # 400 slices
+        writer = Writer(lambda: open_writer(db), 8, path=db, outcome=Outcome())
+        writer.start()
+        writer.begin()
+        try:
+            writer.submit(Batch(search_index="resume"))
+            edit = writer.submit(Batch(upserts=[row(1500, "epsilon edited")]))
+            assert writer.wait_committed(edit)
+            at_edit = writer.commits
+            reader = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+            wait_until(lambda: meta(reader, SEARCH_SUSPENDED) is None, what="the build")
+            assert writer.commits - at_edit > 100  # slices came after the edit
+        finally:
+            writer.close(30)
+        conn = open_writer(db)
+        consistent(conn)
+        assert hits(conn, "epsilon") == ["1500_story_s"]
+        assert len(hits(conn, "alpha")) == 1999
