@@ -167,10 +167,10 @@ class Startup:
         return Started(reconciler, loaded.compaction, totals.absent)
 
     def _build_search_index(self) -> None:
-        """After READY: the search index of a first import, built whole by the writer
-        (FTS5 'rebuild') before any later batch; not waited for. Until it is
+        """After READY: the search index of a first import, built by the writer in
+        slices between later batches; not waited for. Until its last slice is
         committed, `search` says the index is being built; a crash before that
-        leaves the note, and the next start builds it (docs/design.md)."""
+        leaves the note, and the next start builds it anew (docs/design.md)."""
         from pipelined.store.batch import Batch
 
         try:
@@ -206,9 +206,9 @@ class Startup:
         re-reads again what the change affects.
 
         A first import of BULK_SEARCH_MIN stories or more suspends the search index
-        with its first chunk; the index is then built whole right after READY
-        (the second value returned: owed), as it is by a start that finds it still
-        suspended (a crash mid-import or before the build).
+        with its first chunk; the index is then built right after READY (the second
+        value returned: owed), as it is by a start that finds it still suspended (a
+        crash mid-import or mid-build).
         """
         from pipelined.store.batch import Batch
         from pipelined.sync import SyncResult, logs_each_story

@@ -53,9 +53,17 @@ def consistent(conn: apsw.Connection) -> None:
                  "VALUES ('integrity-check', 1)")
 
 
-def sound(conn: apsw.Connection) -> None:
-    """FTS5's integrity check of the index alone (its structure), mid-build."""
-    conn.execute("INSERT INTO pipeline_search(pipeline_search) VALUES ('integrity-check')")
+def agrees_so_far(conn: apsw.Connection) -> None:
+    """Mid-build: the index equals the rows the build has passed (rowid below the
+    cursor). Judged on a copy without the others, by the same integrity check."""
+    copy = apsw.Connection(":memory:")
+    with copy.backup("main", conn, "main") as backup:
+        backup.step()
+    cursor = meta(copy, SEARCH_CURSOR)
+    if cursor is not None:  # their guarded delete trigger leaves the index alone
+        copy.execute("DELETE FROM pipeline_items WHERE rowid >= ?", (int(cursor),))
+    consistent(copy)
+    copy.close()
 
 
 def hits(conn: apsw.Connection, query: str) -> list[str]:
@@ -79,17 +87,17 @@ class TestSlices:
         assert hits(conn, "alpha") == []  # emptied: built anew
         assert not build_search_slice(conn, rows=7)
         assert not build_search_slice(conn, rows=7)  # rows 1-14 indexed
-        sound(conn)
+        agrees_so_far(conn)
         assert len(hits(conn, "alpha")) == 14
         write_batches(conn, [Batch(upserts=[row(3, "beta passed"), row(30, "beta ahead"),
                                             row(99, "beta new")],
                                    deletes=["5_story_s", "35_story_s"])])
-        sound(conn)
+        agrees_so_far(conn)
         assert hits(conn, "beta") == ["3_story_s"]  # the others wait for their slice
         done = False
         while not done:
             done = build_search_slice(conn, rows=7)
-            sound(conn)
+            agrees_so_far(conn)
         consistent(conn)
         assert meta(conn, SEARCH_CURSOR) is None and meta(conn, SEARCH_SUSPENDED) is None
         assert hits(conn, "beta") == ["30_story_s", "3_story_s", "99_story_s"]
@@ -111,7 +119,7 @@ class TestSlices:
         conn.close()  # the crash
         conn = open_writer(tmp_path / "p.db")
         write_batches(conn, [Batch(upserts=[row(2, "delta old"), row(25, "delta new")])])
-        sound(conn)
+        agrees_so_far(conn)
         write_batches(conn, [Batch(search_index="resume")])
         assert meta(conn, SEARCH_CURSOR) == "0"
         while not build_search_slice(conn, rows=10):
@@ -122,6 +130,41 @@ class TestSlices:
         assert conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
                             "AND name LIKE 'pipeline_search%' ORDER BY name"
                             ).fetchall() == triggers
+
+    def test_a_first_import_after_a_build_cut_short_keeps_the_real_triggers(
+            self, tmp_path: Path) -> None:
+        """Guarded triggers and the note left by a build cut short, every story deleted,
+        then a first import: its suspension keeps the note (the real triggers, not
+        the guarded ones) and stops the old build; the new build ends with the real
+        triggers, which go on indexing."""
+        conn, triggers = imported(tmp_path / "p.db", 30)
+        write_batches(conn, [Batch(search_index="resume")])
+        assert not build_search_slice(conn, rows=10)
+        write_batches(conn, [Batch(deletes=[f"{n}_story_s" for n in range(30)])])
+        write_batches(conn, [Batch(upserts=[row(n, f"eta word{n}") for n in range(40, 60)],
+                                   search_index="suspend")])
+        assert meta(conn, SEARCH_CURSOR) is None  # the old build stopped with it
+        assert build_search_slice(conn)  # nothing to go on with
+        write_batches(conn, [Batch(search_index="resume")])
+        while not build_search_slice(conn, rows=6):
+            agrees_so_far(conn)
+        assert conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                            "AND name LIKE 'pipeline_search%' ORDER BY name"
+                            ).fetchall() == triggers
+        write_batches(conn, [Batch(upserts=[row(41, "theta later"), row(70, "theta new")])])
+        consistent(conn)
+        assert hits(conn, "theta") == ["41_story_s", "70_story_s"]
+        assert len(hits(conn, "eta")) == 19  # 40-59, but 41
+
+    def test_a_slice_is_no_sync(self, tmp_path: Path) -> None:
+        """`last_sync` (status, the freshness notes) moves with batches, not slices."""
+        conn, _triggers = imported(tmp_path / "p.db", 20)
+        write_batches(conn, [Batch(search_index="resume")])
+        conn.execute("UPDATE daemon_meta SET value = 'then' WHERE key = 'last_sync'")
+        write_batches(conn, [Batch(search_index="slice")])
+        assert meta(conn, "last_sync") == "then"
+        write_batches(conn, [Batch(upserts=[row(1, "iota")])])
+        assert meta(conn, "last_sync") != "then"
 
     def test_no_build_is_nothing_to_do(self, tmp_path: Path) -> None:
         conn = open_writer(tmp_path / "p.db")
@@ -144,15 +187,18 @@ class TestTheWriterBuildsBetweenBatches:
         writer = Writer(lambda: open_writer(db), 8, path=db, outcome=Outcome())
         writer.start()
         writer.begin()
+        reader = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
         try:
             writer.submit(Batch(search_index="resume"))
+            wait_until(lambda: int(meta(reader, SEARCH_CURSOR) or 0) > 0,
+                       what="the build's first slices")
             edit = writer.submit(Batch(upserts=[row(1500, "epsilon edited")]))
             assert writer.wait_committed(edit)
-            at_edit = writer.commits
-            reader = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+            # 400 slices of 5: the edit went in with most of them still to come.
+            assert meta(reader, SEARCH_CURSOR) is not None
             wait_until(lambda: meta(reader, SEARCH_SUSPENDED) is None, what="the build")
-            assert writer.commits - at_edit > 100  # slices came after the edit
         finally:
+            reader.close()
             writer.close(30)
         conn = open_writer(db)
         consistent(conn)

@@ -76,8 +76,7 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
     now = utc_now()
     with transaction(conn):
         for batch in batches:
-            if batch.search_index == "suspend":
-                suspend_search_index(conn)
+            _search_step(conn, batch.search_index, before_rows=True)
             if batch.crdt_update:
                 conn.execute(
                     "INSERT INTO crdt_updates(data, committed_at, epoch) VALUES "
@@ -121,11 +120,10 @@ def write_batches(conn: apsw.Connection, batches: list[Batch]) -> None:
                              (key, value))
             if batch.compaction is not None:
                 _write_compaction(conn, batch.compaction, now)
-            if batch.search_index in ("resume", "slice"):  # after the batch's rows
-                (start_search_build if batch.search_index == "resume"
-                 else build_search_slice)(conn)
-        conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) VALUES ('last_sync', ?)",
-                     (now,))
+            _search_step(conn, batch.search_index, before_rows=False)
+        if any(batch.search_index != "slice" for batch in batches):  # a slice syncs nothing
+            conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) "
+                         "VALUES ('last_sync', ?)", (now,))
 
 
 SEARCH_SUSPENDED = "search_suspended"  # daemon_meta: the triggers' SQL while suspended
@@ -178,6 +176,9 @@ def suspend_search_index(conn: apsw.Connection) -> None:
                      (SEARCH_SUSPENDED, json.dumps(triggers)))
     for name, _sql in triggers:
         conn.execute(f'DROP TRIGGER "{name}"')
+    # A build under way stops here (its slices would index without triggers): the
+    # next "resume" starts it over.
+    conn.execute("DELETE FROM daemon_meta WHERE key = ?", (SEARCH_CURSOR,))
 
 
 def start_search_build(conn: apsw.Connection) -> None:
@@ -222,6 +223,18 @@ def build_search_slice(conn: apsw.Connection, rows: int | None = None) -> bool:
         conn.execute(sql)
     conn.execute("DELETE FROM daemon_meta WHERE key IN (?, ?)", (SEARCH_SUSPENDED, SEARCH_CURSOR))
     return True
+
+
+def _search_step(conn: apsw.Connection, step: str | None, *, before_rows: bool) -> None:
+    """A batch's step of the search index: "suspend" before its rows, "resume" (start
+    a build) or "slice" (go on with it) after them."""
+    if before_rows:
+        if step == "suspend":
+            suspend_search_index(conn)
+    elif step == "resume":
+        start_search_build(conn)
+    elif step == "slice":
+        build_search_slice(conn)
 
 
 def _write_compaction(conn: apsw.Connection, compaction: Compaction, now: str) -> None:
@@ -439,9 +452,16 @@ class Writer(threading.Thread):
         return True
 
     def _search_building(self) -> bool:
+        """Whether a search index build is under way. A read that fails says yes: the
+        next slice goes through `_commit`'s retries, and a slice with no build to go
+        on with is a no-op."""
         assert self._conn is not None
-        return self._conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
-                                  (SEARCH_CURSOR,)).fetchone() is not None
+        try:
+            return self._conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
+                                      (SEARCH_CURSOR,)).fetchone() is not None
+        except apsw.Error as exc:
+            log.warning("writer.search_build_unknown", error=f"{type(exc).__name__}: {exc}")
+            return True
 
     def _commit(self, group: list[Batch]) -> bool:
         """Commit a group, retrying with back-off until it lands or we are abandoned."""
