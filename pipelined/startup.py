@@ -170,7 +170,7 @@ class Startup:
         """After READY: the search index of a first import, built by the writer in
         slices between later batches; not waited for. Until its last slice is
         committed, `search` says the index is being built; a crash before that
-        leaves the note, and the next start builds it anew (docs/design.md)."""
+        leaves the note, and the next start goes on with it (docs/design.md)."""
         from pipelined.store.batch import Batch
 
         try:

@@ -110,26 +110,40 @@ class TestSlices:
         consistent(conn)
         assert hits(conn, "gamma") == ["7_story_s"]
 
-    def test_a_build_cut_short_starts_over(self, tmp_path: Path) -> None:
+    def test_a_build_cut_short_goes_on_from_its_cursor(self, tmp_path: Path) -> None:
         """A crash after a few slices leaves the note, the cursor and the guarded
-        triggers; the next start's catch-up writes under them, then a new build."""
+        triggers; the next start's catch-up writes under them, and its "resume" goes
+        on from the cursor instead of starting over."""
         conn, triggers = imported(tmp_path / "p.db", 30)
         write_batches(conn, [Batch(search_index="resume")])
         assert not build_search_slice(conn, rows=10)
+        cursor = meta(conn, SEARCH_CURSOR)
+        assert cursor not in (None, "0")
         conn.close()  # the crash
         conn = open_writer(tmp_path / "p.db")
         write_batches(conn, [Batch(upserts=[row(2, "delta old"), row(25, "delta new")])])
         agrees_so_far(conn)
         write_batches(conn, [Batch(search_index="resume")])
-        assert meta(conn, SEARCH_CURSOR) == "0"
+        assert meta(conn, SEARCH_CURSOR) == cursor  # not started over
         while not build_search_slice(conn, rows=10):
-            pass
+            agrees_so_far(conn)
         consistent(conn)
         assert hits(conn, "delta") == ["25_story_s", "2_story_s"]
         assert meta(conn, SEARCH_SUSPENDED) is None
         assert conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
                             "AND name LIKE 'pipeline_search%' ORDER BY name"
                             ).fetchall() == triggers
+
+    def test_a_cursor_without_the_guarded_triggers_starts_over(self, tmp_path: Path) -> None:
+        """A cursor the triggers do not match (not a build this code cut short): the
+        build starts over from an empty index rather than trust it."""
+        conn, _triggers = imported(tmp_path / "p.db", 20)
+        conn.execute("INSERT INTO daemon_meta(key, value) VALUES (?, '7')", (SEARCH_CURSOR,))
+        write_batches(conn, [Batch(search_index="resume")])
+        assert meta(conn, SEARCH_CURSOR) == "0"
+        while not build_search_slice(conn, rows=6):
+            agrees_so_far(conn)
+        consistent(conn)
 
     def test_a_first_import_after_a_build_cut_short_keeps_the_real_triggers(
             self, tmp_path: Path) -> None:

@@ -184,10 +184,15 @@ def suspend_search_index(conn: apsw.Connection) -> None:
 def start_search_build(conn: apsw.Connection) -> None:
     """Begin building the search index from every row, in slices the writer commits
     between batches (build_search_slice): an empty index, the cursor at the first
-    row, the cursor-guarded triggers. A build cut short (a crash, a stop) starts
-    over at the next start: the note stays until the last slice."""
+    row, the cursor-guarded triggers. A build cut short (a crash, a stop) goes on
+    from its cursor: its index holds the rows below it, whatever was written
+    since, as the guarded triggers kept it. The note stays until the last slice."""
     if conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
                     (SEARCH_SUSPENDED,)).fetchone() is None:
+        return
+    cut_short = conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
+                             (SEARCH_CURSOR,)).fetchone() is not None
+    if cut_short and {sql for _name, sql in _search_triggers(conn)} == set(BUILDING_TRIGGERS):
         return
     for name, _sql in _search_triggers(conn):  # the guarded ones of a build cut short
         conn.execute(f'DROP TRIGGER "{name}"')
