@@ -52,7 +52,7 @@ log = get_logger("pipelined.startup")
 
 STARTUP_CHUNK = 1000  # ids per transaction when catching up at startup
 # A first import of at least this many stories builds the search index in bulk at
-# its end (writer.suspend_search_index), not row by row: about half the writer's work.
+# its end (store.search_build), not row by row: about half the writer's work.
 BULK_SEARCH_MIN = 2 * STARTUP_CHUNK
 # A catch-up of at least this many ids parses the chunks after its first in a
 # worker process (pipelined.parse_ahead) while this thread applies the current one.

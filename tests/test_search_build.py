@@ -12,17 +12,12 @@ import pytest
 from conftest import wait_until
 
 from pipelined.outcome import Outcome
-from pipelined.store import writer as writer_module
+from pipelined.store import search_build
 from pipelined.store.batch import Batch, RowUpsert
 from pipelined.store.connection import open_writer
 from pipelined.store.migrations import apply_migrations
-from pipelined.store.writer import (
-    SEARCH_CURSOR,
-    SEARCH_SUSPENDED,
-    Writer,
-    build_search_slice,
-    write_batches,
-)
+from pipelined.store.search_build import SEARCH_CURSOR, SEARCH_SUSPENDED, build_search_slice
+from pipelined.store.writer import Writer, write_batches
 
 FIELDS = {"name": None, "agent": None, "retry_count": 0, "blocked": False,
           "depends_on": None}
@@ -197,7 +192,7 @@ class TestTheWriterBuildsBetweenBatches:
         db = tmp_path / "p.db"
         conn, _triggers = imported(db, 2000)
         conn.close()
-        monkeypatch.setattr(writer_module, "SEARCH_SLICE_ROWS", 5)  # 400 slices
+        monkeypatch.setattr(search_build, "SEARCH_SLICE_ROWS", 5)  # 400 slices
         writer = Writer(lambda: open_writer(db), 8, path=db, outcome=Outcome())
         writer.start()
         writer.begin()

@@ -71,7 +71,7 @@ class Batch:
     # A first import builds the search index in bulk: "suspend" (before this batch's
     # rows) drops the index's triggers, "resume" (after them) starts building the
     # index anew, which the writer goes on with between batches ("slice", one of
-    # its own making), the last slice putting the triggers back (writer.py).
+    # its own making), the last slice putting the triggers back (store/search_build.py).
     search_index: str | None = None
 
     def is_empty(self) -> bool:

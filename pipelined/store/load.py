@@ -52,7 +52,7 @@ def read_signatures(conn: apsw.Connection) -> Signatures:
     hw = conn.execute("SELECT high_water FROM story_numbers WHERE singleton = 1").fetchone()
     shaped = conn.execute("SELECT value FROM daemon_meta WHERE key = 'stored_with'").fetchone()
     suspended = conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
-                             ).fetchone()  # store.writer.SEARCH_SUSPENDED
+                             ).fetchone()  # store.search_build.SEARCH_SUSPENDED
     return Signatures(int(row[0]) if row is not None else None, by_path,
                       int(hw[0]) if hw else 0, int(count[0]) if count else 0,
                       str(shaped[0]) if shaped is not None else None, suspended is not None)

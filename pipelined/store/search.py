@@ -182,7 +182,7 @@ BUILDING_NOTE = ("the search index is still being built after a first import: "
 
 
 def index_building(conn: apsw.Connection) -> bool:
-    """True while a first import's search index is owed (store.writer.SEARCH_SUSPENDED):
+    """True while a first import's search index is owed (store.search_build.SEARCH_SUSPENDED):
     the rows are all there, the index not yet."""
     return conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
                         ).fetchone() is not None
