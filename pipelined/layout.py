@@ -28,6 +28,7 @@ __all__ = [
     "git_busy",
     "is_story_name",
     "open_story",
+    "read_at_most",
     "read_regular_file",
     "split_rel_path",
     "stage_problem",
@@ -405,3 +406,26 @@ def git_busy(root: Path) -> bool:
     """
     git_dir = find_git_dir(root)
     return git_dir is not None and (git_dir / "index.lock").exists()
+
+
+READ_CHUNK = 64 * 1024  # reads past a file's size at open (it grew) go in these steps
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """The first `limit` bytes of an open file (all of it when smaller).
+
+    The buffer is sized from fstat, not from `limit`: reading `limit` at once
+    allocates the whole limit (a megabyte) for every 2 KB story. A file that
+    grows while it is read is still cut at `limit`.
+    """
+    want = min(os.fstat(fd).st_size + 1, limit)
+    chunks: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = os.read(fd, min(want, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        want = READ_CHUNK
+    return b"".join(chunks)

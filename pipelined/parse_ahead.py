@@ -38,6 +38,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO, Any
 
+from pipelined.layout import read_at_most
 from pipelined.logs import get_logger
 from pipelined.shaping import PARSER_VERSION
 from pipelined.story import ParsedStory, parse_story
@@ -189,17 +190,12 @@ def _read(path: str, limit: int) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
-        chunks, total = [], 0
-        while chunk := os.read(fd, limit + 1 - total):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                return None
+        raw = read_at_most(fd, limit + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return b"".join(chunks)
+    return raw if len(raw) <= limit else None  # it grew past the limit since the fstat
 
 
 def serve(limit: int, requests: IO[bytes], answers: IO[bytes]) -> None:

@@ -21,6 +21,7 @@ from pipelined.layout import (
     StageDirs,
     StoryFile,
     open_story,
+    read_at_most,
     split_rel_path,
     stat_signatures,
     stat_story,
@@ -48,7 +49,6 @@ log = get_logger("pipelined.sync")
 
 
 PER_STORY_LOG_MAX = 100  # larger reconciles log story.created/moved/... at debug level
-READ_CHUNK = 64 * 1024  # reads past a file's size at open (it grew) go in these steps
 MAX_STORY_NUMBER = 2**63 - 1  # what SQLite's INTEGER holds; larger numbers stay stories
 
 
@@ -153,26 +153,6 @@ def _read_fd(fd: int, limit: int) -> bytes:
         return read_at_most(fd, limit)
     finally:
         os.close(fd)
-
-
-def read_at_most(fd: int, limit: int) -> bytes:
-    """The first `limit` bytes of an open file (all of it when smaller).
-
-    The buffer is sized from fstat, not from `limit`: reading `limit` at once
-    allocates the whole limit (a megabyte) for every 2 KB story. A file that
-    grows while it is read is still cut at `limit`.
-    """
-    want = min(os.fstat(fd).st_size + 1, limit)
-    chunks: list[bytes] = []
-    total = 0
-    while total < limit:
-        chunk = os.read(fd, min(want, limit - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-        want = READ_CHUNK
-    return b"".join(chunks)
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
