@@ -99,10 +99,11 @@ class TestShowAndLogUseIt:
 class TestPagedListsUseTheirIndexes:
     def test_the_migration_indexes_the_very_expressions_the_queries_order_by(self) -> None:
         """SQLite uses an index on an expression only for the same expression."""
-        sql = " ".join((Path(__file__).parents[1] / "migrations" / "0006_list_order.sql"
-                        ).read_text().split())
-        for expression in (queries.STAGE_NUMBER_SQL, queries.STORY_NUMBER_SQL):
-            assert " ".join(expression.split()) in sql
+        for migration in ("0006_list_order.sql", "0008_covering_lists.sql"):
+            sql = " ".join((Path(__file__).parents[1] / "migrations" / migration
+                            ).read_text().split())
+            for expression in (queries.STAGE_NUMBER_SQL, queries.STORY_NUMBER_SQL):
+                assert " ".join(expression.split()) in sql
 
     @pytest.mark.parametrize("filters", [
         {}, {"stage": "2_current"}, {"agent": "coder-1"}, {"unassigned": True},
@@ -132,6 +133,28 @@ class TestPagedListsUseTheirIndexes:
             counts = [plan for sql, plan in zip(traced, plans, strict=True) if "count(*)" in sql]
             assert len(counts) == 1 and "COVERING INDEX" in counts[0], counts
 
+    @pytest.mark.parametrize("filters", [{}, {"stage": "2_current"}, {"agent": "coder-1"},
+                                         {"stage": "2_current", "blocked": True}])
+    def test_ls_reads_only_an_index(self, conn: apsw.Connection,
+                                    filters: dict[str, Any]) -> None:
+        """`ls` walks a covering index in order (migration 0008): no story's row, which
+        holds its content, is read, and nothing is sorted."""
+        traced: list[str] = []
+
+        def trace(_cursor: apsw.Cursor, sql: str, _bindings: Any) -> bool:
+            traced.append(sql)
+            return True
+
+        conn.exec_trace = trace
+        try:
+            list(queries.iter_stories(conn, **filters))
+        finally:
+            conn.exec_trace = None
+        assert len(traced) == 1
+        plan = " ".join(str(step[3]) for step in conn.execute(
+            "EXPLAIN QUERY PLAN " + traced[0], [None] * traced[0].count("?")))
+        assert "USING COVERING INDEX" in plan and "TEMP B-TREE" not in plan, plan
+
     def test_pages_match_the_ls_order(self, conn: apsw.Connection) -> None:
         from pipelined.views import sort_stories
 
@@ -140,3 +163,37 @@ class TestPagedListsUseTheirIndexes:
         rest, _ = queries.page_stories(conn, limit=100,
                                        after=queries.page_key(page[-1]["stage"], page[-1]["id"]))
         assert total == len(expected) and [i["id"] for i in page + rest] == expected
+
+
+class TestRefsColumn:
+    def test_decoded_as_json_decodes_it(self) -> None:
+        """The split of a plain list gives what json.loads gives, for lists of numbers
+        and of every kind of string (quotes, backslashes, the separator itself,
+        controls, non-ASCII, empty strings), and both mixed."""
+        import json
+        import random
+
+        rng = random.Random(17)
+        alphabet = ['a', '1', '_', ' ', ',', '"', '\\', '", "', '\n', '\x00', 'é', '\u202e',
+                    '[', ']']
+        def item() -> str | int:
+            if rng.random() < 0.4:
+                return rng.choice([0, 1, 7, 10, 123, 10**30])
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+
+        cases: list[list[str | int]] = [[], [""], ["", ""], ["1_story_a"], ["a", "b"], [0],
+                                        [1, 3], [1, "2_story_b"]]
+        cases += [[item() for _ in range(rng.randrange(1, 4))] for _ in range(3000)]
+        for value in cases:
+            text = json.dumps(value)
+            assert queries.refs(text) == json.loads(text) == value, text
+
+    @pytest.mark.parametrize("text", ['["]', '["a"b"]', '["a", "b"', '["a",  "b"]x', "[01]",
+                                      "[1, 2", "[1, ]", "[\u0661]"])
+    def test_damage_is_json_s_error(self, text: str) -> None:
+        """A damaged column is not split into something: json.loads says what is wrong."""
+        import json
+
+        with pytest.raises(json.JSONDecodeError):
+            queries.refs(text)
+

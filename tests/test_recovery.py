@@ -14,17 +14,19 @@ from conftest import DaemonProcess, Stories, folder_matches_db, modes_bind_prefi
 from pipelined.errors import EXIT_NEEDS_A_PERSON
 
 
-def corrupt_pages(db: Path) -> None:
-    """Overwrite the root page of pipeline_items (the file header stays valid), as a
-    damaged disk sector would; the other tables stay readable."""
+def corrupt_pages(db: Path, *names: str) -> None:
+    """Overwrite the root page of pipeline_items, or of the tables and indexes named
+    (the file header stays valid), as a damaged disk sector would; the others stay
+    readable."""
     conn = apsw.Connection(str(db))
-    root_page = conn.execute(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'pipeline_items'").fetchone()[0]
+    roots = [conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                          (name,)).fetchone()[0] for name in names or ("pipeline_items",)]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()
     with open(db, "r+b") as handle:
-        handle.seek((root_page - 1) * page_size)
-        handle.write(b"\xde\xad\xbe\xef" * (page_size // 4))
+        for root_page in roots:
+            handle.seek((root_page - 1) * page_size)
+            handle.write(b"\xde\xad\xbe\xef" * (page_size // 4))
 
 
 @pytest.fixture
@@ -63,8 +65,9 @@ class TestIntegrity:
     def test_read_commands_on_damaged_pages_give_one_line(self, synced: DaemonProcess,
                                                           command: tuple[str, ...]) -> None:
         """A read command whose query hits a damaged page: one `Error:` line, exit 1,
-        no traceback."""
-        corrupt_pages(synced.db)
+        no traceback. (The lists read only their indexes: those are damaged too.)"""
+        corrupt_pages(synced.db, "pipeline_items", "pipeline_items_order",
+                      "pipeline_items_in_stage")
         result = synced.cli(*command)
         assert result.returncode == 1
         assert "Traceback" not in result.stderr

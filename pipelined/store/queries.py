@@ -39,6 +39,7 @@ __all__ = [
     "page_key",
     "page_stories",
     "parse_errors",
+    "refs",
     "resolve_ref",
     "snapshot",
     "stories_by_id",
@@ -57,8 +58,29 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
         if item[name] is not None:
             item[name] = bool(item[name])
     for name in REFS_FIELDS:
-        item[name] = json.loads(item[name]) if item[name] else None
+        item[name] = refs(item[name]) if item[name] else None
     return item
+
+
+def refs(text: str) -> Any:
+    """A refs column's JSON list (`depends_on`: story numbers and ids), decoded.
+
+    The state writes it with `json.dumps` and its default separators, which escape
+    a quote, a backslash, a control and a non-ASCII character with a backslash: a
+    list of such plain strings is exactly `["a", "b"]`, one of numbers `[1, 2]`.
+    Those are split here without the JSON decoder (decoding them was most of an
+    `ls` of a large pipeline). Anything else (a mixed list, an escape, other
+    spacing, damage) goes to `json.loads`, which decodes it or says what is wrong.
+    """
+    if len(text) >= 4 and text.startswith('["') and text.endswith('"]') and "\\" not in text:
+        items = text[2:-2].split('", "')
+        if not any('"' in item for item in items):
+            return items
+    elif len(text) >= 3 and text[0] == "[" and text[-1] == "]":
+        numbers = text[1:-1].split(", ")
+        if all(n.isascii() and n.isdigit() and (n[0] != "0" or n == "0") for n in numbers):
+            return [int(n) for n in numbers]
+    return json.loads(text)
 
 
 @contextmanager
