@@ -170,7 +170,7 @@ class Daemon:
         """The watcher, then the writer, then the apply thread (which waits on both)."""
         writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
                         check=lambda conn: check_integrity(conn, db_path), path=db_path,
-                        outcome=self._outcome)
+                        outcome=self._outcome, open_reader=lambda: open_read_only(db_path))
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000,
                               quick_s=self.config.settle_quick_ms / 1000,
                               quick_ok=lambda: not git_busy(root))
@@ -180,7 +180,8 @@ class Daemon:
         watcher = StageWatcher(root, self.config.stages, handler)
         watcher.start()  # before the stat pass, so nothing during startup is missed
         # It opens its connection at once and runs PRAGMA quick_check once the
-        # apply thread's stat pass is done (Writer.begin).
+        # apply thread's stat pass is done (Writer.begin): before its first write,
+        # or beside it when the last writer stopped cleanly on a checked file.
         writer.start()
         apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready,
                           self._outcome)

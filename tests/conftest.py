@@ -43,6 +43,18 @@ def wait_until(condition: Callable[[], Any], timeout: float = DEADLINE_S,
         time.sleep(interval)
 
 
+def stopped_clean(db: Path) -> bool:
+    """Whether the writer's mark of a clean stop is in the database (store/writer.py)."""
+    from pipelined.store.writer import STOPPED_CLEAN
+
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
+                            (STOPPED_CLEAN,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
 def git(cwd: Path, *args: str) -> str:
     """git in `cwd` as a test user, no detached-head advice, no line-end conversion;
     its stdout. Fails the test on a non-zero exit."""

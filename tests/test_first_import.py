@@ -21,6 +21,7 @@ from conftest import (
     folder_matches_db,
     observe,
     state_matches_rows,
+    stopped_clean,
     wait_until,
 )
 
@@ -33,7 +34,7 @@ from pipelined.service import Pipeline
 from pipelined.startup import STARTUP_CHUNK
 from pipelined.store.connection import open_writer
 from pipelined.store.search import BUILDING_NOTE
-from pipelined.store.writer import Writer
+from pipelined.store.writer import STOPPED_CLEAN, Writer
 from pipelined.sync import read_at_most
 
 
@@ -177,6 +178,7 @@ class TestChunkedImport:
         write_many(stories, 30)
         daemon.start()
         assert daemon.stop() == 0
+        forget_the_clean_stop(daemon.db)  # as after a crash: the check comes first
         damage_index(daemon.db, "story_history_story")
         for n in range(100, 100 + 3 * STARTUP_CHUNK):
             stories.write("1_backlog", f"{n}_story_more", name=f"more {n}")
@@ -185,6 +187,25 @@ class TestChunkedImport:
         last = daemon.log_tail(1)
         assert last.startswith(f"Error: database {daemon.db}: quick_check found")
         assert "pipelined rebuild" in last
+
+    def test_damage_after_a_clean_stop_stops_with_one_line(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """After a clean stop the check runs beside the catch-up's writes: damage it
+        finds (or a write meets first) still stops the daemon with one line naming
+        rebuild, at this start and the next."""
+        write_many(stories, 30)
+        daemon.start()
+        assert daemon.stop() == 0
+        damage_index(daemon.db, "story_history_story")
+        for n in range(100, 100 + 3 * STARTUP_CHUNK):
+            stories.write("1_backlog", f"{n}_story_more", name=f"more {n}")
+        assert stopped_clean(daemon.db)
+        for _start in range(2):  # and again: the damage is found at every start
+            proc = daemon.spawn(env={"PIPELINED_WRITER_QUEUE": "1"})
+            assert proc.wait(30) == EXIT_NEEDS_A_PERSON
+            last = daemon.log_tail(1)
+            assert last.startswith(f"Error: database {daemon.db}: ")
+            assert "pipelined rebuild" in last
 
     @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_second_signal_during_a_first_import_stops_cleanly(
@@ -210,6 +231,13 @@ class TestChunkedImport:
         assert startup["files_reread"] == total - committed
         assert folder_matches_db(stories, daemon)
         assert daemon.stop() == 0
+
+
+def forget_the_clean_stop(db: Path) -> None:
+    assert stopped_clean(db)
+    conn = apsw.Connection(str(db))
+    conn.execute("DELETE FROM daemon_meta WHERE key = ?", (STOPPED_CLEAN,))
+    conn.close()
 
 
 def damage_index(db: Path, index: str) -> None:

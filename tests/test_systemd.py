@@ -294,7 +294,7 @@ class TestSystemCalls:
         (ProtectSystem=strict allows nothing else); it reads no /proc or /sys
         file (ProtectProc=invisible, ProcSubset=pid) but its own descriptors'
         links in /proc/self/fd, which story reads check (ProcSubset=pid keeps
-        them), and the overcommit setting glibc's malloc may look at."""
+        them), and the overcommit setting and CPU count glibc's malloc may look at."""
         for n in range(5):
             stories.write("1_backlog", f"{n + 10}_story_s", name=f"s {n}")
         traces = [tmp_path / "strace-first.txt", tmp_path / "strace-restart.txt"]
@@ -322,7 +322,8 @@ class TestSystemCalls:
                 raw = path.group(1)
                 if raw.startswith(("/proc/", "/sys/")):
                     # Not resolved: /proc/self here is the test's own process.
-                    if OWN_FD.fullmatch(raw) is None and raw not in (GLIBC_MALLOC, OWN_MEMORY):
+                    if OWN_FD.fullmatch(raw) is None and raw not in (GLIBC_MALLOC,
+                                                                      GLIBC_ARENAS, OWN_MEMORY):
                         special.add(raw)
                     continue
                 target = (tmp_path / raw).resolve()
@@ -347,6 +348,9 @@ OWN_FD = re.compile(r"/proc/(self|[0-9]+)/fd/[0-9]+")  # layout.open_story's che
 # check_may_shrink_heap), depending on how memory happens to be laid out; under
 # ProcSubset=pid the open fails and glibc simply does not shrink that way.
 GLIBC_MALLOC = "/proc/sys/vm/overcommit_memory"
+# glibc's malloc counts the CPUs (get_nprocs) the first time threads need more arenas
+# than eight (arena.c, arena_get2); /sys stays readable under ProtectKernelTunables=.
+GLIBC_ARENAS = "/sys/devices/system/cpu/online"
 # The daemon's own RSS, logged around giving freed heap back (apply._trim_heap);
 # its own /proc entry stays readable under ProcSubset=pid and ProtectProc=invisible.
 OWN_MEMORY = "/proc/self/statm"

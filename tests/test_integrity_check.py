@@ -1,0 +1,206 @@
+"""The writer's integrity check: before its first write, or beside it when the last
+writer stopped cleanly on a checked file (docs/design.md, "The integrity check").
+
+Real SQLite files and the real writer thread; the check itself is a function the
+test holds back with an event, so "the commit did not wait for it" is seen, not
+timed. The daemon's life with a damaged file is in test_recovery.py and
+test_first_import.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import apsw
+from conftest import observe, stopped_clean, wait_until
+
+from pipelined.errors import DatabaseCorrupt
+from pipelined.store.batch import Batch
+from pipelined.store.connection import open_read_only, open_writer
+from pipelined.store.migrations import apply_migrations
+from pipelined.store.writer import Writer
+
+
+def fresh_db(tmp_path: Path) -> Path:
+    db = tmp_path / "w.db"
+    conn = open_writer(db)
+    apply_migrations(conn, db)
+    conn.close()
+    return db
+
+
+def note(n: int) -> Batch:
+    return Batch(meta={"note": str(n)})
+
+
+class HeldCheck:
+    """A check that records its connection and waits for `release` (or fails)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.done = threading.Event()
+        self.conns: list[apsw.Connection] = []
+        self.error = error
+
+    def __call__(self, conn: apsw.Connection) -> None:
+        self.conns.append(conn)
+        self.started.set()
+        assert self.release.wait(30), "the test never released the check"
+        self.done.set()
+        if self.error is not None:
+            raise self.error
+
+
+def start_writer(db: Path, check: HeldCheck) -> Writer:
+    writer = Writer(lambda: open_writer(db), 4, check=check, path=db,
+                    open_reader=lambda: open_read_only(db))
+    writer.start()
+    writer.begin()
+    return writer
+
+
+def stop_cleanly(db: Path) -> None:
+    """A writer that passes its check, commits, and stops: it leaves the mark."""
+    check = HeldCheck()
+    check.release.set()
+    writer = start_writer(db, check)
+    writer.wait_committed(writer.submit(note(0)), 10)
+    writer.close(10)
+    assert not writer.is_alive() and writer.first_error is None
+
+
+class TestBeforeTheFirstWrite:
+    def test_a_file_no_writer_stopped_on_is_checked_first(self, tmp_path: Path) -> None:
+        """No mark (a first start, a crash, a kill -9): the first commit waits for the
+        check, which runs on the writer's own connection."""
+        db = fresh_db(tmp_path)
+        check = HeldCheck()
+        writer = start_writer(db, check)
+        try:
+            seq = writer.submit(note(1))
+            wait_until(check.started.is_set, what="the check")
+            assert observe(lambda: writer.committed < seq, 0.3)
+            check.release.set()
+            assert writer.wait_committed(seq, 10)
+        finally:
+            check.release.set()
+            writer.close(10)
+        assert stopped_clean(db)  # it passed, and the writer stopped cleanly
+
+    def test_a_failed_check_writes_nothing(self, tmp_path: Path) -> None:
+        db = fresh_db(tmp_path)
+        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
+        check.release.set()
+        writer = start_writer(db, check)
+        try:
+            wait_until(lambda: not writer.is_alive(), what="the writer to stop")
+        finally:
+            writer.close(10)
+        assert isinstance(writer.first_error, DatabaseCorrupt)
+        assert writer.commits == 0 and not stopped_clean(db)
+
+
+class TestBesideTheFirstWrites:
+    def test_after_a_clean_stop_the_first_commit_does_not_wait(self, tmp_path: Path) -> None:
+        """The mark: the check runs on a read-only connection of its own while the
+        first commit lands; that commit clears the mark; the next clean stop, the
+        check passed, sets it again."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        assert stopped_clean(db)
+        check = HeldCheck()
+        writer = start_writer(db, check)
+        try:
+            wait_until(check.started.is_set, what="the check")
+            assert writer.wait_committed(writer.submit(note(2)), 10)
+            assert not check.done.is_set()  # committed while the check still ran
+            assert not stopped_clean(db)  # a crash from here on means a check first
+            assert check.conns[0].readonly("main")
+            check.release.set()
+        finally:
+            check.release.set()
+            writer.close(10)
+        assert writer.first_error is None and stopped_clean(db)
+
+    def test_damage_found_beside_stops_the_writer(self, tmp_path: Path) -> None:
+        """The check finding damage after the first writes stops the writer with its
+        DatabaseCorrupt, as a check before them would, and leaves no mark."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
+        writer = start_writer(db, check)
+        try:
+            assert writer.wait_committed(writer.submit(note(3)), 10)
+            check.release.set()
+            wait_until(lambda: not writer.is_alive(), what="the writer to stop")
+        finally:
+            check.release.set()
+            writer.close(10)
+        assert isinstance(writer.first_error, DatabaseCorrupt)
+        assert writer.outcome.error is writer.first_error
+        assert not stopped_clean(db)
+
+    def test_a_clean_stop_lets_the_check_finish(self, tmp_path: Path) -> None:
+        """A stop soon after a start waits for the check beside the writes, so the next
+        start need not check first."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        check = HeldCheck()
+        writer = start_writer(db, check)
+        try:
+            assert writer.wait_committed(writer.submit(note(4)), 10)
+            writer.close(timeout=0)
+            assert observe(writer.is_alive, 0.3)
+            check.release.set()
+            writer.join(10)
+        finally:
+            check.release.set()
+            writer.close(10)
+        assert not writer.is_alive() and writer.first_error is None
+        assert stopped_clean(db)
+
+    def test_a_second_signal_interrupts_the_check_and_leaves_no_mark(
+            self, tmp_path: Path) -> None:
+        """Abandoning (the daemon's second signal) interrupts the check's statement
+        (here one that never ends by itself); the file was not seen whole, so the
+        next writer checks before it writes."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        started = threading.Event()
+
+        def endless_check(conn: apsw.Connection) -> None:
+            started.set()
+            conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+                         "SELECT count(*) FROM n").fetchall()
+
+        writer = Writer(lambda: open_writer(db), 4, check=endless_check, path=db,
+                        open_reader=lambda: open_read_only(db))
+        writer.start()
+        writer.begin()
+        try:
+            wait_until(started.is_set, what="the check")
+            assert writer.wait_committed(writer.submit(note(5)), 10)
+            writer.close(timeout=0)
+            assert observe(writer.is_alive, 0.3)  # waiting for the check
+            writer.abandon()
+            writer.join(10)
+        finally:
+            writer.abandon()
+            writer.join(10)
+        assert not writer.is_alive() and writer.first_error is None
+        assert not stopped_clean(db)
+
+    def test_an_unreadable_mark_means_a_check_first(self, tmp_path: Path) -> None:
+        """A file whose daemon_meta cannot be read (here: not there) gets the check
+        before the first write."""
+        db = tmp_path / "bare.db"
+        check = HeldCheck()
+        writer = start_writer(db, check)
+        try:
+            wait_until(check.started.is_set, what="the check")
+            assert not check.conns[0].readonly("main")  # the writer's own connection
+        finally:
+            check.release.set()
+            writer.close(10)
