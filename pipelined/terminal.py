@@ -18,22 +18,29 @@ every text output of pipelined passes through one of these:
 
 The escapes read like Python's: `\n`, `\t`, `\r`, `\x1b`, `\x9b`, `\u202e`. A
 reader sees that something is there and what; nothing is silently dropped.
-Text without such characters comes back unchanged (the same object), after
-one scan by a compiled pattern: the common case costs almost nothing.
+Text without such characters comes back unchanged (the same object). Every
+character escaped is one `str.isprintable()` refuses (C0, DEL and C1 are
+controls, the bidi characters formats, the line and paragraph separators
+separators), so printable text is known safe from one C scan; only text that
+is not (a tab, a newline, a soft hyphen, an emoji joined by U+200D) is
+searched with a compiled pattern. `re` is imported then, not before: the read
+commands' start would pay about as much for it as for the rest of their
+imports (docs/benchmarks.md).
 
 `discard_output` is the other half of printing to a stream nobody reads any
 more: after a broken pipe, the file descriptor is pointed at /dev/null.
 
-Imports only `re` (and `os` when discarding): the CLI's error path and the
-daemon's log setup use it.
+Imports only `os`: the CLI's error path and the daemon's log setup use it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
+    from typing import Any
 
 __all__ = ["block", "discard_output", "end_ctrl_c_line", "field_text", "has_unsafe", "json_text",
            "one_line"]
@@ -42,13 +49,31 @@ _BIDI = "\u202a-\u202e\u2066-\u2069"
 # DEL, C1, the bidi characters and the line and paragraph separators (str.splitlines
 # splits on them): what JSON with ensure_ascii=False leaves raw.
 _RAW_IN_JSON = f"\x7f-\x9f{_BIDI}\u2028\u2029"
-_UNSAFE_IN_LINE = re.compile(f"[\x00-\x1f{_RAW_IN_JSON}]")
-# A lone CR moves the cursor back over the line; CR LF (a Windows line end) is harmless.
-_UNSAFE_IN_BLOCK = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_RAW_IN_JSON}]|\r(?!\n)")
-# Lines joined by newlines: only the joins may be newlines (see `has_unsafe`).
-_UNSAFE_IN_LINES = re.compile(f"[\x00-\x09\x0b-\x1f{_RAW_IN_JSON}]")
-_UNSAFE_IN_JSON = re.compile(f"[{_RAW_IN_JSON}]")
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+class _Patterns:
+    """The patterns, compiled at their first use."""
+
+    def __init__(self) -> None:
+        import re  # noqa: PLC0415 - only for text that is not printable as it is
+
+        self.line = re.compile(f"[\x00-\x1f{_RAW_IN_JSON}]")
+        # A lone CR moves the cursor back over the line; CR LF (a Windows line end)
+        # is harmless.
+        self.block = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_RAW_IN_JSON}]|\r(?!\n)")
+        # Lines joined by newlines: only the joins may be newlines (see `has_unsafe`).
+        self.lines = re.compile(f"[\x00-\x09\x0b-\x1f{_RAW_IN_JSON}]")
+        self.json = re.compile(f"[{_RAW_IN_JSON}]")
+
+
+_compiled: list[_Patterns] = []
+
+
+def _patterns() -> _Patterns:
+    if not _compiled:
+        _compiled.append(_Patterns())
+    return _compiled[0]
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -66,16 +91,22 @@ def _json_escape(match: re.Match[str]) -> str:
 
 def one_line(text: str) -> str:
     """`text` as one line: control and bidi characters, newlines and tabs escaped."""
-    if _UNSAFE_IN_LINE.search(text) is None:
+    if text.isprintable():
         return text
-    return _UNSAFE_IN_LINE.sub(_escape, text)
+    line = _patterns().line
+    if line.search(text) is None:
+        return text
+    return line.sub(_escape, text)
 
 
 def block(text: str) -> str:
     """`text` as lines: like `one_line`, but newlines, tabs and CR LF are kept."""
-    if _UNSAFE_IN_BLOCK.search(text) is None:
+    if "\r" not in text and text.replace("\n", " ").replace("\t", " ").isprintable():
         return text
-    return _UNSAFE_IN_BLOCK.sub(_escape, text)
+    pattern = _patterns().block
+    if pattern.search(text) is None:
+        return text
+    return pattern.sub(_escape, text)
 
 
 def has_unsafe(text: str, newlines_ok: bool = False) -> bool:
@@ -84,7 +115,9 @@ def has_unsafe(text: str, newlines_ok: bool = False) -> bool:
     With `newlines_ok` the caller, who joined lines with newlines, must still
     count them: a newline inside one of the lines is not seen here.
     """
-    pattern = _UNSAFE_IN_LINES if newlines_ok else _UNSAFE_IN_LINE
+    if (text.replace("\n", " ") if newlines_ok else text).isprintable():
+        return False
+    pattern = _patterns().lines if newlines_ok else _patterns().line
     return pattern.search(text) is not None
 
 
@@ -97,9 +130,10 @@ def json_text(encoded: str) -> str:
     """
     if encoded.isascii() and "\x7f" not in encoded:  # isascii() is a flag, `in` a memchr
         return encoded
-    if _UNSAFE_IN_JSON.search(encoded) is None:
+    pattern = _patterns().json
+    if pattern.search(encoded) is None:
         return encoded
-    return _UNSAFE_IN_JSON.sub(_json_escape, encoded)
+    return pattern.sub(_json_escape, encoded)
 
 
 def discard_output(stream: Any) -> None:
@@ -143,5 +177,7 @@ def field_text(value: Any, none: str = "(none)", quote: bool = True) -> str:
         return "[" + ", ".join(str(v) for v in value) + "]"
     text = str(value)
     if quote and isinstance(value, str) and (not text or any(c.isspace() for c in text)):
+        import json  # noqa: PLC0415 - the read commands' start does without it
+
         return json.dumps(text, ensure_ascii=False)
     return text

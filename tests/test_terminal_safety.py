@@ -179,6 +179,28 @@ class TestEscapes:
         assert "\\u009b\\u202e\\u2066 é" in encoded
         assert json.loads(encoded) == value
 
+    def test_printable_text_needs_no_pattern(self) -> None:
+        """The early return on `str.isprintable()` is exact: of every code point, each
+        one a pattern escapes is one isprintable() refuses (the block's tab and
+        newline are blanked before it asks, CR is looked for by itself). Text that
+        is not printable is searched, and comes back unchanged when nothing in it
+        needs an escape."""
+        from pipelined.terminal import _patterns, has_unsafe
+
+        patterns = _patterns()
+        for code in range(0x110000):
+            char = chr(code)
+            if patterns.line.search(char) or patterns.lines.search(char):
+                assert not char.isprintable(), hex(code)
+            if patterns.block.search(char) and char != "\r":
+                assert not char.replace("\n", " ").replace("\t", " ").isprintable(), hex(code)
+        joined = "a\u00adb \u200d\u00a0c"  # not printable, and nothing to escape
+        assert not joined.isprintable()
+        assert one_line(joined) is joined and block(joined) is joined
+        assert not has_unsafe(joined) and not has_unsafe(joined + "\nx", newlines_ok=True)
+        assert has_unsafe("a\tb", newlines_ok=True) and has_unsafe("a\nb")
+        assert block("a\rb") == "a\\rb" and block("a\r\nb") == "a\r\nb"
+
 
 @pytest.fixture
 def log_output(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
