@@ -6,8 +6,12 @@ in exactly one place; nothing else in the package prints or exits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from os import PathLike
+
+    AnyPath = str | PathLike[str]  # a path as given: messages show it as str() does
 
 __all__ = [
     "EXIT_NEEDS_A_PERSON",
@@ -68,7 +72,7 @@ class ConfigError(PipelinedError):
 class RootError(PipelinedError):
     """The stories root or one of its stage folders is missing or unusable."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: AnyPath, why: str) -> None:
         self.path = path
         super().__init__(f"{path}: {why}")
 
@@ -76,7 +80,7 @@ class RootError(PipelinedError):
 class DatabaseBusy(PipelinedError):
     """Another daemon already holds this database."""
 
-    def __init__(self, path: Path, pid: int | None) -> None:
+    def __init__(self, path: AnyPath, pid: int | None) -> None:
         self.path = path
         self.pid = pid
         holder = f"pid {pid}" if pid else "another process"
@@ -86,7 +90,7 @@ class DatabaseBusy(PipelinedError):
 class DatabaseError(PipelinedError):
     """The database is missing, unreadable or not a pipelined database."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: AnyPath, why: str) -> None:
         self.path = path
         super().__init__(f"database {path}: {why}")
 
@@ -104,7 +108,7 @@ class InotifyLimitError(PipelinedError):
     message names the sysctl to raise instead of its value.
     """
 
-    def __init__(self, path: Path, sysctl: str, why: str, suggested: int) -> None:
+    def __init__(self, path: AnyPath, sysctl: str, why: str, suggested: int) -> None:
         self.path = path
         self.sysctl = sysctl
         super().__init__(f"cannot watch {path}: {why}; raise the sysctl {sysctl} "
@@ -117,7 +121,7 @@ class MigrationError(PipelinedError):
 
     restart_helps = False
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: AnyPath, why: str) -> None:
         self.path = path
         super().__init__(f"database {path}: {why}")
 
@@ -207,7 +211,7 @@ class FieldError(PipelinedError):
 class EditRefused(PipelinedError):
     """A story file that cannot be edited safely line by line; nothing was written."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: AnyPath, why: str) -> None:
         self.path = path
         super().__init__(f"{path}: cannot edit it: {why}; nothing was written")
 
@@ -215,7 +219,7 @@ class EditRefused(PipelinedError):
 class EditConflict(PipelinedError):
     """The story file changed between reading and writing it; nothing was written."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: AnyPath, why: str) -> None:
         self.path = path
         super().__init__(f"{path}: {why}; nothing was written (read it again and retry)")
 
