@@ -262,7 +262,7 @@ class Daemon:
             db_path, f"the database file was {what} while the daemon ran; stopping, "
             "as nothing committed to the old file would ever be read again (a restart "
             "brings the file at this path up to date with the folders)"))
-        self._guard.remember(lock_path(db_path), lambda what: DatabaseError(
+        self._guard.remember(Path(lock_path(db_path)), lambda what: DatabaseError(
             db_path, f"its lock file {lock_path(db_path)} was {what} while the daemon ran, "
             "so a second daemon could start on this database; stopping"))
 

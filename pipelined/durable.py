@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
 __all__ = ["fsync_folder", "pwrite_all", "write_all"]
 
@@ -44,7 +47,7 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: StrPath) -> None:
     """Make the folder's entries (a new link, a removed name) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -57,7 +60,7 @@ _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
 
-def rename_no_replace(source: Path, target: Path) -> None:
+def rename_no_replace(source: StrPath, target: StrPath) -> None:
     """Rename `source` to `target`; FileExistsError instead of replacing a file there.
 
     renameat2(RENAME_NOREPLACE) makes the check and the rename one step: a

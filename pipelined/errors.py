@@ -9,9 +9,8 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from os import PathLike
 
-    AnyPath = str | PathLike[str]  # a path as given: messages show it as str() does
+    from _typeshed import StrPath  # a path as given: messages show it as str() does
 
 __all__ = [
     "EXIT_NEEDS_A_PERSON",
@@ -72,7 +71,7 @@ class ConfigError(PipelinedError):
 class RootError(PipelinedError):
     """The stories root or one of its stage folders is missing or unusable."""
 
-    def __init__(self, path: AnyPath, why: str) -> None:
+    def __init__(self, path: StrPath, why: str) -> None:
         self.path = path
         super().__init__(f"{path}: {why}")
 
@@ -80,7 +79,7 @@ class RootError(PipelinedError):
 class DatabaseBusy(PipelinedError):
     """Another daemon already holds this database."""
 
-    def __init__(self, path: AnyPath, pid: int | None) -> None:
+    def __init__(self, path: StrPath, pid: int | None) -> None:
         self.path = path
         self.pid = pid
         holder = f"pid {pid}" if pid else "another process"
@@ -90,7 +89,7 @@ class DatabaseBusy(PipelinedError):
 class DatabaseError(PipelinedError):
     """The database is missing, unreadable or not a pipelined database."""
 
-    def __init__(self, path: AnyPath, why: str) -> None:
+    def __init__(self, path: StrPath, why: str) -> None:
         self.path = path
         super().__init__(f"database {path}: {why}")
 
@@ -108,7 +107,7 @@ class InotifyLimitError(PipelinedError):
     message names the sysctl to raise instead of its value.
     """
 
-    def __init__(self, path: AnyPath, sysctl: str, why: str, suggested: int) -> None:
+    def __init__(self, path: StrPath, sysctl: str, why: str, suggested: int) -> None:
         self.path = path
         self.sysctl = sysctl
         super().__init__(f"cannot watch {path}: {why}; raise the sysctl {sysctl} "
@@ -121,7 +120,7 @@ class MigrationError(PipelinedError):
 
     restart_helps = False
 
-    def __init__(self, path: AnyPath, why: str) -> None:
+    def __init__(self, path: StrPath, why: str) -> None:
         self.path = path
         super().__init__(f"database {path}: {why}")
 
@@ -211,7 +210,7 @@ class FieldError(PipelinedError):
 class EditRefused(PipelinedError):
     """A story file that cannot be edited safely line by line; nothing was written."""
 
-    def __init__(self, path: AnyPath, why: str) -> None:
+    def __init__(self, path: StrPath, why: str) -> None:
         self.path = path
         super().__init__(f"{path}: cannot edit it: {why}; nothing was written")
 
@@ -219,7 +218,7 @@ class EditRefused(PipelinedError):
 class EditConflict(PipelinedError):
     """The story file changed between reading and writing it; nothing was written."""
 
-    def __init__(self, path: AnyPath, why: str) -> None:
+    def __init__(self, path: StrPath, why: str) -> None:
         self.path = path
         super().__init__(f"{path}: {why}; nothing was written (read it again and retry)")
 

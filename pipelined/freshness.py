@@ -8,13 +8,18 @@ import: the lock, the heartbeat and two queries.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
-from typing import Any
 
 from pipelined.store import queries
 from pipelined.store.heartbeat import STALE_AFTER_S, read_heartbeat
 from pipelined.store.lock import holder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from _typeshed import StrPath
 
 __all__ = ["daemon_state", "freshness", "pipeline_status"]
 
@@ -33,7 +38,7 @@ def daemon_state(pid: int | None, beat: dict[str, Any] | None,
     return "ready" if beat.get("ready") else "starting"
 
 
-def _daemon(db_path: Path) -> tuple[int | None, dict[str, Any] | None]:
+def _daemon(db_path: StrPath) -> tuple[int | None, dict[str, Any] | None]:
     pid = holder(db_path)
     beat = read_heartbeat(db_path) if pid is not None else None
     if beat is not None and beat.get("pid") != pid:
@@ -41,7 +46,7 @@ def _daemon(db_path: Path) -> tuple[int | None, dict[str, Any] | None]:
     return pid, beat
 
 
-def freshness(db_path: Path, conn: Any) -> dict[str, Any]:
+def freshness(db_path: StrPath, conn: Any) -> dict[str, Any]:
     """`{"state", "last_sync", "note"?}`: the note says why the data may be old."""
     pid, beat = _daemon(db_path)
     state = daemon_state(pid, beat)
@@ -55,12 +60,12 @@ def freshness(db_path: Path, conn: Any) -> dict[str, Any]:
     return info
 
 
-def pipeline_status(db_path: Path, conn: Any) -> dict[str, Any]:
+def pipeline_status(db_path: StrPath, conn: Any) -> dict[str, Any]:
     """What `pipelined status --json` prints."""
     pid, beat = _daemon(db_path)
     counts = queries.counts_by_stage(conn)
     return {
-        "db": str(db_path),
+        "db": os.fspath(db_path),
         "running": pid is not None,
         "pid": pid,
         "state": daemon_state(pid, beat),

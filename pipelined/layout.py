@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipelined.errors import RootError
+from pipelined.reading import read_regular_file
 
 __all__ = [
     "FileSignature",
-    "NotRegularFile",
     "RefusedFile",
     "StageDirs",
     "StoryFile",
@@ -29,7 +29,6 @@ __all__ = [
     "is_story_name",
     "open_story",
     "read_at_most",
-    "read_regular_file",
     "split_rel_path",
     "stage_problem",
     "stat_pass",
@@ -317,33 +316,6 @@ def stat_pass(root: Path, stages: Iterable[str]) -> Iterator[StoryFile]:
     for rel_path, signature in stat_signatures(root, stages).items():
         stage, story_id = split_rel_path(rel_path)
         yield StoryFile(story_id, stage, os.path.join(root, rel_path), FileSignature(*signature))
-
-
-class NotRegularFile(OSError):
-    """`read_regular_file` found something else than a regular file (`mode` says what)."""
-
-    def __init__(self, path: str | Path, mode: int) -> None:
-        super().__init__(errno.EINVAL, "not a regular file", str(path))
-        self.mode = mode
-
-
-def read_regular_file(path: str | Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
-    """At most `limit` bytes of the regular file at `path`.
-
-    Opened non-blocking and checked on the descriptor, never on the path: a
-    named pipe renamed in after a check must not hang the reader (the apply
-    thread, `status`, the start-up check). NotRegularFile for anything else,
-    OSError when it cannot be opened or read.
-    """
-    flags = _READ_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-        if (mode & S_IFMT) != S_IFREG:
-            raise NotRegularFile(path, mode)
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
 
 
 def _read_small_file(path: Path, limit: int = 4096) -> str:

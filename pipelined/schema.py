@@ -9,8 +9,13 @@ Pure and cheap to import: no SQLite, no pycrdt.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal, NamedTuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, NamedTuple
+
+    Kind = Literal["text", "count", "flag", "refs"]
+else:  # typing imports re and enum: more than a read command's own imports cost
+    from pipelined.records import NamedTuple
 
 __all__ = [
     "ERROR_CODES",
@@ -32,10 +37,9 @@ __all__ = [
     "errors_to_column",
     "from_column",
     "parse_number",
+    "refs_from_column",
     "to_column",
 ]
-
-Kind = Literal["text", "count", "flag", "refs"]
 
 
 class StoryField(NamedTuple):
@@ -107,8 +111,31 @@ def from_column(name: str, value: Any) -> Any:
     if kind == "flag":
         return bool(value)
     if kind == "refs":
-        return json.loads(value) if value else None
+        return refs_from_column(value) if value else None
     return value
+
+
+def refs_from_column(text: str) -> Any:
+    """A refs column's JSON list (`depends_on`: story numbers and ids), decoded.
+
+    The state writes it with `json.dumps` and its default separators, which escape
+    a quote, a backslash, a control and a non-ASCII character with a backslash: a
+    list of such plain strings is exactly `["a", "b"]`, one of numbers `[1, 2]`.
+    Those are split here without the JSON decoder (decoding them was most of an
+    `ls` of a large pipeline). Anything else (a mixed list, an escape, other
+    spacing, damage) goes to `json.loads`, which decodes it or says what is wrong.
+    """
+    if len(text) >= 4 and text.startswith('["') and text.endswith('"]') and "\\" not in text:
+        items = text[2:-2].split('", "')
+        if not any('"' in item for item in items):
+            return items
+    elif len(text) >= 3 and text[0] == "[" and text[-1] == "]":
+        numbers = text[1:-1].split(", ")
+        if all(n.isascii() and n.isdigit() and (n[0] != "0" or n == "0") for n in numbers):
+            return [int(n) for n in numbers]
+    from pipelined.quickjson import loads  # noqa: PLC0415 - json's, without its import
+
+    return loads(text)
 
 
 # What can be wrong with a story file: a stable code (for scripts, agents and
@@ -139,6 +166,8 @@ def errors_to_column(errors: tuple[StoryError, ...]) -> str | None:
     """`story_extras.errors`: a JSON list of {"code", "message"} objects, or NULL."""
     if not errors:
         return None
+    import json  # noqa: PLC0415 - the writer's
+
     return json.dumps([{"code": e.code, "message": e.message} for e in errors],
                       ensure_ascii=False)
 
@@ -148,6 +177,8 @@ def errors_from_column(text: str | None) -> list[dict[str, str]]:
     error codes holds bare messages: they read as code "unknown" until re-read."""
     if not text:
         return []
+    from pipelined.quickjson import loads  # noqa: PLC0415 - json's, without its import
+
     return [{"code": "unknown", "message": e} if isinstance(e, str) else e
-            for e in json.loads(text)]
+            for e in loads(text)]
 

@@ -166,7 +166,7 @@ class TestLockFileOnAFullDisk:
             assert proc.stdout.readline() == "locked\n", proc.stderr
             assert holder(db) == proc.pid
             pid_line = f"{proc.pid}\n".encode()
-            assert lock_path(db).read_bytes() == (b"" if len(pid_line) > 2 else pid_line)
+            assert Path(lock_path(db)).read_bytes() == (b"" if len(pid_line) > 2 else pid_line)
         finally:
             proc.stdin.close()
             proc.wait(30)

@@ -16,6 +16,7 @@ from pipelined.cli import main
 from pipelined.config import resolve
 from pipelined.logs import configure_logging
 from pipelined.maintenance import rebuild
+from pipelined.schema import refs_from_column
 from pipelined.store import queries
 
 
@@ -186,7 +187,7 @@ class TestRefsColumn:
         cases += [[item() for _ in range(rng.randrange(1, 4))] for _ in range(3000)]
         for value in cases:
             text = json.dumps(value)
-            assert queries.refs(text) == json.loads(text) == value, text
+            assert refs_from_column(text) == json.loads(text) == value, text
 
     @pytest.mark.parametrize("text", ['["]', '["a"b"]', '["a", "b"', '["a",  "b"]x', "[01]",
                                       "[1, 2", "[1, ]", "[\u0661]"])
@@ -195,5 +196,5 @@ class TestRefsColumn:
         import json
 
         with pytest.raises(json.JSONDecodeError):
-            queries.refs(text)
+            refs_from_column(text)
 

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from pipelined.commands.output import take_note
 from pipelined.errors import EXIT_NEEDS_A_PERSON, PipelinedError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = ["DAEMON_COMMANDS", "SERVICE_COMMANDS", "error_line", "run_reported", "say_note"]
 
@@ -28,8 +33,6 @@ __all__ = ["DAEMON_COMMANDS", "SERVICE_COMMANDS", "error_line", "run_reported", 
 DAEMON_COMMANDS = frozenset({"run"})
 # What systemd runs: their errors that a restart cannot fix exit EXIT_NEEDS_A_PERSON.
 SERVICE_COMMANDS = frozenset({"run", "serve", "publish"})
-
-T = TypeVar("T")
 
 
 def run_reported(name: Callable[[], str | None], call: Callable[[], T]) -> T:

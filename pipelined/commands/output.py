@@ -14,10 +14,14 @@ succeeded (`take_note`).
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterable, Sequence
 
 from pipelined.terminal import block, has_unsafe, json_text, one_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "cell_width",
@@ -153,11 +157,19 @@ def shown_time(at: str | None) -> str:
 def output_width() -> int | None:
     """The terminal's width when stdout is one (`$COLUMNS` first), else None: into a
     pipe or a file every cell is whole."""
-    import shutil
-
     if not sys.stdout.isatty():
         return None
-    return shutil.get_terminal_size().columns
+    # shutil.get_terminal_size's columns, without importing shutil (fnmatch, re, enum).
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
 
 
 def cell_width(text: str) -> int:

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["parse", "try_quick"]
 
@@ -40,7 +43,7 @@ _FLAGS = {"ls": ("--json",), "show": ("--json",), "status": ("--json",), "run": 
 def _valid(name: str, value: str) -> bool:
     """Whether click would take `value` for option `name` as it is (else click parses
     the line, and says what is wrong)."""
-    from pipelined.config import LOG_FORMATS, LOG_LEVELS
+    from pipelined.settings import LOG_FORMATS, LOG_LEVELS
 
     if name in ("--settle-ms", "--max-file-bytes"):  # int() takes at most 4,300 digits
         return value.isascii() and value.isdigit() and len(value) <= 18
@@ -90,25 +93,29 @@ def try_quick(args: Sequence[str]) -> int | None:
     if parsed is None:
         return None
     command, options, argument, as_json = parsed
-    from pathlib import Path
-
-    from pipelined.commands import readout
     from pipelined.commands.exits import run_reported
 
     def run() -> None:
-        def path(name: str) -> Path | None:
-            return Path(options[name]) if name in options else None
+        if command != "run":
+            from pipelined.commands import readout
+            from pipelined.settings import locate
 
-        config = readout.load_config(path("--root"), path("--db"), options.get("--stages"),
-                                     path("--config"))
-        if command == "ls":
-            readout.list_stories(config, stage=options.get("--stage"), as_json=as_json)
-        elif command == "show":
-            readout.show_story(config, str(argument), as_json)
-        elif command == "status":
-            readout.show_status(config, as_json)
+            # The settings as `load_config` resolves them, with string paths (settings).
+            where = locate({"root": options.get("--root"), "db": options.get("--db"),
+                            "stages": options.get("--stages")}, options.get("--config"))
+            if command == "ls":
+                readout.list_stories(where, stage=options.get("--stage"), as_json=as_json)
+            elif command == "show":
+                readout.show_story(where, str(argument), as_json)
+            else:
+                readout.show_status(where, as_json)
         else:
+            from pathlib import Path
+
             from pipelined.commands.rundaemon import run_daemon
+
+            def path(name: str) -> Path | None:
+                return Path(options[name]) if name in options else None
 
             def number(name: str) -> int | None:
                 return int(options[name]) if name in options else None

@@ -9,7 +9,7 @@ config from the settings options, and the read-only database.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
 
 from pipelined.commands.output import (
     echo,
@@ -22,15 +22,18 @@ from pipelined.commands.output import (
     shown_time,
     table,
 )
-from pipelined.config import resolve_stage
 from pipelined.errors import AmbiguousStory, DatabaseError, StoryNotFound
 from pipelined.schema import FIELDS
+from pipelined.settings import resolve_stage
 from pipelined.terminal import field_text
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
     from pipelined.config import Config
+    from pipelined.settings import Where
 
 __all__ = ["list_stories", "load_config", "read_conn", "show_status", "show_story"]
 
@@ -46,7 +49,7 @@ def load_config(root: Path | None, db: Path | None, stages: str | None,
     return resolve({"root": root, "db": db, "stages": stages, **extra}, config_file=config_file)
 
 
-def read_conn(config: Config, announce: bool = False) -> Any:
+def read_conn(config: Where, announce: bool = False) -> Any:
     """A read-only connection to the database; DatabaseError if it is not ours.
 
     With `announce` (the read commands), a database no daemon keeps up to date, or
@@ -71,7 +74,7 @@ def read_conn(config: Config, announce: bool = False) -> Any:
     return conn
 
 
-def list_stories(config: Config, *, stage: str | None = None, agent: str | None = None,
+def list_stories(config: Where, *, stage: str | None = None, agent: str | None = None,
                  blocked: bool | None = None, ready: bool = False, sort_key: str = "stage",
                  limit: int | None = None, as_json: bool = False) -> None:
     """`pipelined ls`: the stories, filtered and sorted, as a table or JSON."""
@@ -114,7 +117,7 @@ def list_stories(config: Config, *, stage: str | None = None, agent: str | None 
                shrink=((0, 20), (2, 12), (3, 6))))
 
 
-def show_story(config: Config, ref: str, as_json: bool = False) -> None:
+def show_story(config: Where, ref: str, as_json: bool = False) -> None:
     """`pipelined show`: one story by id or number, its fields and its content."""
     from pipelined.store import queries
 
@@ -138,10 +141,10 @@ def show_story(config: Config, ref: str, as_json: bool = False) -> None:
     files = story.get("files") or []
     # Paths under the root when it holds the files; as stored (relative to the root)
     # when the root is not known here (a read given only --db, from elsewhere).
-    known = any((config.root / f["path"]).exists() for f in files)
+    known = any(os.path.exists(os.path.join(config.root, f["path"])) for f in files)
 
     def where(rel: str) -> str:
-        return str(config.root / rel) if known else rel
+        return os.path.join(config.root, rel) if known else rel
 
     winner = next((f["path"] for f in files if f["winner"]), None)
     if winner:
@@ -149,11 +152,10 @@ def show_story(config: Config, ref: str, as_json: bool = False) -> None:
     lines += [f"{'conflict:':<13} also {where(f['path'])} (the newest copy wins; "
               "see `pipelined doctor`)" for f in files if not f["winner"]]
     if story["extra"]:
-        import json
-
+        from pipelined.quickjson import dumps
         from pipelined.terminal import json_text
 
-        extra = json_text(json.dumps(story["extra"], ensure_ascii=False))
+        extra = json_text(dumps(story["extra"]))
         lines.append(f"{'extra:':<13} {extra}")
     lines += [f"{'error:':<13} {e['message']} ({e['code']})" for e in story["errors"]]
     echo_lines([*lines, ""])
@@ -161,7 +163,7 @@ def show_story(config: Config, ref: str, as_json: bool = False) -> None:
                else "(content not copied: file over the size limit)")
 
 
-def show_status(config: Config, as_json: bool = False) -> None:
+def show_status(config: Where, as_json: bool = False) -> None:
     """`pipelined status`: the daemon, the stories per stage, the last sync."""
     from pipelined.freshness import pipeline_status
 
@@ -182,7 +184,7 @@ def show_status(config: Config, as_json: bool = False) -> None:
     if result["log_lines_dropped"]:
         echo_line(f"logs:      {result['log_lines_dropped']} lines could not be written "
                   "(nobody reads the daemon's stderr)")
-    echo_line(f"database:  {config.db_path}")
+    echo_line(f"database:  {os.fspath(config.db_path)}")
     echo_line(f"last sync: {shown_time(result['last_sync'])}")
     echo(f"stories:   {result['stories']}")
     for stage, count in counts.items():

@@ -6,14 +6,19 @@ Every transaction goes through `transaction()`, never apsw's `with conn:`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Literal
 
 import apsw
 
 from pipelined.errors import DatabaseCorrupt, DatabaseError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Literal
+
+    from _typeshed import StrPath
 
 __all__ = ["as_corrupt", "check_integrity", "open_read_only", "open_writer", "transaction"]
 
@@ -24,11 +29,11 @@ BUSY_TIMEOUT_MS = 5000
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
-def open_writer(path: Path) -> apsw.Connection:
+def open_writer(path: StrPath) -> apsw.Connection:
     """The one read-write connection: WAL, NORMAL sync, foreign keys on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
-        conn = apsw.Connection(str(path))
+        conn = apsw.Connection(os.fspath(path))
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
         if str(mode).lower() != "wal":
@@ -52,7 +57,7 @@ def open_writer(path: Path) -> apsw.Connection:
     return conn
 
 
-def check_integrity(conn: apsw.Connection, path: Path) -> None:
+def check_integrity(conn: apsw.Connection, path: StrPath) -> None:
     """PRAGMA quick_check; DatabaseCorrupt if not ok."""
     try:
         problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
@@ -63,19 +68,19 @@ def check_integrity(conn: apsw.Connection, path: Path) -> None:
         raise DatabaseCorrupt(path, f"quick_check found: {found}; {REBUILD_HINT}")
 
 
-def as_corrupt(path: Path, exc: BaseException) -> BaseException:
+def as_corrupt(path: StrPath, exc: BaseException) -> BaseException:
     """SQLite's corruption errors as the one-line DatabaseCorrupt; others unchanged."""
     if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
         return DatabaseCorrupt(path, f"{exc}; {REBUILD_HINT}")
     return exc
 
 
-def open_read_only(path: Path) -> apsw.Connection:
+def open_read_only(path: StrPath) -> apsw.Connection:
     """A read-only connection; works whether or not the daemon runs."""
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise DatabaseError(path, "no such database (has `pipelined run` run on this root?)")
     try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn = apsw.Connection(os.fspath(path), flags=apsw.SQLITE_OPEN_READONLY)
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except (apsw.CorruptError, apsw.NotADBError) as exc:

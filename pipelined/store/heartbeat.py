@@ -10,15 +10,19 @@ needs no free space on a full disk. Only the daemon's main thread writes it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import time
-from pathlib import Path
-from typing import Any
 
 from pipelined.durable import pwrite_all
-from pipelined.layout import read_regular_file
+from pipelined.quickjson import loads as json_loads
+from pipelined.reading import read_regular_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from _typeshed import StrPath
 
 __all__ = ["Heartbeat", "heartbeat_path", "read_heartbeat"]
 
@@ -26,18 +30,20 @@ STALE_AFTER_S = 10.0  # a heartbeat older than this means the daemon is not resp
 BLOCK = 4096
 
 
-def heartbeat_path(db_path: Path) -> Path:
-    return db_path.parent / (db_path.name + ".heartbeat")  # with_name() raises on "." or "/"
+def heartbeat_path(db_path: StrPath) -> str:
+    return os.fspath(db_path) + ".heartbeat"
 
 
 class Heartbeat:
     """Owned by the daemon's main thread; `beat()` never raises."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: StrPath) -> None:
         self.path = heartbeat_path(db_path)
         self._fd: int | None = None
 
     def beat(self, info: dict[str, Any]) -> None:
+        import json  # noqa: PLC0415 - the daemon's; a reader of the heartbeat does without
+
         data = json.dumps({**info, "heartbeat_unix": time.time()}).encode()
         if len(data) >= BLOCK:
             data = json.dumps({"pid": info.get("pid"), "heartbeat_unix": time.time(),
@@ -79,18 +85,18 @@ class Heartbeat:
             self._fd = None
 
 
-def _read_block(path: Path) -> bytes:
+def _read_block(path: StrPath) -> bytes:
     """The heartbeat's bytes, never through a symlink, a regular file only (a FIFO or
     a link to /dev/zero put there must not hang `status`)."""
     return read_regular_file(path, BLOCK, follow_symlinks=False).strip()
 
 
-def read_heartbeat(db_path: Path) -> dict[str, Any] | None:
+def read_heartbeat(db_path: StrPath) -> dict[str, Any] | None:
     """The last heartbeat, with `age_s` added, or None if there is none."""
     for _attempt in range(3):  # a read racing the in-place rewrite is retried
         try:
             text = _read_block(heartbeat_path(db_path))
-            info: dict[str, Any] = json.loads(text)
+            info: dict[str, Any] = json_loads(text)
         except OSError:
             return None
         except ValueError:

@@ -13,10 +13,13 @@ import fcntl
 import os
 import stat
 import struct
-from pathlib import Path
 
 from pipelined.durable import write_all
 from pipelined.errors import DatabaseBusy, DatabaseError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
 __all__ = ["DaemonLock", "holder", "lock_path"]
 
@@ -25,11 +28,11 @@ __all__ = ["DaemonLock", "holder", "lock_path"]
 _FLOCK = "hhqqixxxx"
 
 
-def lock_path(db_path: Path) -> Path:
-    return db_path.parent / (db_path.name + ".lock")  # with_name() raises on "." or "/"
+def lock_path(db_path: StrPath) -> str:
+    return os.fspath(db_path) + ".lock"
 
 
-def holder(db_path: Path) -> int | None:
+def holder(db_path: StrPath) -> int | None:
     """The pid of the daemon holding the database's lock, or None."""
     path = lock_path(db_path)
     try:  # a FIFO put there must not block `status`; a symlink is not ours
@@ -50,14 +53,14 @@ def holder(db_path: Path) -> int | None:
 class DaemonLock:
     """Held while the daemon runs; `acquire()` raises DatabaseBusy if taken."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: StrPath) -> None:
         self.db_path = db_path
         self.path = lock_path(db_path)
         self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             # Never through a symbolic link: the pid written below would
             # overwrite whatever it points to (see store.preflight).
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

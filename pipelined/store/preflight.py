@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
-from typing import NamedTuple
 
 import apsw
 
 from pipelined.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError, MigrationError
-from pipelined.layout import NotRegularFile, read_regular_file
+from pipelined.reading import NotRegularFile, read_regular_file
 from pipelined.store.connection import REBUILD_HINT
 from pipelined.store.heartbeat import heartbeat_path
 from pipelined.store.lock import holder, lock_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
 __all__ = ["DatabaseSurvey", "check_before_reading", "check_before_writing", "survey"]
 
@@ -40,18 +42,28 @@ MIGRATIONS_TABLE = "schema_migrations"
 MIGRATIONS_COLUMNS = frozenset({"name", "checksum", "applied_at"})
 
 
-class DatabaseSurvey(NamedTuple):
+class DatabaseSurvey:
     """What is at a database path, as far as it can be seen without changing it.
 
-    A NamedTuple: every read command with no daemon running makes one, and a
-    dataclass costs far more to define at import.
+    A plain class: every read command with no daemon running makes one, and a
+    dataclass or a typed NamedTuple (typing, re, enum) costs more to import
+    than the read itself.
     """
 
-    exists: bool
-    sqlite: bool = False  # empty, or starts with the SQLite header
-    tables: tuple[str, ...] = ()  # tables and views, sorted; SQLite's own left out
-    migrations: tuple[str, ...] | None = None  # recorded in our schema_migrations; None: none
-    damage: str | None = None  # SQLite's error when the schema could not be read
+    __slots__ = ("damage", "exists", "migrations", "sqlite", "tables")
+
+    def __init__(self, exists: bool, sqlite: bool = False, tables: tuple[str, ...] = (),
+                 migrations: tuple[str, ...] | None = None, damage: str | None = None) -> None:
+        self.exists = exists
+        self.sqlite = sqlite  # empty, or starts with the SQLite header
+        self.tables = tables  # tables and views, sorted; SQLite's own left out
+        self.migrations = migrations  # recorded in our schema_migrations; None: none
+        self.damage = damage  # SQLite's error when the schema could not be read
+
+    def __repr__(self) -> str:
+        return (f"DatabaseSurvey(exists={self.exists!r}, sqlite={self.sqlite!r}, "
+                f"tables={self.tables!r}, migrations={self.migrations!r}, "
+                f"damage={self.damage!r})")
 
     @property
     def ours(self) -> bool:
@@ -88,7 +100,7 @@ def _tables(conn: apsw.Connection) -> tuple[tuple[str, ...], tuple[str, ...] | N
     return names, recorded
 
 
-def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+def _read(path: StrPath, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """The tables and recorded migrations, read without creating or locking a file.
 
     With `wal`, through `unix-none` in exclusive mode: the -wal is read into
@@ -97,9 +109,9 @@ def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | Non
     the main file only, as it was at its last checkpoint.
     """
     if wal:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none")
+        conn = apsw.Connection(os.fspath(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none")
     else:
-        conn = apsw.Connection(path.absolute().as_uri() + "?immutable=1",
+        conn = apsw.Connection(_file_uri(path) + "?immutable=1",
                                flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     try:
         if wal:  # before the first read: the WAL index then lives in this process
@@ -109,7 +121,18 @@ def _read(path: Path, wal: bool) -> tuple[tuple[str, ...], tuple[str, ...] | Non
         conn.close()
 
 
-def _has_frames(path: Path) -> bool:
+# What a `file:` URI's path may hold unencoded (urllib.parse.quote's safe set and "/").
+_URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def _file_uri(path: StrPath) -> str:
+    """The `file:` URI of the absolute path, as `Path.as_uri` makes it: every other
+    byte percent-encoded (a `?`, `#` or `%` in a name must not end or bend it)."""
+    return "file://" + "".join(chr(byte) if byte in _URI_SAFE else f"%{byte:02X}"
+                               for byte in os.fsencode(os.path.abspath(path)))
+
+
+def _has_frames(path: StrPath) -> bool:
     """A non-empty -wal beside the database, and SQLite's `unix-none` VFS to read it."""
     try:
         size = os.lstat(f"{path}-wal").st_size
@@ -118,12 +141,12 @@ def _has_frames(path: Path) -> bool:
     return size > 0 and "unix-none" in apsw.vfs_names()
 
 
-def _check_file_or_missing(path: Path) -> bool:
+def _check_file_or_missing(path: StrPath) -> bool:
     """True if a regular file is at `path`, False if nothing; else DatabaseError."""
     try:
-        info = path.stat()
+        info = os.stat(path)
     except FileNotFoundError:
-        if path.is_symlink():
+        if os.path.islink(path):
             raise DatabaseError(path, f"it is a symbolic link to {os.readlink(path)}, which "
                                 "does not exist; give --db the real path") from None
         return False
@@ -136,7 +159,7 @@ def _check_file_or_missing(path: Path) -> bool:
     return True
 
 
-def _read_header(path: Path) -> bytes:
+def _read_header(path: StrPath) -> bytes:
     try:
         return read_regular_file(path, len(SQLITE_HEADER))
     except NotRegularFile as exc:  # renamed in since the stat
@@ -144,7 +167,7 @@ def _read_header(path: Path) -> bytes:
                             "--db the path of a file (it is created if missing)") from None
 
 
-def survey(path: Path) -> DatabaseSurvey:
+def survey(path: StrPath) -> DatabaseSurvey:
     """What is at `path`; DatabaseError if it is not a file or cannot be read.
 
     A missing path is a survey with `exists` False. A file that is not SQLite
@@ -185,22 +208,22 @@ def _listed(tables: tuple[str, ...]) -> str:
     return f"{shown}, … {more} more" if more > 0 else shown
 
 
-def _not_sqlite(path: Path) -> DatabaseError:
+def _not_sqlite(path: StrPath) -> DatabaseError:
     return DatabaseError(path, "not a SQLite database (it does not start with the SQLite "
                          "header); give --db another file, or if it is pipelined's own "
                          "database, damaged, move it aside and run `pipelined rebuild`")
 
 
-def _check_beside(db_path: Path) -> None:
+def _check_beside(db_path: StrPath) -> None:
     """The files pipelined keeps beside the database, where they exist, are plain files.
 
     The lock and the heartbeat are opened with O_CREAT and rewritten: through
     a symbolic link that would overwrite whatever it points to.
     """
     for companion in (lock_path(db_path), heartbeat_path(db_path),
-                      *(db_path.parent / (db_path.name + s) for s in ("-wal", "-shm", "-journal"))):
+                      *(os.fspath(db_path) + s for s in ("-wal", "-shm", "-journal"))):
         try:
-            info = companion.lstat()
+            info = os.lstat(companion)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -212,18 +235,18 @@ def _check_beside(db_path: Path) -> None:
                                 "pipelined made; move it away")
 
 
-def _check_folder_can_be_made(db_path: Path) -> None:
+def _check_folder_can_be_made(db_path: StrPath) -> None:
     """The database's folder exists or can be created (nothing is created here)."""
-    folder = db_path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    folder = os.path.dirname(os.path.abspath(db_path))
+    while not os.path.exists(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
         raise DatabaseError(db_path, f"its folder cannot be created: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DatabaseError(db_path, f"cannot create it: the folder {folder} is not writable")
 
 
-def _check_migrations_known(db_path: Path, recorded: tuple[str, ...]) -> None:
+def _check_migrations_known(db_path: StrPath, recorded: tuple[str, ...]) -> None:
     from pipelined.store.migrations import known_migrations  # noqa: PLC0415 - read commands' start
 
     unknown = sorted(set(recorded) - {m.name for m in known_migrations()})
@@ -233,7 +256,7 @@ def _check_migrations_known(db_path: Path, recorded: tuple[str, ...]) -> None:
             "(written by a newer version); upgrade pipelined")
 
 
-def check_before_writing(db_path: Path, *, rebuilding: bool = False) -> None:
+def check_before_writing(db_path: StrPath, *, rebuilding: bool = False) -> None:
     """Raise unless pipelined may create its files beside `db_path` and write into it.
 
     Accepted: no file yet (its folder can be created), an empty file, a SQLite
@@ -263,7 +286,7 @@ def check_before_writing(db_path: Path, *, rebuilding: bool = False) -> None:
         _check_migrations_known(db_path, found.migrations)
 
 
-def check_before_reading(db_path: Path) -> None:
+def check_before_reading(db_path: StrPath) -> None:
     """Raise unless `db_path` is missing or pipelined's own database.
 
     A read command calls it before it opens the database read-only, which on a

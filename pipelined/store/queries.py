@@ -5,16 +5,13 @@ Imports nothing heavy (no watchdog, no pycrdt) so short CLI calls stay fast.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import apsw
 
 from pipelined.errors import PipelinedError
+from pipelined.quickjson import loads as json_loads
 from pipelined.schema import (
     FLAG_FIELDS,
     ITEM_COLUMNS,
@@ -22,10 +19,18 @@ from pipelined.schema import (
     REFS_FIELDS,
     errors_from_column,
     parse_number,
+    refs_from_column,
     to_column,
 )
 from pipelined.store.connection import open_read_only, transaction
 from pipelined.store.lock import holder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from typing import Any
+
+    from _typeshed import StrPath
 
 __all__ = [
     "confirmed_by_daemon",
@@ -39,7 +44,6 @@ __all__ = [
     "page_key",
     "page_stories",
     "parse_errors",
-    "refs",
     "resolve_ref",
     "snapshot",
     "stories_by_id",
@@ -58,29 +62,8 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
         if item[name] is not None:
             item[name] = bool(item[name])
     for name in REFS_FIELDS:
-        item[name] = refs(item[name]) if item[name] else None
+        item[name] = refs_from_column(item[name]) if item[name] else None
     return item
-
-
-def refs(text: str) -> Any:
-    """A refs column's JSON list (`depends_on`: story numbers and ids), decoded.
-
-    The state writes it with `json.dumps` and its default separators, which escape
-    a quote, a backslash, a control and a non-ASCII character with a backslash: a
-    list of such plain strings is exactly `["a", "b"]`, one of numbers `[1, 2]`.
-    Those are split here without the JSON decoder (decoding them was most of an
-    `ls` of a large pipeline). Anything else (a mixed list, an escape, other
-    spacing, damage) goes to `json.loads`, which decodes it or says what is wrong.
-    """
-    if len(text) >= 4 and text.startswith('["') and text.endswith('"]') and "\\" not in text:
-        items = text[2:-2].split('", "')
-        if not any('"' in item for item in items):
-            return items
-    elif len(text) >= 3 and text[0] == "[" and text[-1] == "]":
-        numbers = text[1:-1].split(", ")
-        if all(n.isascii() and n.isdigit() and (n[0] != "0" or n == "0") for n in numbers):
-            return [int(n) for n in numbers]
-    return json.loads(text)
 
 
 @contextmanager
@@ -212,7 +195,7 @@ def _get_story(conn: apsw.Connection, story_id: str) -> dict[str, Any] | None:
     item["content"] = row[-1]
     extra = conn.execute("SELECT extra, errors FROM story_extras WHERE id = ?",
                          (story_id,)).fetchone()
-    item["extra"] = json.loads(extra[0]) if extra else {}
+    item["extra"] = json_loads(extra[0]) if extra else {}
     item["errors"] = errors_from_column(extra[1] if extra else None)
     item["files"] = [
         {"path": path, "winner": bool(winner)} for path, winner in conn.execute(
@@ -320,7 +303,7 @@ def story_stage(conn: apsw.Connection, story_id: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def confirmed_by_daemon(db_path: Path, wait: Callable[[], bool]) -> bool | None:
+def confirmed_by_daemon(db_path: StrPath, wait: Callable[[], bool]) -> bool | None:
     """After a file edit: whether the daemon holding the database showed it in time
     (`wait()` polls for it), or None when no daemon runs (nothing will sync it yet)."""
     if holder(db_path) is None:
@@ -328,7 +311,7 @@ def confirmed_by_daemon(db_path: Path, wait: Callable[[], bool]) -> bool | None:
     return wait()
 
 
-def wait_for_stage(db_path: Path, story_id: str, stage: str, timeout_s: float,
+def wait_for_stage(db_path: StrPath, story_id: str, stage: str, timeout_s: float,
                    poll_s: float = 0.05) -> bool:
     """Poll the database (read-only) until its row for `story_id` shows `stage` (a
     `move` waiting for a running daemon to sync its rename)."""
@@ -336,7 +319,7 @@ def wait_for_stage(db_path: Path, story_id: str, stage: str, timeout_s: float,
                      timeout_s, poll_s)
 
 
-def wait_for_fields(db_path: Path, story_id: str, fields: Mapping[str, Any], timeout_s: float,
+def wait_for_fields(db_path: StrPath, story_id: str, fields: Mapping[str, Any], timeout_s: float,
                     poll_s: float = 0.02) -> bool:
     """Poll until the row for `story_id` holds `fields` (stored forms, as the story
     parser gives them): a `set` waiting for a running daemon to sync its edit."""
@@ -351,7 +334,7 @@ def wait_for_fields(db_path: Path, story_id: str, fields: Mapping[str, Any], tim
     return _wait_for(db_path, holds, timeout_s, poll_s)
 
 
-def _wait_for(db_path: Path, holds: Callable[[apsw.Connection], bool], timeout_s: float,
+def _wait_for(db_path: StrPath, holds: Callable[[apsw.Connection], bool], timeout_s: float,
               poll_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     conn = None
