@@ -199,8 +199,7 @@ def cut(text: str, width: int) -> str:
 def _layout(rows: list[list[str]], headers: list[str], shrink: Sequence[tuple[int, int]],
             width: int | None, ascii_only: bool) -> str:
     measure = len if ascii_only else cell_width
-    widths = [max(measure(h), *(measure(r[i]) for r in rows)) if rows
-              else measure(h) for i, h in enumerate(headers)]
+    widths = [max(map(measure, column)) for column in zip(headers, *rows, strict=True)]
     full = list(widths)
     if width is not None:
         excess = sum(widths) + 2 * (len(widths) - 1) - width
@@ -212,8 +211,8 @@ def _layout(rows: list[list[str]], headers: list[str], shrink: Sequence[tuple[in
             excess -= give
 
     if ascii_only and widths == full:  # the usual case, and a 100,000-row `ls`: no cell cut
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         for r in [headers, *rows])
+        line = "  ".join(f"{{:<{w}}}" for w in widths).format  # one call per row
+        return "\n".join(line(*r).rstrip() for r in [headers, *rows])
 
     def padded(cell: str, room: int) -> str:
         shown = cut(cell, room)

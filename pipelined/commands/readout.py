@@ -85,32 +85,42 @@ def list_stories(config: Where, *, stage: str | None = None, agent: str | None =
     if not ready and sort_key == "stage":  # SQLite's order (an index): nothing to sort
         from itertools import islice
 
-        stories = islice(queries.iter_stories(conn, stage=stage, agent=agent,
-                                               blocked=blocked), limit)
         if as_json:  # streamed: 100,000 stories are never held whole
-            print_json_stream(stories)
+            print_json_stream(islice(queries.iter_stories(conn, stage=stage, agent=agent,
+                                                          blocked=blocked), limit))
             return
-        items = list(stories)
-    else:
-        from pipelined.views import is_ready, sort_stories, unmet_dependencies
+        cells = islice(queries.iter_columns(conn, TABLE_COLUMNS, stage=stage, agent=agent,
+                                            blocked=blocked), limit)
+        _print_table([_row(*row) for row in cells])
+        return
+    from pipelined.views import is_ready, sort_stories, unmet_dependencies
 
-        if ready:  # dependencies may be in any stage: resolve them against every row
-            everything = queries.list_stories(conn)
-            unmet = unmet_dependencies(everything)
-            wanted = {i["id"] for i in queries.list_stories(conn, stage=stage, agent=agent,
-                                                            blocked=blocked)}
-            items = [i for i in everything if i["id"] in wanted
-                     and is_ready(i, unmet[i["id"]])]
-        else:
-            items = queries.list_stories(conn, stage=stage, agent=agent, blocked=blocked)
-        items = sort_stories(items, sort_key)[:limit]
+    if ready:  # dependencies may be in any stage: resolve them against every row
+        everything = queries.list_stories(conn)
+        unmet = unmet_dependencies(everything)
+        wanted = {i["id"] for i in queries.list_stories(conn, stage=stage, agent=agent,
+                                                        blocked=blocked)}
+        items = [i for i in everything if i["id"] in wanted and is_ready(i, unmet[i["id"]])]
+    else:
+        items = queries.list_stories(conn, stage=stage, agent=agent, blocked=blocked)
+    items = sort_stories(items, sort_key)[:limit]
     if as_json:
         print_json(items)
         return
-    rows = [[i["id"], i["stage"], i["name"] or "", i["agent"] or "",
-             "yes" if i["blocked"] else "",
-             "" if i["retry_count"] is None else str(i["retry_count"])]
-            for i in items]
+    _print_table([_row(*(i[name] for name in TABLE_COLUMNS)) for i in items])
+
+
+# `ls`'s table: these columns, shown by `_row`.
+TABLE_COLUMNS = ("id", "stage", "name", "agent", "blocked", "retry_count")
+
+
+def _row(story_id: str, stage: str, name: str | None, agent: str | None,
+         blocked: object, retry_count: int | None) -> list[str]:
+    return [story_id, stage, name or "", agent or "", "yes" if blocked else "",
+            "" if retry_count is None else str(retry_count)]
+
+
+def _print_table(rows: list[list[str]]) -> None:
     # Too wide for the terminal: the id (its slug repeats the name) gives up cells first,
     # down to 20, then the name, then the agent.
     echo(table(rows, ["ID", "STAGE", "NAME", "AGENT", "BLOCKED", "RETRIES"],

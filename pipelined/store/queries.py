@@ -27,7 +27,7 @@ from pipelined.store.lock import holder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from typing import Any
 
     from _typeshed import StrPath
@@ -38,6 +38,7 @@ __all__ = [
     "counts_by_stage",
     "get_story",
     "high_water",
+    "iter_columns",
     "iter_stories",
     "list_stories",
     "meta",
@@ -120,6 +121,17 @@ def iter_stories(conn: apsw.Connection, stage: str | None = None, agent: str | N
     """Stories without content in the order of `ls`, one at a time from SQLite (the
     index of migration 0006 gives the order): `ls --json` of 100,000 stories holds
     one row at a time, not the list."""
+    for row in iter_columns(conn, ITEM_COLUMNS, stage=stage, agent=agent, blocked=blocked):
+        yield _item(row)
+
+
+def iter_columns(conn: apsw.Connection, columns: Sequence[str], stage: str | None = None,
+                 agent: str | None = None, blocked: bool | None = None,
+                 ) -> Iterator[tuple[Any, ...]]:
+    """`columns` of ITEM_COLUMNS, as stored, of the stories `iter_stories` gives, in its
+    order: the table `ls` prints needs no decoded row."""
+    if not set(columns) <= set(ITEM_COLUMNS):
+        raise ValueError(f"not a listed column: {sorted(set(columns) - set(ITEM_COLUMNS))}")
     where: list[str] = []
     params: list[str | int] = []
     for clause, value in (("stage = ?", stage), ("agent = ?", agent)):
@@ -131,9 +143,8 @@ def iter_stories(conn: apsw.Connection, stage: str | None = None, agent: str | N
         params.append(int(blocked))
     condition = " WHERE " + " AND ".join(where) if where else ""
     order = _IN_STAGE_KEY if stage is not None else _ORDER_KEY
-    sql = f"SELECT {', '.join(ITEM_COLUMNS)} FROM pipeline_items{condition} ORDER BY {order}"
-    for row in conn.execute(sql, params):
-        yield _item(row)
+    sql = f"SELECT {', '.join(columns)} FROM pipeline_items{condition} ORDER BY {order}"
+    yield from conn.execute(sql, params)
 
 
 def page_key(stage: str, story_id: str) -> tuple[int, str, int, str]:
