@@ -192,6 +192,31 @@ class TestBesideTheFirstWrites:
         assert not writer.is_alive() and writer.first_error is None
         assert not stopped_clean(db)
 
+    def test_a_reader_that_cannot_open_means_a_check_first(self, tmp_path: Path) -> None:
+        """The mark is there but the check's own connection cannot be opened: the check
+        runs before the first write, on the writer's connection, and the writer goes on."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        check = HeldCheck()
+
+        def no_reader() -> apsw.Connection:
+            raise apsw.CantOpenError("cannot open")
+
+        writer = Writer(lambda: open_writer(db), 4, check=check, path=db, open_reader=no_reader)
+        writer.start()
+        writer.begin()
+        try:
+            seq = writer.submit(note(6))
+            wait_until(check.started.is_set, what="the check")
+            assert not check.conns[0].readonly("main")
+            assert observe(lambda: writer.committed < seq, 0.3)
+            check.release.set()
+            assert writer.wait_committed(seq, 10)
+        finally:
+            check.release.set()
+            writer.close(10)
+        assert writer.first_error is None and stopped_clean(db)
+
     def test_an_unreadable_mark_means_a_check_first(self, tmp_path: Path) -> None:
         """A file whose daemon_meta cannot be read (here: not there) gets the check
         before the first write."""

@@ -313,9 +313,7 @@ class Writer(threading.Thread):
             self._begun.wait()
             if self._check is None:
                 self._checked.set()
-            elif self._marked and self._open_reader is not None:
-                self._check_beside()
-            else:
+            elif not (self._marked and self._open_reader is not None and self._check_beside()):
                 self._check(self._conn)  # before the first write
                 self._checked.set()
         except Exception as exc:
@@ -341,13 +339,18 @@ class Writer(threading.Thread):
         except apsw.Error:
             return False
 
-    def _check_beside(self) -> None:
-        """Run the integrity check on a read-only connection of its own, beside the
+    def _check_beside(self) -> bool:
+        """Start the integrity check on a read-only connection of its own, beside the
         first writes: the file is as a writer that checked it left it. Damage found
-        stops the writer as a failed check before them would."""
+        stops the writer as a failed check before them would. False when that
+        connection cannot be opened: the check then runs before the first write."""
         assert self._check is not None
         assert self._open_reader is not None
-        conn = self._open_reader()
+        try:
+            conn = self._open_reader()
+        except Exception as exc:  # any: the check before the writes names what it is
+            log.warning("writer.check_beside_failed", error=str(exc))
+            return False
         self._checking = conn
         check = self._check
 
@@ -369,6 +372,7 @@ class Writer(threading.Thread):
 
         self._check_thread = threading.Thread(target=run, name="pipelined-check", daemon=True)
         self._check_thread.start()
+        return True
 
     def _finish_check(self) -> None:
         """A clean stop lets a check still running beside the writes finish (at most
