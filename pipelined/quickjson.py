@@ -6,9 +6,10 @@ Both halves here run on the C code `json` itself runs on, configured as
 `json`'s defaults configure it, and hand anything else to `json`, so that the
 result and the errors are always `json`'s:
 
-- `loads`: `_json.make_scanner`, as `json.loads` uses it. What it does not
-  take whole (an error, extra data, bytes that are not UTF-8) goes to
-  `json.loads`, which decodes it or raises its own error.
+- `loads`: `_json.make_scanner`, as `json.loads` uses it, for a str or bytes.
+  What it does not take whole (an error, extra data, bytes that are not
+  UTF-8) and any other type go to `json.loads`, which decodes it or raises its
+  own error.
 - `dumps`: `json.dumps(value, ensure_ascii=False)` for what decoded JSON holds
   (dicts with string keys, lists, strings, whole numbers, finite floats, true,
   false, null), its strings encoded by `_json.encode_basestring`. Anything
@@ -55,7 +56,7 @@ else:
 
 def loads(data: str | bytes) -> Any:
     """`json.loads(data)`, without importing `json` when the C scanner takes it whole."""
-    if _scan is not None:
+    if _scan is not None and isinstance(data, str | bytes):
         try:
             text = data.decode("utf-8") if isinstance(data, bytes) else data
             text = text.strip(_WHITESPACE)

@@ -125,11 +125,13 @@ def refs_from_column(text: str) -> Any:
     `ls` of a large pipeline). Anything else (a mixed list, an escape, other
     spacing, damage) goes to `json.loads`, which decodes it or says what is wrong.
     """
-    if len(text) >= 4 and text.startswith('["') and text.endswith('"]') and "\\" not in text:
+    plain = text.isascii() and text.isprintable()  # as json.dumps writes: no raw controls
+    if plain and len(text) >= 4 and text.startswith('["') and text.endswith('"]') and (
+            "\\" not in text):
         items = text[2:-2].split('", "')
         if not any('"' in item for item in items):
             return items
-    elif len(text) >= 3 and text[0] == "[" and text[-1] == "]":
+    elif plain and len(text) >= 3 and text[0] == "[" and text[-1] == "]":
         numbers = text[1:-1].split(", ")
         if all(n.isascii() and n.isdigit() and (n[0] != "0" or n == "0") for n in numbers):
             return [int(n) for n in numbers]

@@ -182,7 +182,9 @@ def _absolute(path: str) -> str:
 
 
 def _path(value: object) -> str:
-    return os.path.expanduser(os.fspath(value) if isinstance(value, os.PathLike) else str(value))
+    """A path setting as given, `~` expanded; "" is the current folder (as `Path("")`)."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    return os.path.expanduser(text) or "."
 
 
 def _optional_path(value: object) -> str | None:

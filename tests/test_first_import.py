@@ -206,6 +206,7 @@ class TestChunkedImport:
             last = daemon.log_tail(1)
             assert last.startswith(f"Error: database {daemon.db}: ")
             assert "pipelined rebuild" in last
+            assert not stopped_clean(daemon.db)  # the next start checks first
 
     @pytest.mark.slow  # over about 6 s of wall time: the slow pass
     def test_second_signal_during_a_first_import_stops_cleanly(

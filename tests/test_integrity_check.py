@@ -102,6 +102,18 @@ class TestBeforeTheFirstWrite:
         assert writer.commits == 0 and not stopped_clean(db)
 
 
+    def test_a_writer_without_a_check_leaves_no_mark(self, tmp_path: Path) -> None:
+        """No check, no claim that the file was checked."""
+        db = fresh_db(tmp_path)
+        writer = Writer(lambda: open_writer(db), 4, path=db)
+        writer.start()
+        try:
+            assert writer.wait_committed(writer.submit(note(7)), 10)
+        finally:
+            writer.close(10)
+        assert writer.first_error is None and not stopped_clean(db)
+
+
 class TestBesideTheFirstWrites:
     def test_after_a_clean_stop_the_first_commit_does_not_wait(self, tmp_path: Path) -> None:
         """The mark: the check runs on a read-only connection of its own while the
@@ -140,6 +152,22 @@ class TestBesideTheFirstWrites:
             writer.close(10)
         assert isinstance(writer.first_error, DatabaseCorrupt)
         assert writer.outcome.error is writer.first_error
+        assert not stopped_clean(db)
+
+    def test_damage_found_before_any_commit_takes_the_mark_away(self, tmp_path: Path) -> None:
+        """Found before the writer committed anything: it stops (not as abandoned: this
+        is no second signal) and deletes the mark, so the next start checks first."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
+        check.release.set()
+        writer = start_writer(db, check)
+        try:
+            wait_until(lambda: not writer.is_alive(), what="the writer to stop")
+        finally:
+            writer.close(10)
+        assert writer.commits == 0 and not writer.abandoned
+        assert isinstance(writer.first_error, DatabaseCorrupt)
         assert not stopped_clean(db)
 
     def test_a_clean_stop_lets_the_check_finish(self, tmp_path: Path) -> None:

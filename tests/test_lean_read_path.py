@@ -145,6 +145,17 @@ class TestQuickJson:
         else:
             assert quickjson.dumps(value) == expected
 
+    @pytest.mark.parametrize("value", [bytearray(b"[1]"), None, 5, memoryview(b"[1]")],
+                             ids=["bytearray", "none", "int", "memoryview"])
+    def test_other_types_are_json_s(self, value: Any) -> None:
+        try:
+            expected = json.loads(value)
+        except TypeError:
+            with pytest.raises(TypeError):
+                quickjson.loads(value)
+        else:
+            assert quickjson.loads(value) == expected
+
     def test_without_the_c_module_it_is_json(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(quickjson, "_scan", None)
         monkeypatch.setattr(quickjson, "_encode_string", None)
@@ -259,8 +270,34 @@ class TestSettingsWithoutRe:
         assert path == str(tmp_path / expected)
         assert settings.default_db_path("/", env={"STATE_DIRECTORY": "/s"}).startswith("/s/root-")
 
-    @pytest.mark.parametrize("name", ["p.db", "a b/p.db", "q?x#y%z.db", "é/p.db", "a+b/p;c.db"])
+    @pytest.mark.parametrize("name", ["p.db", "a b/p.db", "q?x#y%z.db", "é/p.db", "a+b/p;c.db",
+                                      "link/../p.db"])
     def test_file_uri_is_pathlib_s(self, tmp_path: Path, name: str) -> None:
+        """As `Path.as_uri` of the absolute path: `..` is kept for the kernel, which
+        resolves it after the symlink (`link` points elsewhere)."""
         path = tmp_path / name
         assert _file_uri(path) == path.as_uri()
         assert _file_uri(str(path)) == path.as_uri()
+
+    def test_a_db_beyond_a_symlink_and_dot_dot_is_read(self, settings_flags: list[str],
+                                                       tmp_path: Path) -> None:
+        """`--db LINK/../p.db` names the file beside the link's target, as the kernel
+        resolves it: the read command's checks read that file, not the one the text
+        `..` would name."""
+        db = Path(settings_flags[3])
+        elsewhere = tmp_path / "elsewhere" / "inner"
+        elsewhere.mkdir(parents=True)
+        (tmp_path / "here").mkdir()
+        (tmp_path / "here" / "link").symlink_to(elsewhere)
+        (tmp_path / "elsewhere" / "p.db").write_bytes(db.read_bytes())
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelined", "status", "--root", settings_flags[1],
+             "--db", str(tmp_path / "here" / "link" / ".." / "p.db")],
+            capture_output=True, text=True, timeout=DEADLINE_S, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "stories:   2" in done.stdout
+
+    def test_an_empty_root_is_the_current_folder(self, tmp_path: Path) -> None:
+        """`--root ""` is the current folder (as `Path("")` was), not a search upward."""
+        values = settings.resolve({"root": ""}, env={}, cwd=tmp_path)
+        assert values["root"] == "."

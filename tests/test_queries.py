@@ -190,6 +190,7 @@ class TestRefsColumn:
             assert refs_from_column(text) == json.loads(text) == value, text
 
     @pytest.mark.parametrize("text", ['["]', '["a"b"]', '["a", "b"', '["a",  "b"]x', "[01]",
+                                      '["a\tb"]', '["\x00"]', "[1, \x7f2]",
                                       "[1, 2", "[1, ]", "[\u0661]"])
     def test_damage_is_json_s_error(self, text: str) -> None:
         """A damaged column is not split into something: json.loads says what is wrong."""

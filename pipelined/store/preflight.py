@@ -127,9 +127,15 @@ _URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 
 def _file_uri(path: StrPath) -> str:
     """The `file:` URI of the absolute path, as `Path.as_uri` makes it: every other
-    byte percent-encoded (a `?`, `#` or `%` in a name must not end or bend it)."""
+    byte percent-encoded (a `?`, `#` or `%` in a name must not end or bend it), and
+    `..` left for the kernel (after a symbolic link it is not the folder above)."""
     return "file://" + "".join(chr(byte) if byte in _URI_SAFE else f"%{byte:02X}"
-                               for byte in os.fsencode(os.path.abspath(path)))
+                               for byte in os.fsencode(_absolute(path)))
+
+
+def _absolute(path: StrPath) -> str:
+    """`path` against the current folder, `..` kept (`Path.absolute`, not abspath)."""
+    return os.path.join(os.getcwd(), path)
 
 
 def _has_frames(path: StrPath) -> bool:
@@ -237,7 +243,7 @@ def _check_beside(db_path: StrPath) -> None:
 
 def _check_folder_can_be_made(db_path: StrPath) -> None:
     """The database's folder exists or can be created (nothing is created here)."""
-    folder = os.path.dirname(os.path.abspath(db_path))
+    folder = os.path.dirname(_absolute(db_path))
     while not os.path.exists(folder) and folder != os.path.dirname(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):

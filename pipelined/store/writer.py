@@ -185,7 +185,8 @@ class Writer(threading.Thread):
         # A read-only connection for the check beside the first writes, after a clean
         # stop; without one the check always comes before them.
         self._open_reader = open_reader
-        self._checked = threading.Event()  # the check passed (or there is none)
+        self._checked = threading.Event()  # the check passed
+        self._check_failed = threading.Event()  # the check beside the writes found damage
         self._checking: apsw.Connection | None = None  # the check's connection, running
         self._check_thread: threading.Thread | None = None  # the check beside the writes
         self._marked = False  # the clean-stop mark is in the file: the first commit clears it
@@ -245,7 +246,7 @@ class Writer(threading.Thread):
             except queue.Full:
                 # A writer that stopped (a failed check, a second SIGTERM) never
                 # frees a slot: waiting on would hang the submitter for good.
-                if self._abandon.is_set() or not self.is_alive():
+                if self._stopping() or not self.is_alive():
                     raise WriterStopped(self.first_error) from None
 
     def wait_committed(self, seq: int, timeout: float | None = None) -> bool:
@@ -257,7 +258,7 @@ class Writer(threading.Thread):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._seq_cond:
             while self._committed < seq:
-                if self._abandon.is_set() or not self.is_alive():
+                if self._stopping() or not self.is_alive():
                     return False
                 remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if remaining <= 0:
@@ -311,9 +312,8 @@ class Writer(threading.Thread):
             self.connected.set()
             self._marked = self._stopped_clean()
             self._begun.wait()
-            if self._check is None:
-                self._checked.set()
-            elif not (self._marked and self._open_reader is not None and self._check_beside()):
+            if self._check is not None and not (
+                    self._marked and self._open_reader is not None and self._check_beside()):
                 self._check(self._conn)  # before the first write
                 self._checked.set()
         except Exception as exc:
@@ -321,13 +321,20 @@ class Writer(threading.Thread):
             log.error("writer.open_failed", error=str(exc))
             return
         try:
-            if self._serve() and not self._abandon.is_set():
+            if self._serve() and not self._stopping():
                 self._finish_check()
-                self._mark_clean_stop()
-                self._checkpoint()
+                if not self._check_failed.is_set():
+                    self._mark_clean_stop()
+                    self._checkpoint()
+            if self._marked and self.first_error is not None:
+                self._unmark()
         finally:
             self._stop_checking()
             self._conn.close()
+
+    def _stopping(self) -> bool:
+        """Abandoned (a second signal), or the check beside the writes found damage."""
+        return self._abandon.is_set() or self._check_failed.is_set()
 
     def _stopped_clean(self) -> bool:
         """Whether the last writer on this file stopped cleanly after its check passed
@@ -362,7 +369,9 @@ class Writer(threading.Thread):
             except Exception as exc:
                 self._stopped_by(exc)
                 log.error("writer.check_failed", error=str(exc))
-                self.abandon()
+                self._check_failed.set()
+                with self._seq_cond:
+                    self._seq_cond.notify_all()
                 return
             finally:
                 self._checking = None
@@ -380,7 +389,7 @@ class Writer(threading.Thread):
         need not check before its first write; a second signal (abandon) ends the
         wait, and the check is interrupted."""
         thread = self._check_thread
-        while thread is not None and thread.is_alive() and not self._abandon.is_set():
+        while thread is not None and thread.is_alive() and not self._stopping():
             thread.join(0.1)
 
     def _stop_checking(self) -> None:
@@ -388,6 +397,16 @@ class Writer(threading.Thread):
         if conn is not None:
             with contextlib.suppress(apsw.Error):
                 conn.interrupt()  # thread-safe: its quick_check ends with InterruptError
+
+    def _unmark(self) -> None:
+        """This run failed before any commit: the mark it found must not tell the next
+        start that the file was checked (best effort, in a file that may be damaged)."""
+        assert self._conn is not None
+        try:
+            with transaction(self._conn):
+                self._conn.execute("DELETE FROM daemon_meta WHERE key = ?", (STOPPED_CLEAN,))
+        except apsw.Error as exc:
+            log.warning("writer.unmark_failed", error=str(exc))
 
     def _mark_clean_stop(self) -> None:
         """Everything is committed and the file passed its check: say so to the next
@@ -406,7 +425,7 @@ class Writer(threading.Thread):
         """Commit what is queued until closing (True) or a commit fails or is abandoned
         (False); between batches, the slices of a search index build."""
         building = False  # a search index build in slices is under way
-        while not self._abandon.is_set():
+        while not self._stopping():
             try:
                 first = (self._queue.get_nowait() if building
                          else self._queue.get(timeout=0.1))
@@ -480,7 +499,7 @@ class Writer(threading.Thread):
                               sqlite_code=getattr(exc, "extendedresult", None),
                               batches=len(group), retry_in_s=round(delay, 3))
                     last_logged = now
-                if self._abandon.is_set():
+                if self._stopping():
                     log.warning("writer.abandoned", batches=len(group))
                     return False
                 self._sleep(delay)
@@ -488,7 +507,9 @@ class Writer(threading.Thread):
                 if failures % REOPEN_EVERY == 0:
                     self._reopen()  # a connection that saw an I/O error may stay broken
                 continue
-            self._marked = False
+            if self._marked:  # the mark's deletion into the main file soon, not at the
+                self._marked = False  # next automatic checkpoint: a copy of the file alone
+                self._checkpoint(passive=True)  # taken from now on carries no mark
             if self.failing_since is not None:
                 log.info("writer.recovered",
                          failed_for_s=round(time.monotonic() - self.failing_since, 3))
@@ -513,10 +534,10 @@ class Writer(threading.Thread):
             self._conn.close()
         self._conn = fresh
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, passive: bool = False) -> None:
         assert self._conn is not None
         # While the check reads beside the writes, a TRUNCATE would wait for it.
-        mode = "PASSIVE" if self._checking is not None else "TRUNCATE"
+        mode = "PASSIVE" if passive or self._checking is not None else "TRUNCATE"
         try:
             self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
         except apsw.Error as exc:
