@@ -253,12 +253,16 @@ def _coerce(name: str, value: object) -> object:
 
 def parse(text: str, source: str = "config") -> dict[str, object]:
     """Parse TOML config text into typed settings; unknown keys are errors."""
-    import tomllib  # noqa: PLC0415 - only when there is a config file
+    from pipelined.flattoml import loads  # noqa: PLC0415 - only when there is a config file
 
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "", f"not valid TOML ({exc})") from None
+    raw = loads(text)  # a file as simple as pipelined's own, without tomllib's imports
+    if raw is None:
+        import tomllib  # noqa: PLC0415
+
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "", f"not valid TOML ({exc})") from None
     return {key: _coerce(key, value) for key, value in raw.items()}
 
 

@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 import pytest
 from conftest import DEADLINE_S, Stories
 
-from pipelined import quickjson, settings
+from pipelined import flattoml, quickjson, settings
 from pipelined.config import resolve
 from pipelined.logs import configure_logging
 from pipelined.maintenance import rebuild
 from pipelined.records import NamedTuple as LeanNamedTuple
+from pipelined.scaffold import _config_text
 from pipelined.store.preflight import _file_uri
 
 STDLIB_KEPT_OUT = ("re", "enum", "pathlib", "typing", "json", "dataclasses", "inspect",
@@ -52,7 +53,7 @@ print("EXIT " + str(code), file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
-def settings_flags(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("lean")
     stories = Stories(tmp / "root")
     stories.write("1_backlog", "1_story_login", name="login form")
@@ -61,7 +62,21 @@ def settings_flags(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     db = tmp / "p.db"
     rebuild(resolve({"root": stories.root, "db": db}, env={}))
     configure_logging()  # rebuild logged to this module's stderr
-    return ["--root", str(stories.root), "--db", str(db)]
+    return stories.root, db
+
+
+@pytest.fixture(scope="module", params=["no project file", "pipelined init's project file"])
+def settings_flags(request: pytest.FixtureRequest, built: tuple[Path, Path]) -> list[str]:
+    """The settings options of the built stories, their root without a `pipelined.toml`
+    or with the one `pipelined init` writes (the quick path reads it)."""
+    root, db = built
+    project = root / "pipelined.toml"
+    if request.param == "no project file":
+        project.unlink(missing_ok=True)
+    else:
+        project.write_text(_config_text(root, ["1_backlog", "2_current", "4_merge"]),
+                           encoding="utf-8")
+    return ["--root", str(root), "--db", str(db)]
 
 
 @pytest.mark.parametrize("command", [("show", "2"), ("status",), ("ls",),
@@ -301,3 +316,56 @@ class TestSettingsWithoutRe:
         """`--root ""` is the current folder (as `Path("")` was), not a search upward."""
         values = settings.resolve({"root": ""}, env={}, cwd=tmp_path)
         assert values["root"] == "."
+
+
+class TestFlatToml:
+    """`flattoml.loads` gives tomllib's result for every file it takes, and takes the
+    files pipelined writes."""
+
+    def test_pipelined_s_own_files(self) -> None:
+        import tomllib
+
+        written = _config_text(Path("."), ["1_a", "2_b"])  # what `pipelined init` writes
+        assert 'root = "."  #' in written
+        for text in (written, written.replace("\n", "\r\n"),
+                     'stages = ["1_a", "2_b",]\nroot = \'/x y\'\nsettle_ms=-0\n'):
+            assert flattoml.loads(text) == tomllib.loads(text) != {}
+
+    @pytest.mark.parametrize("text", [
+        "[table]\na = 1", "a = 1 # note", "a = 1#n", 'a = "x"# n', "a = [] # n",
+        'a = "x" y', "a = 1 2", 'a = ["x"] ]', "a = 'x' # n", 'a = "#" # "', 'a = "x\\ty"',
+        "a = 1\na = 2", "a = 01", "a = +1",
+        "a = 1_000", "a = 1.", "a = .5", "a = 1e5", "a = inf", "a = 1979-05-27",
+        'a = ["x", 1]', 'a = [\n"x"]', "a.b = 1", '"a" = 1', "a = \u00a0", "a = [,]",
+        'a = ["x",,]', 'a = "x" "y"', "a =", "= 1", "a = 'x'y'", "# \x00\na = 1",
+        "a = 1\rb = 2", "a = True", "a = 1234567890123456789", '\ufeffa = 1', "a = \"x",
+        'a = ["a,b"]', "a = [ ]", "a = -", "a\t=\t1",
+    ])
+    def test_what_it_leaves_to_tomllib(self, text: str) -> None:
+        """Tables, comments after a value, escapes, duplicates, other numbers and
+        types, control characters: tomllib reads them (or refuses them) itself, and
+        what flattoml does read equals tomllib's result."""
+        import tomllib
+
+        try:
+            expected: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            assert flattoml.loads(text) is None
+        else:
+            got = flattoml.loads(text)
+            assert got is None or got == expected, (got, expected)
+
+    def test_random_simple_files(self) -> None:
+        import tomllib
+
+        rng = random.Random(11)
+        pieces = ['"a b"', "'c'", '"é#="', "0", "-7", "42", "3.25", "-0.5", "true", "false",
+                  '["x", "y z"]', "[]", '[ "q" , ]', "''", '""', '"." # c', "1#c", "[] #"]
+        for _ in range(2000):
+            keys = rng.sample(["root", "db", "k_1", "a-b", "X"], rng.randrange(1, 5))
+            lines = [f"{key}{rng.choice([' = ', '=', '  =  '])}{rng.choice(pieces)}"
+                     for key in keys]
+            lines.insert(rng.randrange(len(lines) + 1), rng.choice(["", "# c", "   # x = 1"]))
+            text = rng.choice(["\n", "\r\n"]).join(lines)
+            assert flattoml.loads(text) == tomllib.loads(text), text
+
