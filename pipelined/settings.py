@@ -47,6 +47,7 @@ __all__ = [
     "LOG_LEVELS",
     "PROJECT_FILE",
     "Located",
+    "clean_path",
     "default_config_path",
     "default_db_path",
     "find_root",
@@ -174,6 +175,16 @@ def default_config_path(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "pipelined", "config.toml")
+
+
+def clean_path(path: str) -> str:
+    """`path` as `str(Path(path))` writes it: no empty or `.` parts, `..` kept."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if path.startswith("//") and not path.startswith("///"):
+        root = "//"  # POSIX leaves a leading `//` to the system; pathlib keeps it
+    else:
+        root = "/" if path.startswith("/") else ""
+    return root + "/".join(parts) or "."
 
 
 def _absolute(path: str) -> str:
@@ -378,9 +389,9 @@ class Located:
     __slots__ = ("db_path", "root", "stages")
 
     def __init__(self, values: Mapping[str, object]) -> None:
-        self.root = str(values["root"])
+        self.root = clean_path(str(values["root"]))
         db = values["db"]
-        self.db_path = str(db) if db is not None else default_db_path(self.root)
+        self.db_path = clean_path(str(db)) if db is not None else default_db_path(self.root)
         self.stages: tuple[str, ...] = values["stages"]  # type: ignore[assignment]
 
 

@@ -285,6 +285,14 @@ class TestSettingsWithoutRe:
         assert path == str(tmp_path / expected)
         assert settings.default_db_path("/", env={"STATE_DIRECTORY": "/s"}).startswith("/s/root-")
 
+    def test_clean_path_is_pathlib_s(self) -> None:
+        rng = random.Random(3)
+        paths = ["", ".", "/", "//", "///a", "//a/b", "./x.db", "a//b/./c/", "../x", "~/x"]
+        paths += ["".join(rng.choice(["/", ".", "a", "..", "//", "é"])
+                          for _ in range(rng.randrange(8))) for _ in range(20_000)]
+        for path in paths:
+            assert settings.clean_path(path) == str(Path(path)), path
+
     @pytest.mark.parametrize("name", ["p.db", "a b/p.db", "q?x#y%z.db", "é/p.db", "a+b/p;c.db",
                                       "link/../p.db"])
     def test_file_uri_is_pathlib_s(self, tmp_path: Path, name: str) -> None:

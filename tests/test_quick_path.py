@@ -93,6 +93,24 @@ def test_the_quick_path_prints_what_click_prints(
         assert err.startswith("note: ") == (form[0] != "status"), err
 
 
+@pytest.mark.parametrize("spelling", [("./root", "./p.db"), ("root/", ".//p.db"),
+                                      ("./root/../root", "root/.././p.db")],
+                         ids=["dot", "slashes", "dot-dot"])
+@pytest.mark.parametrize("form", [["show", "2"], ["status"], ["status", "--json"]],
+                         ids=" ".join)
+def test_relative_paths_print_the_same(settings: list[str], form: list[str],
+                                       spelling: tuple[str, str],
+                                       capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths as typed, relative, with `.`, `//` and `..`: the quick path (strings)
+    prints them as the click commands (pathlib) do."""
+    monkeypatch.chdir(Path(settings[3]).parent)
+    root, db = spelling
+    quick, clicked = run_both([*form, "--root", root, "--db", db], capsys, monkeypatch)
+    assert quick == clicked
+    assert quick[2] == 0, quick[1]
+
+
 def test_the_quick_path_escapes_story_text(settings: list[str],
                                            capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:

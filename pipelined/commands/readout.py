@@ -24,7 +24,7 @@ from pipelined.commands.output import (
 )
 from pipelined.errors import AmbiguousStory, DatabaseError, StoryNotFound
 from pipelined.schema import FIELDS
-from pipelined.settings import resolve_stage
+from pipelined.settings import clean_path, resolve_stage
 from pipelined.terminal import field_text
 
 TYPE_CHECKING = False
@@ -154,7 +154,7 @@ def show_story(config: Where, ref: str, as_json: bool = False) -> None:
     known = any(os.path.exists(os.path.join(config.root, f["path"])) for f in files)
 
     def where(rel: str) -> str:
-        return os.path.join(config.root, rel) if known else rel
+        return clean_path(os.path.join(config.root, rel)) if known else rel
 
     winner = next((f["path"] for f in files if f["winner"]), None)
     if winner:
