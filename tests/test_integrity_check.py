@@ -14,20 +14,12 @@ from pathlib import Path
 
 import apsw
 from conftest import observe, stopped_clean, wait_until
+from test_writer_errors import fresh_db
 
 from pipelined.errors import DatabaseCorrupt
 from pipelined.store.batch import Batch
 from pipelined.store.connection import open_read_only, open_writer
-from pipelined.store.migrations import apply_migrations
 from pipelined.store.writer import Writer
-
-
-def fresh_db(tmp_path: Path) -> Path:
-    db = tmp_path / "w.db"
-    conn = open_writer(db)
-    apply_migrations(conn, db)
-    conn.close()
-    return db
 
 
 def note(n: int) -> Batch:
