@@ -125,7 +125,8 @@ def refs_from_column(text: str) -> Any:
     `ls` of a large pipeline). Anything else (a mixed list, an escape, other
     spacing, damage) goes to `json.loads`, which decodes it or says what is wrong.
     """
-    plain = text.isascii() and text.isprintable()  # as json.dumps writes: no raw controls
+    # As json.dumps writes it: a str (a BLOB is json's), ASCII, no raw controls.
+    plain = isinstance(text, str) and text.isascii() and text.isprintable()
     if plain and len(text) >= 4 and text.startswith('["') and text.endswith('"]') and (
             "\\" not in text):
         items = text[2:-2].split('", "')

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import apsw
+import pytest
 from conftest import observe, stopped_clean, wait_until
 from test_writer_errors import fresh_db
 
@@ -236,6 +237,77 @@ class TestBesideTheFirstWrites:
             check.release.set()
             writer.close(10)
         assert writer.first_error is None and stopped_clean(db)
+
+    def test_a_failed_check_before_the_writes_takes_the_mark_away(self, tmp_path: Path) -> None:
+        """The mark was there but the check ran before the writes (its own connection
+        would not open) and found damage: the mark goes, as after a check beside."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
+        check.release.set()
+
+        def no_reader() -> apsw.Connection:
+            raise apsw.CantOpenError("cannot open")
+
+        writer = Writer(lambda: open_writer(db), 4, check=check, path=db, open_reader=no_reader)
+        writer.start()
+        writer.begin()
+        writer.join(30)
+        assert not writer.is_alive()
+        assert isinstance(writer.first_error, DatabaseCorrupt)
+        assert not stopped_clean(db)
+
+    def test_a_second_signal_while_busy_keeps_the_mark(self, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        """Abandoned while another program holds the write lock, before any commit:
+        nothing says the file changed, so the mark stays, and no last write is tried
+        (it would wait out the lock: a second signal must stop at once)."""
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        unmarks: list[Writer] = []
+        monkeypatch.setattr(Writer, "_unmark", unmarks.append)
+        check = HeldCheck()
+        check.release.set()
+        writer = start_writer(db, check)
+        wait_until(writer.connected.is_set, what="the writer's connection")
+        other = apsw.Connection(str(db))
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            writer.submit(note(8))
+            wait_until(lambda: writer.attempts >= 1, what="a busy attempt")
+            writer.abandon()
+            writer.join(30)  # the attempt under way ends at the busy timeout
+            assert not writer.is_alive()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            writer.abandon()
+        assert writer.commits == 0 and unmarks == [] and stopped_clean(db)
+
+    def test_the_first_commit_reaches_the_main_file_once_the_check_is_done(
+            self, tmp_path: Path) -> None:
+        """A copy of the database file alone (no -wal) taken once the check beside has
+        finished carries no mark: the unmarking commit is checkpointed then."""
+        import shutil
+
+        db = fresh_db(tmp_path)
+        stop_cleanly(db)
+        check = HeldCheck()
+        writer = start_writer(db, check)
+        try:
+            assert writer.wait_committed(writer.submit(note(9)), 10)
+            check.release.set()
+            wait_until(check.done.is_set, what="the check")
+
+            def copy_has_no_mark() -> bool:
+                copy = tmp_path / "copy.db"
+                shutil.copyfile(db, copy)
+                return not stopped_clean(copy)
+
+            wait_until(copy_has_no_mark, what="the unmarking commit in the main file")
+        finally:
+            check.release.set()
+            writer.close(10)
 
     def test_an_unreadable_mark_means_a_check_first(self, tmp_path: Path) -> None:
         """A file whose daemon_meta cannot be read (here: not there) gets the check

@@ -189,6 +189,11 @@ class TestRefsColumn:
             text = json.dumps(value)
             assert refs_from_column(text) == json.loads(text) == value, text
 
+    def test_a_blob_is_json_s(self) -> None:
+        import json
+
+        assert refs_from_column(b'["a", 1]') == json.loads(b'["a", 1]') == ["a", 1]  # type: ignore[arg-type]
+
     @pytest.mark.parametrize("text", ['["]', '["a"b"]', '["a", "b"', '["a",  "b"]x', "[01]",
                                       '["a\tb"]', '["\x00"]', "[1, \x7f2]",
                                       "[1, 2", "[1, ]", "[\u0661]"])

@@ -190,6 +190,9 @@ class Writer(threading.Thread):
         self._checking: apsw.Connection | None = None  # the check's connection, running
         self._check_thread: threading.Thread | None = None  # the check beside the writes
         self._marked = False  # the clean-stop mark is in the file: the first commit clears it
+        self._fold_unmark = False  # that commit is not checkpointed yet (the check reads)
+        self._stop_lock = threading.Lock()
+        self._stop_reported = False
         self._path = path  # for DatabaseCorrupt's message
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._sleep = sleep
@@ -303,7 +306,13 @@ class Writer(threading.Thread):
     # -- the writer thread ---------------------------------------------------------
 
     def _stopped_by(self, error: BaseException) -> None:
-        self.first_error = error
+        """Report why the writer stops; the first report stands (the check beside the
+        writes and the writer thread may both have one)."""
+        with self._stop_lock:
+            if self._stop_reported:
+                return
+            self._stop_reported = True
+            self.first_error = error
         self.outcome.fail(error)
 
     def run(self) -> None:
@@ -319,6 +328,8 @@ class Writer(threading.Thread):
         except Exception as exc:
             self._stopped_by(exc)
             log.error("writer.open_failed", error=str(exc))
+            if self._conn is not None:
+                self._end()
             return
         try:
             if self._serve() and not self._stopping():
@@ -326,11 +337,18 @@ class Writer(threading.Thread):
                 if not self._check_failed.is_set():
                     self._mark_clean_stop()
                     self._checkpoint()
-            if self._marked and self.first_error is not None:
-                self._unmark()
         finally:
             self._stop_checking()
-            self._conn.close()
+            self._end()
+
+    def _end(self) -> None:
+        """Close the connection; first, when this run found damage before any commit,
+        take the mark away (nothing else it stops on says the file changed)."""
+        assert self._conn is not None
+        if (self._marked and isinstance(self.first_error, DatabaseCorrupt)
+                and not self._abandon.is_set()):
+            self._unmark()
+        self._conn.close()
 
     def _stopping(self) -> bool:
         """Abandoned (a second signal), or the check beside the writes found damage."""
@@ -430,6 +448,9 @@ class Writer(threading.Thread):
                 first = (self._queue.get_nowait() if building
                          else self._queue.get(timeout=0.1))
             except queue.Empty:
+                if self._fold_unmark and self._checking is None:
+                    self._fold_unmark = False  # the check's read no longer holds it back
+                    self._checkpoint(passive=True)
                 if self._closing.is_set():
                     return True  # closing, and everything queued is committed
                 if building:  # nothing waits: the next slice of the index
@@ -500,16 +521,17 @@ class Writer(threading.Thread):
                               batches=len(group), retry_in_s=round(delay, 3))
                     last_logged = now
                 if self._stopping():
-                    log.warning("writer.abandoned", batches=len(group))
+                    log.warning("writer.abandoned" if self._abandon.is_set()
+                                else "writer.stopped_by_check", batches=len(group))
                     return False
                 self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 if failures % REOPEN_EVERY == 0:
                     self._reopen()  # a connection that saw an I/O error may stay broken
                 continue
-            if self._marked:  # the mark's deletion into the main file soon, not at the
-                self._marked = False  # next automatic checkpoint: a copy of the file alone
-                self._checkpoint(passive=True)  # taken from now on carries no mark
+            if self._marked:  # the mark's deletion goes into the main file once the check
+                self._marked = False  # beside no longer reads (it holds a checkpoint back),
+                self._fold_unmark = True  # not at the next automatic checkpoint
             if self.failing_since is not None:
                 log.info("writer.recovered",
                          failed_for_s=round(time.monotonic() - self.failing_since, 3))
