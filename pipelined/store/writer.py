@@ -255,8 +255,8 @@ class Writer(threading.Thread):
     def wait_committed(self, seq: int, timeout: float | None = None) -> bool:
         """Block until batch `seq` (and all before it) is committed.
 
-        False on timeout, or once the writer has stopped or been abandoned
-        (nothing would ever wake the waiter).
+        False on timeout, or once the writer has stopped, been abandoned or found
+        damage (nothing would ever wake the waiter).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._seq_cond:
@@ -440,8 +440,9 @@ class Writer(threading.Thread):
             log.warning("writer.mark_failed", error=str(exc))
 
     def _serve(self) -> bool:
-        """Commit what is queued until closing (True) or a commit fails or is abandoned
-        (False); between batches, the slices of a search index build."""
+        """Commit what is queued until closing (True) or a commit fails, the writer is
+        abandoned or its check found damage (False); between batches, the slices of a
+        search index build."""
         building = False  # a search index build in slices is under way
         while not self._stopping():
             try:
@@ -473,7 +474,7 @@ class Writer(threading.Thread):
                 self._checkpoint()  # fold a big import into the database file now
             if any(batch.search_index == "resume" for _, batch in group):
                 building = self._search_building()
-        return True
+        return False  # stopping: abandoned, or the check found damage
 
     def _search_building(self) -> bool:
         """Whether a search index build is under way. A read that fails says yes: the
@@ -488,7 +489,8 @@ class Writer(threading.Thread):
             return True
 
     def _commit(self, group: list[Batch]) -> bool:
-        """Commit a group, retrying with back-off until it lands or we are abandoned."""
+        """Commit a group, retrying with back-off until it lands or the writer stops
+        (abandoned, or its check found damage)."""
         assert self._conn is not None
         delay = BACKOFF_FIRST_S
         last_logged = 0.0
