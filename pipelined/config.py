@@ -28,9 +28,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "Config",
-    "default_config_path",
     "default_db_path",
-    "find_root",
     "parse",
     "resolve",
     "resolve_stage",
@@ -75,20 +73,6 @@ class Config(NamedTuple):
 def default_db_path(root: Path, env: Mapping[str, str] | None = None) -> Path:
     """`<state dir>/<root name>-<hash of the absolute root>.db`: two roots never share."""
     return Path(settings.default_db_path(root, env))
-
-
-def default_config_path(env: Mapping[str, str] | None = None) -> Path:
-    """`$XDG_CONFIG_HOME/pipelined/config.toml` (or `~/.config/...`)."""
-    return Path(settings.default_config_path(env))
-
-
-def find_root(start: Path, stages: tuple[str, ...]) -> tuple[Path, Path | None] | None:
-    """The nearest folder from `start` upward holding a `pipelined.toml` or every stage
-    folder: (that folder, its pipelined.toml or None); None when there is none."""
-    found = settings.find_root(str(start.absolute()), stages)
-    if found is None:
-        return None
-    return Path(found[0]), None if found[1] is None else Path(found[1])
 
 
 def _with_paths(values: dict[str, object]) -> dict[str, object]:

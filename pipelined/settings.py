@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 
 from pipelined.errors import ConfigError, RootError, UnknownStage
+from pipelined.paths import absolute, clean_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = [
     "LOG_LEVELS",
     "PROJECT_FILE",
     "Located",
-    "clean_path",
     "default_config_path",
     "default_db_path",
     "find_root",
@@ -175,21 +175,6 @@ def default_config_path(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "pipelined", "config.toml")
-
-
-def clean_path(path: str) -> str:
-    """`path` as `str(Path(path))` writes it: no empty or `.` parts, `..` kept."""
-    parts = [part for part in path.split("/") if part not in ("", ".")]
-    if path.startswith("//") and not path.startswith("///"):
-        root = "//"  # POSIX leaves a leading `//` to the system; pathlib keeps it
-    else:
-        root = "/" if path.startswith("/") else ""
-    return root + "/".join(parts) or "."
-
-
-def _absolute(path: str) -> str:
-    """`path` made absolute against the current folder, `..` kept (as `Path.absolute`)."""
-    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def _path(value: object) -> str:
@@ -324,7 +309,7 @@ def _read(path: str) -> dict[str, object]:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("config", path, f"cannot read it ({exc})") from None
-    folder = _absolute(os.path.dirname(path))
+    folder = absolute(os.path.dirname(path))
     return {key: os.path.join(folder, str(value)) if key in PATH_SETTINGS and value is not None
             else value for key, value in parse(text, source=path).items()}
 
@@ -356,7 +341,7 @@ def resolve(
         settings.update(_read(path))
     override = _from_env(env)
     override.update({k: _coerce(k, v) for k, v in flags.items() if v is not None})
-    start = _absolute(os.getcwd() if cwd is None else os.fspath(cwd))
+    start = absolute(os.getcwd() if cwd is None else os.fspath(cwd))
     stages: tuple[str, ...] = (override.get("stages") or settings.get("stages")  # type: ignore[assignment]
                                or DEFAULT_STAGES)
     root = override.get("root") or settings.get("root")

@@ -44,13 +44,12 @@ def wait_until(condition: Callable[[], Any], timeout: float = DEADLINE_S,
 
 
 def stopped_clean(db: Path) -> bool:
-    """Whether the writer's mark of a clean stop is in the database (store/writer.py)."""
-    from pipelined.store.writer import STOPPED_CLEAN
+    """Whether the writer's mark of a clean stop is in the database (store/integrity.py)."""
+    from pipelined.store import integrity
 
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
-                            (STOPPED_CLEAN,)).fetchone() is not None
+        return integrity.stopped_clean(conn)
     finally:
         conn.close()
 

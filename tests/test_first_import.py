@@ -33,8 +33,9 @@ from pipelined.maintenance import rebuild
 from pipelined.service import Pipeline
 from pipelined.startup import STARTUP_CHUNK
 from pipelined.store.connection import open_writer
+from pipelined.store.integrity import unmark
 from pipelined.store.search import BUILDING_NOTE
-from pipelined.store.writer import STOPPED_CLEAN, Writer
+from pipelined.store.writer import Writer
 from pipelined.sync import read_at_most
 
 
@@ -237,7 +238,7 @@ class TestChunkedImport:
 def forget_the_clean_stop(db: Path) -> None:
     assert stopped_clean(db)
     conn = apsw.Connection(str(db))
-    conn.execute("DELETE FROM daemon_meta WHERE key = ?", (STOPPED_CLEAN,))
+    unmark(conn)
     conn.close()
 
 

@@ -10,6 +10,7 @@ test_first_import.py.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -18,6 +19,7 @@ from conftest import observe, stopped_clean, wait_until
 from test_writer_errors import fresh_db
 
 from pipelined.errors import DatabaseCorrupt
+from pipelined.store import writer as writer_module
 from pipelined.store.batch import Batch
 from pipelined.store.connection import open_read_only, open_writer
 from pipelined.store.writer import Writer
@@ -46,12 +48,18 @@ class HeldCheck:
             raise self.error
 
 
-def start_writer(db: Path, check: HeldCheck) -> Writer:
+def start_writer(db: Path, check: Callable[[apsw.Connection], None],
+                 open_reader: Callable[[], apsw.Connection] | None = None) -> Writer:
+    """A writer on `db` with `check`, its check connection read-only by default, begun."""
     writer = Writer(lambda: open_writer(db), 4, check=check, path=db,
-                    open_reader=lambda: open_read_only(db))
+                    open_reader=open_reader or (lambda: open_read_only(db)))
     writer.start()
     writer.begin()
     return writer
+
+
+def no_reader() -> apsw.Connection:
+    raise apsw.CantOpenError("cannot open")
 
 
 def stop_cleanly(db: Path) -> None:
@@ -196,10 +204,7 @@ class TestBesideTheFirstWrites:
             conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
                          "SELECT count(*) FROM n").fetchall()
 
-        writer = Writer(lambda: open_writer(db), 4, check=endless_check, path=db,
-                        open_reader=lambda: open_read_only(db))
-        writer.start()
-        writer.begin()
+        writer = start_writer(db, endless_check)
         try:
             wait_until(started.is_set, what="the check")
             assert writer.wait_committed(writer.submit(note(5)), 10)
@@ -219,13 +224,7 @@ class TestBesideTheFirstWrites:
         db = fresh_db(tmp_path)
         stop_cleanly(db)
         check = HeldCheck()
-
-        def no_reader() -> apsw.Connection:
-            raise apsw.CantOpenError("cannot open")
-
-        writer = Writer(lambda: open_writer(db), 4, check=check, path=db, open_reader=no_reader)
-        writer.start()
-        writer.begin()
+        writer = start_writer(db, check, no_reader)
         try:
             seq = writer.submit(note(6))
             wait_until(check.started.is_set, what="the check")
@@ -245,13 +244,7 @@ class TestBesideTheFirstWrites:
         stop_cleanly(db)
         check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
         check.release.set()
-
-        def no_reader() -> apsw.Connection:
-            raise apsw.CantOpenError("cannot open")
-
-        writer = Writer(lambda: open_writer(db), 4, check=check, path=db, open_reader=no_reader)
-        writer.start()
-        writer.begin()
+        writer = start_writer(db, check, no_reader)
         writer.join(30)
         assert not writer.is_alive()
         assert isinstance(writer.first_error, DatabaseCorrupt)
@@ -264,8 +257,8 @@ class TestBesideTheFirstWrites:
         (it would wait out the lock: a second signal must stop at once)."""
         db = fresh_db(tmp_path)
         stop_cleanly(db)
-        unmarks: list[Writer] = []
-        monkeypatch.setattr(Writer, "_unmark", unmarks.append)
+        unmarks: list[apsw.Connection] = []
+        monkeypatch.setattr(writer_module, "unmark", unmarks.append)
         check = HeldCheck()
         check.release.set()
         writer = start_writer(db, check)

@@ -27,6 +27,7 @@ from pipelined import flattoml, quickjson, settings
 from pipelined.config import resolve
 from pipelined.logs import configure_logging
 from pipelined.maintenance import rebuild
+from pipelined.paths import clean_path
 from pipelined.records import NamedTuple as LeanNamedTuple
 from pipelined.scaffold import _config_text
 from pipelined.store.preflight import _file_uri
@@ -291,7 +292,7 @@ class TestSettingsWithoutRe:
         paths += ["".join(rng.choice(["/", ".", "a", "..", "//", "é"])
                           for _ in range(rng.randrange(8))) for _ in range(20_000)]
         for path in paths:
-            assert settings.clean_path(path) == str(Path(path)), path
+            assert clean_path(path) == str(Path(path)), path
 
     @pytest.mark.parametrize("name", ["p.db", "a b/p.db", "q?x#y%z.db", "é/p.db", "a+b/p;c.db",
                                       "link/../p.db"])

@@ -23,8 +23,9 @@ from pipelined.commands.output import (
     table,
 )
 from pipelined.errors import AmbiguousStory, DatabaseError, StoryNotFound
+from pipelined.paths import clean_path
 from pipelined.schema import FIELDS
-from pipelined.settings import clean_path, resolve_stage
+from pipelined.settings import resolve_stage
 from pipelined.terminal import field_text
 
 TYPE_CHECKING = False

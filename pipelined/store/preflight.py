@@ -23,6 +23,7 @@ import stat
 import apsw
 
 from pipelined.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError, MigrationError
+from pipelined.paths import absolute
 from pipelined.reading import NotRegularFile, read_regular_file
 from pipelined.store.connection import REBUILD_HINT
 from pipelined.store.heartbeat import heartbeat_path
@@ -130,12 +131,7 @@ def _file_uri(path: StrPath) -> str:
     byte percent-encoded (a `?`, `#` or `%` in a name must not end or bend it), and
     `..` left for the kernel (after a symbolic link it is not the folder above)."""
     return "file://" + "".join(chr(byte) if byte in _URI_SAFE else f"%{byte:02X}"
-                               for byte in os.fsencode(_absolute(path)))
-
-
-def _absolute(path: StrPath) -> str:
-    """`path` against the current folder, `..` kept (`Path.absolute`, not abspath)."""
-    return os.path.join(os.getcwd(), path)
+                               for byte in os.fsencode(absolute(path)))
 
 
 def _has_frames(path: StrPath) -> bool:
@@ -243,7 +239,7 @@ def _check_beside(db_path: StrPath) -> None:
 
 def _check_folder_can_be_made(db_path: StrPath) -> None:
     """The database's folder exists or can be created (nothing is created here)."""
-    folder = os.path.dirname(_absolute(db_path))
+    folder = os.path.dirname(absolute(db_path))
     while not os.path.exists(folder) and folder != os.path.dirname(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):

@@ -26,6 +26,13 @@ from pipelined.logs import get_logger
 from pipelined.outcome import Outcome
 from pipelined.schema import FIELDS, errors_to_column, to_column
 from pipelined.store.connection import as_corrupt, transaction
+from pipelined.store.integrity import (
+    STOPPED_CLEAN,
+    IntegrityCheck,
+    mark_clean_stop,
+    stopped_clean,
+    unmark,
+)
 from pipelined.store.search_build import SEARCH_CURSOR, search_step
 
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
@@ -42,9 +49,6 @@ BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 ERROR_LOG_EVERY_S = 30.0
 SUBMIT_POLL_S = 0.2  # a submit blocked on a full queue checks this often that the writer runs
-# daemon_meta: set by a writer that stopped cleanly on a checked file, cleared by the
-# next one's first commit (docs/design.md, "The integrity check")
-STOPPED_CLEAN = "stopped_clean"
 
 # The story fields' columns come from the schema; created_at is set once.
 UPSERT_ITEM = f"""
@@ -80,7 +84,7 @@ def write_batches(conn: apsw.Connection, batches: list[Batch], *, unmark: bool =
     `unmark` also clears the clean-stop mark (the first commit of a run)."""
     now = utc_now()
     with transaction(conn):
-        if unmark:
+        if unmark:  # the mark of a clean stop: this run writes (store.integrity)
             conn.execute("DELETE FROM daemon_meta WHERE key = ?", (STOPPED_CLEAN,))
         for batch in batches:
             search_step(conn, batch.search_index, before_rows=True)
@@ -181,14 +185,11 @@ class Writer(threading.Thread):
     ) -> None:
         super().__init__(name="pipelined-writer", daemon=True)
         self._connect = connect
-        self._check = check
-        # A read-only connection for the check beside the first writes, after a clean
-        # stop; without one the check always comes before them.
-        self._open_reader = open_reader
-        self._checked = threading.Event()  # the check passed
+        # `open_reader`: a read-only connection for the check beside the first writes,
+        # after a clean stop; without one the check always comes before them.
+        self._integrity = (IntegrityCheck(check, open_reader, self._damage_found)
+                           if check is not None else None)
         self._check_failed = threading.Event()  # the check beside the writes found damage
-        self._checking: apsw.Connection | None = None  # the check's connection, running
-        self._check_thread: threading.Thread | None = None  # the check beside the writes
         self._marked = False  # the clean-stop mark is in the file: the first commit clears it
         self._fold_unmark = False  # that commit is not checkpointed yet (the check reads)
         self._stop_lock = threading.Lock()
@@ -319,12 +320,10 @@ class Writer(threading.Thread):
         try:
             self._conn = self._connect()
             self.connected.set()
-            self._marked = self._stopped_clean()
+            self._marked = stopped_clean(self._conn)
             self._begun.wait()
-            if self._check is not None and not (
-                    self._marked and self._open_reader is not None and self._check_beside()):
-                self._check(self._conn)  # before the first write
-                self._checked.set()
+            if self._integrity is not None:
+                self._integrity.start(self._conn, beside=self._marked)
         except Exception as exc:
             self._stopped_by(exc)
             log.error("writer.open_failed", error=str(exc))
@@ -333,13 +332,24 @@ class Writer(threading.Thread):
             return
         try:
             if self._serve() and not self._stopping():
-                self._finish_check()
-                if not self._check_failed.is_set():
-                    self._mark_clean_stop()
-                    self._checkpoint()
+                self._stop_cleanly()
         finally:
-            self._stop_checking()
+            if self._integrity is not None:
+                self._integrity.interrupt()
             self._end()
+
+    def _stop_cleanly(self) -> None:
+        """Everything is committed: let a check still running beside the writes finish
+        (so that the next start need not check first; a second signal ends the wait),
+        mark a clean stop if the file passed it, checkpoint."""
+        assert self._conn is not None
+        if self._integrity is not None:
+            self._integrity.finish(self._stopping)
+            if self._check_failed.is_set():
+                return
+            if self._integrity.passed.is_set():
+                mark_clean_stop(self._conn, utc_now())
+        self._checkpoint()
 
     def _end(self) -> None:
         """Close the connection; first, when this run found damage before any commit,
@@ -347,97 +357,24 @@ class Writer(threading.Thread):
         assert self._conn is not None
         if (self._marked and isinstance(self.first_error, DatabaseCorrupt)
                 and not self._abandon.is_set()):
-            self._unmark()
+            unmark(self._conn)
         self._conn.close()
 
     def _stopping(self) -> bool:
         """Abandoned (a second signal), or the check beside the writes found damage."""
         return self._abandon.is_set() or self._check_failed.is_set()
 
-    def _stopped_clean(self) -> bool:
-        """Whether the last writer on this file stopped cleanly after its check passed
-        (a read that fails says no: the check then comes first, and names the damage)."""
-        assert self._conn is not None
-        try:
-            return self._conn.execute("SELECT 1 FROM daemon_meta WHERE key = ?",
-                                      (STOPPED_CLEAN,)).fetchone() is not None
-        except apsw.Error:
-            return False
+    def _damage_found(self, error: BaseException) -> None:
+        """The check beside the writes failed (its thread): the writer stops as after a
+        failed check before them."""
+        self._stopped_by(error)
+        log.error("writer.check_failed", error=str(error))
+        self._check_failed.set()
+        with self._seq_cond:
+            self._seq_cond.notify_all()
 
-    def _check_beside(self) -> bool:
-        """Start the integrity check on a read-only connection of its own, beside the
-        first writes: the file is as a writer that checked it left it. Damage found
-        stops the writer as a failed check before them would. False when that
-        connection cannot be opened: the check then runs before the first write."""
-        assert self._check is not None
-        assert self._open_reader is not None
-        try:
-            conn = self._open_reader()
-        except Exception as exc:  # any: the check before the writes names what it is
-            log.warning("writer.check_beside_failed", error=str(exc))
-            return False
-        self._checking = conn
-        check = self._check
-
-        def run() -> None:
-            try:
-                check(conn)
-            except apsw.InterruptError:
-                return  # stopping before it finished: no clean-stop mark then
-            except Exception as exc:
-                self._stopped_by(exc)
-                log.error("writer.check_failed", error=str(exc))
-                self._check_failed.set()
-                with self._seq_cond:
-                    self._seq_cond.notify_all()
-                return
-            finally:
-                self._checking = None
-                with contextlib.suppress(apsw.Error):
-                    conn.close()
-            self._checked.set()
-
-        self._check_thread = threading.Thread(target=run, name="pipelined-check", daemon=True)
-        self._check_thread.start()
-        return True
-
-    def _finish_check(self) -> None:
-        """A clean stop lets a check still running beside the writes finish (at most
-        what one check takes: about 0.4 s at 10,000 stories), so that the next start
-        need not check before its first write; a second signal (abandon) ends the
-        wait, and the check is interrupted."""
-        thread = self._check_thread
-        while thread is not None and thread.is_alive() and not self._stopping():
-            thread.join(0.1)
-
-    def _stop_checking(self) -> None:
-        conn = self._checking
-        if conn is not None:
-            with contextlib.suppress(apsw.Error):
-                conn.interrupt()  # thread-safe: its quick_check ends with InterruptError
-
-    def _unmark(self) -> None:
-        """This run failed before any commit: the mark it found must not tell the next
-        start that the file was checked (best effort, in a file that may be damaged)."""
-        assert self._conn is not None
-        try:
-            with transaction(self._conn):
-                self._conn.execute("DELETE FROM daemon_meta WHERE key = ?", (STOPPED_CLEAN,))
-        except apsw.Error as exc:
-            log.warning("writer.unmark_failed", error=str(exc))
-
-    def _mark_clean_stop(self) -> None:
-        """Everything is committed and the file passed its check: say so to the next
-        writer (a failure only costs it the check before its first write)."""
-        assert self._conn is not None
-        if not self._checked.is_set():
-            return
-        try:
-            with transaction(self._conn):
-                self._conn.execute("INSERT OR REPLACE INTO daemon_meta(key, value) "
-                                   "VALUES (?, ?)", (STOPPED_CLEAN, utc_now()))
-        except apsw.Error as exc:
-            log.warning("writer.mark_failed", error=str(exc))
+    def _checking(self) -> bool:
+        return self._integrity is not None and self._integrity.reading
 
     def _serve(self) -> bool:
         """Commit what is queued until closing (True) or a commit fails, the writer is
@@ -449,7 +386,7 @@ class Writer(threading.Thread):
                 first = (self._queue.get_nowait() if building
                          else self._queue.get(timeout=0.1))
             except queue.Empty:
-                if self._fold_unmark and self._checking is None:
+                if self._fold_unmark and not self._checking():
                     self._fold_unmark = False  # the check's read no longer holds it back
                     self._checkpoint(passive=True)
                 if self._closing.is_set():
@@ -561,7 +498,7 @@ class Writer(threading.Thread):
     def _checkpoint(self, passive: bool = False) -> None:
         assert self._conn is not None
         # While the check reads beside the writes, a TRUNCATE would wait for it.
-        mode = "PASSIVE" if passive or self._checking is not None else "TRUNCATE"
+        mode = "PASSIVE" if passive or self._checking() else "TRUNCATE"
         try:
             self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
         except apsw.Error as exc:
