@@ -29,6 +29,7 @@ from pipelined.policies import CompactionPolicy, DeletePolicy
 from pipelined.startup import Startup, StartupStopped, new_client_id
 from pipelined.store.connection import as_corrupt
 from pipelined.store.writer import Writer, WriterStopped
+from pipelined.survey import Survey
 from pipelined.watch import Coalescer, Settled
 
 if TYPE_CHECKING:  # the sync, the story parser and batches load after READY, with the state
@@ -59,8 +60,13 @@ class ApplyLoop(threading.Thread):
     def __init__(self, config: Config, root: Path, db_path: Path,
                  coalescer: Coalescer, writer: Writer,
                  notify_in_sync: Callable[[int], None] = lambda _stories: None,
-                 outcome: Outcome | None = None) -> None:
+                 outcome: Outcome | None = None, survey: Survey | None = None,
+                 paths_ok: Callable[[], bool] = lambda: True) -> None:
         super().__init__(name="pipelined-apply", daemon=True)
+        # The root (and database) paths still name what the daemon started on: the
+        # main thread stops the run when they do not, and no delete is confirmed then.
+        self._paths_ok = paths_ok
+        self._survey = survey  # handed to the start-up, which frees it
         self.config = config
         self.root = root
         self.db_path = db_path
@@ -96,7 +102,10 @@ class ApplyLoop(threading.Thread):
 
     def _start(self) -> bool:
         """The start-up; False when it failed (reported to the Outcome) or was stopped."""
-        startup = Startup(self.config, self.root, self.db_path, self.writer, self._in_sync)
+        survey, self._survey = self._survey, None
+        startup = Startup(self.config, self.root, self.db_path, self.writer, self._in_sync,
+                          survey=survey)
+        del survey
         try:
             started = startup.run()
             self._reconciler = started.reconciler
@@ -228,7 +237,7 @@ class ApplyLoop(threading.Thread):
             return
         due, past_git_lock_s = self._deletes.due(self.coalescer.quiet_for(),
                                                      lambda: git_busy(self.root))
-        if not due:
+        if not due or not self._paths_ok():  # a root replaced: the daemon stops on it
             return
         if past_git_lock_s:
             log.warning("sync.git_lock_cap", waited_s=round(past_git_lock_s, 1))

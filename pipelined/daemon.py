@@ -20,19 +20,14 @@ skips the final flush.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pipelined.apply import ApplyLoop
 from pipelined.config import Config, resolve
 from pipelined.errors import DatabaseError, PipelinedError, RootError
 from pipelined.health import (
@@ -57,11 +52,20 @@ from pipelined.store.lock import DaemonLock, lock_path
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.preflight import check_before_writing
 from pipelined.store.queries import counts_by_stage, meta
-from pipelined.store.writer import Writer
+from pipelined.survey import Survey, take_survey
 from pipelined.terminal import end_ctrl_c_line
-from pipelined.watch import Coalescer, OverflowHook, StageWatcher, StoryEventHandler
 
-__all__ = ["ApplyLoop", "Daemon"]  # ApplyLoop re-exported
+if TYPE_CHECKING:  # imported once the survey is taken (READY may go out before)
+    from concurrent.futures import Future
+    from types import FrameType
+
+    import apsw
+
+    from pipelined.apply import ApplyLoop
+    from pipelined.store.writer import Writer
+    from pipelined.watch import Coalescer, OverflowHook, StageWatcher
+
+__all__ = ["Daemon"]
 
 log = get_logger("pipelined.daemon")
 
@@ -71,8 +75,15 @@ UNWATCHED_RESCAN_S = 5.0  # a stat pass this often while a stage folder cannot b
 RELOADABLE = ("log_format", "log_level")  # settings a SIGHUP applies; the rest need a restart
 
 
-@dataclass(slots=True)
-class _Parts:
+class _Watching(NamedTuple):
+    """The watches, started before the survey (`Daemon._start_watching`)."""
+
+    watcher: StageWatcher
+    coalescer: Coalescer
+    overflow: OverflowHook
+
+
+class _Parts(NamedTuple):
     """One run's threads and what joins them (started by `Daemon._start_parts`)."""
 
     watcher: StageWatcher
@@ -108,6 +119,7 @@ class Daemon:
         self._tick_in = HEALTH_EVERY_S
         self._status = StatusReporter(self.notifier, self._read_counts, self._started)
         self._last_watch_check = self._last_unwatched_rescan = 0.0
+        self._ready_at: float | None = None  # when READY=1 went out (monotonic)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only flags here: a handler that logs could re-enter the logging setup
@@ -142,9 +154,19 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        self._migrate(db_path)
-        self._remember_paths(root, db_path)
-        parts = self._start_parts(root, db_path)
+        held = [self._migrate(db_path)]  # the writer's first connection
+        try:
+            self._remember_paths(root, db_path)
+            watching = self._start_watching(root)  # before the survey's stat pass
+            survey = take_survey(db_path, root, self.config.stages, self.config.max_file_bytes)
+            if survey.unchanged:  # before the sync, the writer and pycrdt are imported
+                self._ready_before_parts(survey.stored.story_count)
+            parts = self._start_parts(root, db_path, survey, held, watching)
+            del survey  # the apply thread's start-up frees its listings
+        except BaseException:
+            if held:  # the writer never started
+                held.pop().close()
+            raise
         self._watch_health(parts)
         try:
             # The first log line here (which imports structlog) waits until the apply
@@ -154,43 +176,69 @@ class Daemon:
                     self._wait_for(parts.apply.loaded, parts):
                 gc.enable()
                 gc.freeze()  # what startup built lives as long as the daemon
+                ready_at = self._ready_at or parts.apply.in_sync.result()
                 log.info("daemon.ready", root=str(root), db=str(db_path),
-                         stories=parts.apply.stories,
-                         ms=int((parts.apply.in_sync.result() - started) * 1000))
+                         stories=parts.apply.stories, ms=int((ready_at - started) * 1000))
                 self._health_loop(parts)
         finally:
             gc.enable()
             self.notifier.send("STOPPING=1")
             self._shutdown(parts)
-            logging.getLogger("watchdog").removeHandler(parts.overflow)
+            parts.overflow.detach()
             self._heartbeat.close()
         return self._verdict()
 
-    def _start_parts(self, root: Path, db_path: Path) -> _Parts:
-        """The watcher, then the writer, then the apply thread (which waits on both)."""
-        writer = Writer(lambda: open_writer(db_path), self.config.writer_queue,
-                        check=lambda conn: check_integrity(conn, db_path), path=db_path,
-                        outcome=self._outcome, open_reader=lambda: open_read_only(db_path))
+    def _start_watching(self, root: Path) -> _Watching:
+        """The watches, before the survey's stat pass: nothing that happens during the
+        start is missed (an event waits in the coalescer for the apply thread)."""
+        from pipelined.watch import (  # noqa: PLC0415 - after the migrations
+            Coalescer,
+            OverflowHook,
+            StageWatcher,
+            StoryEventHandler,
+        )
+
         coalescer = Coalescer(self.config.settle_ms / 1000, self.config.settle_cap_ms / 1000,
                               quick_s=self.config.settle_quick_ms / 1000,
                               quick_ok=lambda: not git_busy(root))
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
-        overflow = OverflowHook(coalescer)
-        logging.getLogger("watchdog").addHandler(overflow)
+        overflow = OverflowHook.attach(coalescer)
         watcher = StageWatcher(root, self.config.stages, handler)
-        watcher.start()  # before the stat pass, so nothing during startup is missed
-        # It opens its connection at once and runs PRAGMA quick_check once the
-        # apply thread's stat pass is done (Writer.begin): before its first write,
-        # or beside it when the last writer stopped cleanly on a checked file.
+        watcher.start()
+        return _Watching(watcher, coalescer, overflow)
+
+    def _start_parts(self, root: Path, db_path: Path, survey: Survey,
+                     held: list[apsw.Connection], watching: _Watching) -> _Parts:
+        """The writer, then the apply thread (which waits on it), once the survey is
+        taken (and READY maybe sent): their modules, with pycrdt and the parser the
+        apply thread imports, are most of the daemon's imports.
+
+        The writer takes the connection `held` open since the migrations; it opens
+        any later one itself.
+        """
+        from pipelined.apply import ApplyLoop  # noqa: PLC0415
+        from pipelined.store.writer import Writer  # noqa: PLC0415
+
+        watcher, coalescer, overflow = watching
+        writer = Writer(lambda: held.pop() if held else open_writer(db_path),
+                        self.config.writer_queue,
+                        check=lambda conn: check_integrity(conn, db_path), path=db_path,
+                        outcome=self._outcome, open_reader=lambda: open_read_only(db_path))
+        # It runs PRAGMA quick_check once the apply thread has taken the survey over
+        # (Writer.begin): before its first write, or beside it when the last writer
+        # stopped cleanly on a checked file.
         writer.start()
         apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready,
-                          self._outcome)
+                          self._outcome, survey,
+                          paths_ok=lambda: self._guard.check() is None)
         apply.start()
         return _Parts(watcher, coalescer, writer, apply, overflow)
 
     def _wait_for(self, future: Future[Any], parts: _Parts) -> bool:
         """Tick until the apply thread's `future` is done; False if the run ends first
         (a signal, a failure reported to the Outcome, a thread gone, a path replaced)."""
+        from concurrent.futures import wait  # noqa: PLC0415 - after the survey
+
         while not self._stop.is_set():
             # `status` reads the heartbeat from the start: a writer failing during a
             # first import (a full disk) shows as degraded, not as starting for ever.
@@ -232,14 +280,19 @@ class Daemon:
             self._keep_watching(parts)
 
     @staticmethod
-    def _migrate(db_path: Path) -> None:
+    def _migrate(db_path: Path) -> apsw.Connection:
+        """The migrations applied on a write connection, which stays open for the
+        writer: the database is held open for writing before READY, as it must be
+        when its permissions change right after (the writer keeps committing)."""
         conn = open_writer(db_path)
         try:
             applied = apply_migrations(conn, db_path)
-        finally:
+        except BaseException:
             conn.close()
+            raise
         if applied:
             log.info("db.migrated", db=str(db_path), applied=applied)
+        return conn
 
     def _verdict(self) -> int:
         """The exit status, once every thread has stopped: 0, or the run's first failure
@@ -287,14 +340,23 @@ class Daemon:
             conn.close()
 
     def _send_ready(self, stories: int) -> None:
-        """READY=1: the database equals the folders (called on the apply thread).
+        """READY=1: the database equals the folders (called on the apply thread, or on
+        this one before the threads start when the survey found nothing changed).
 
         The writer's integrity check (PRAGMA quick_check) may still be running:
         it takes longer than the whole stat pass on a large database, and the
         writer runs it before its first write anyway. A corrupt database then
         stops the daemon with one line right after READY.
         """
-        self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
+        if self._ready_at is None:
+            self._ready_at = time.monotonic()
+            self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
+
+    def _ready_before_parts(self, stories: int) -> None:
+        """READY=1 as soon as the survey finds the database equal to the folders, with
+        the heartbeat `status` reads saying so first (the threads start right after)."""
+        self._beat(None, stories)
+        self._send_ready(stories)
 
     def _watch_health(self, parts: _Parts) -> None:
         """The probes behind WATCHDOG=1 and STATUS= (see pipelined.health).
@@ -397,23 +459,30 @@ class Daemon:
         problems += parts.watcher.problems.items()
         return [f"{stage}: {why}" for stage, why in sorted(problems)]
 
-    def _beat(self, parts: _Parts) -> None:
-        """Write the heartbeat `pipelined status` reads (outside the database)."""
-        apply, writer = parts.apply, parts.writer
-        failing = writer.failing_since
-        folder_problems = self._folder_problems(parts)
+    def _beat(self, parts: _Parts | None, stories: int = 0) -> None:
+        """Write the heartbeat `pipelined status` reads (outside the database). Without
+        the parts: READY before they start, with `stories` in sync."""
+        if parts is None:
+            failing, folder_problems, writer_error, pending = None, [], None, 0
+            ready, stat_pass_owed = True, False
+        else:
+            apply, writer = parts.apply, parts.writer
+            failing, folder_problems = writer.failing_since, self._folder_problems(parts)
+            writer_error, pending = writer.last_error, writer.pending()
+            ready, stat_pass_owed = apply.in_sync.done(), parts.coalescer.rescan_owed()
+            stories = apply.stories
         self._heartbeat.beat({
             "pid": os.getpid(),
             "started_unix": self._started_unix,
-            "ready": apply.in_sync.done(),
+            "ready": ready,
             "degraded": failing is not None or bool(folder_problems),
             "folder_problems": folder_problems,
-            "writer_error": writer.last_error,
+            "writer_error": writer_error,
             "failing_for_s": None if failing is None else round(time.monotonic() - failing, 1),
-            "pending_batches": writer.pending(),
-            "stat_pass_owed": parts.coalescer.rescan_owed(),
+            "pending_batches": pending,
+            "stat_pass_owed": stat_pass_owed,
             "log_lines_dropped": dropped_lines(),
-            "stories": apply.stories,
+            "stories": stories,
         })
 
     def _shutdown(self, parts: _Parts) -> None:

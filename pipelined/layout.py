@@ -18,6 +18,7 @@ from pipelined.errors import RootError
 from pipelined.reading import read_regular_file
 
 __all__ = [
+    "ROOT_GONE",
     "FileSignature",
     "RefusedFile",
     "StageDirs",
@@ -104,6 +105,7 @@ def _inside(root_real: str, path: str | Path) -> bool:
 
 
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+ROOT_GONE = "the root folder is gone"  # why a stat pass could not list a stage
 S_IFMT, S_IFLNK, S_IFREG = 0o170000, stat_mod.S_IFLNK, stat_mod.S_IFREG
 
 
@@ -239,15 +241,23 @@ def stat_signatures(
     folder, values are plain tuples (equal to a FileSignature), no Path objects.
     A stage folder that exists but cannot be listed (or its entries not
     stat-ed) is added to `unlistable` with the reason: unreadable is not
-    empty, and its stories must not be taken for deleted.
+    empty, and its stories must not be taken for deleted. So is a stage folder
+    found absent while the root itself is gone (moved away or deleted under the
+    daemon, which stops on it): its stories were not deleted one by one.
     """
     found: dict[str, tuple[int, int, int]] = {}
+    absent = []
     for stage in stages:
         try:
             _stat_stage(root, stage, found)
         except OSError as exc:
-            if exc.errno not in _ABSENT and unlistable is not None:
+            if exc.errno in _ABSENT:
+                absent.append(stage)
+            elif unlistable is not None:
                 unlistable[stage] = exc.strerror or str(exc)
+    if absent and unlistable is not None and not os.path.isdir(root):
+        for stage in absent:
+            unlistable[stage] = ROOT_GONE
     return found
 
 

@@ -24,12 +24,11 @@ from pipelined.layout import (
     FileSignature,
     git_busy,
     split_rel_path,
-    stat_signatures,
     symlinked_story_ids,
 )
 from pipelined.logs import get_logger
 from pipelined.policies import CompactionPolicy
-from pipelined.shaping import reread_for_settings, stored_with_settings
+from pipelined.shaping import reread_for_settings
 from pipelined.store.connection import open_read_only
 from pipelined.store.load import (
     ContentReader,
@@ -37,10 +36,10 @@ from pipelined.store.load import (
     iter_row_ids,
     iter_signature_rows,
     iter_updates,
-    read_signatures,
     read_unreadable,
 )
 from pipelined.store.writer import Writer, WriterStopped
+from pipelined.survey import Survey, take_survey
 
 if TYPE_CHECKING:  # the sync, the story parser and batches load with the state
     from pipelined.parse_ahead import ParseAhead
@@ -83,8 +82,10 @@ class Startup:
 
     def __init__(self, config: Config, root: Path, db_path: Path, writer: Writer,
                  on_in_sync: Callable[[int], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 survey: Survey | None = None) -> None:
         self.config = config
+        self._survey = survey
         self.root = root
         self.db_path = db_path
         self.writer = writer
@@ -94,42 +95,41 @@ class Startup:
         self._parsed_ahead = 0  # chunks the parse-ahead worker answered
 
     def run(self) -> Started:
-        """The stat pass against the stored signatures, the state, the catch-up.
+        """The survey's changes (pipelined.survey; taken here when none was handed
+        over), the state, the catch-up.
 
-        The watcher is already running. When the stat pass finds nothing to
-        re-read, the database already equals the folders: `on_in_sync` is
-        called at once and the state and content map load right after.
-        Otherwise the state loads first and the changes are committed before.
+        When the survey found nothing to re-read, the database already equals
+        the folders: `on_in_sync` is called at once and the state and content
+        map load right after. Otherwise the state loads first and the changes
+        are committed before.
         """
         started = self._clock()
+        survey = self._survey or take_survey(self.db_path, self.root, self.config.stages,
+                                             self.config.max_file_bytes, self._clock)
+        self._survey = None  # its two listings of every file are freed below
+        stored, stored_with, unlistable = survey.stored, survey.stored_with, survey.unlistable
+        if survey.unchanged:
+            self._in_sync(stored.story_count)
+        if not unlistable and survey.seen == stored.by_path:
+            touched: set[str] = set()  # every known file there, unchanged
+        else:
+            from pipelined.sync import changed_story_ids
+
+            known_ids = {split_rel_path(path)[1] for path in stored.by_path}
+            touched = changed_story_ids(survey.seen, stored.by_path, known_ids, unlistable)
+            del known_ids
+        reread = (set() if stored.stored_with == stored_with
+                  else reread_for_settings(stored.stored_with, stored_with, stored.by_path))
+        touched |= reread
+        # The two listings of every file are done with: freed before the state's
+        # long-lived objects are made, they leave no holes among them (10,000
+        # stories: the daemon's RSS after a restart 84 -> 79 MiB, its peak 85 -> 80).
+        files_checked, in_sync_early, stat_ms = len(survey.seen), survey.unchanged, survey.stat_ms
+        del survey
+        stored = stored._replace(by_path={})
+        self.writer.begin()  # its quick_check: after the stat pass
         conn = open_read_only(self.db_path)
         try:
-            stored = read_signatures(conn)
-            unlistable: dict[str, str] = {}
-            seen = stat_signatures(self.root, self.config.stages, unlistable)
-            if not unlistable and seen == stored.by_path:
-                touched: set[str] = set()  # every known file there, unchanged
-            else:
-                from pipelined.sync import changed_story_ids
-
-                known_ids = {split_rel_path(path)[1] for path in stored.by_path}
-                touched = changed_story_ids(seen, stored.by_path, known_ids, unlistable)
-                del known_ids
-            stat_ms = self._ms_since(started)
-            stored_with = stored_with_settings(self.config.max_file_bytes)
-            reread = (set() if stored.stored_with == stored_with
-                      else reread_for_settings(stored.stored_with, stored_with, stored.by_path))
-            touched |= reread
-            in_sync_early = (not touched and stored.client_id is not None
-                             and stored.stored_with == stored_with)
-            if in_sync_early:
-                self._in_sync(stored.story_count)
-            # The two listings of every file are done with: freed before the state's
-            # long-lived objects are made, they leave no holes among them (10,000
-            # stories: the daemon's RSS after a restart 84 -> 79 MiB, its peak 85 -> 80).
-            files_checked, seen = len(seen), {}
-            stored = stored._replace(by_path={})
-            self.writer.begin()  # its quick_check: after the stat pass
             loaded = self._load_state(conn, stored)
         finally:
             conn.close()

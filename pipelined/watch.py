@@ -245,6 +245,16 @@ class OverflowHook(logging.Handler):
         super().__init__(level=logging.WARNING)
         self.coalescer = coalescer
 
+    @classmethod
+    def attach(cls, coalescer: Coalescer) -> OverflowHook:
+        """A hook listening to watchdog's log from now on (until `detach`)."""
+        hook = cls(coalescer)
+        logging.getLogger("watchdog").addHandler(hook)
+        return hook
+
+    def detach(self) -> None:
+        logging.getLogger("watchdog").removeHandler(self)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if "overflow" in record.getMessage().lower():

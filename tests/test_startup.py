@@ -18,6 +18,7 @@ from pipelined.startup import Started, Startup, StartupStopped
 from pipelined.store.connection import open_writer
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.writer import Writer
+from pipelined.survey import Survey
 
 
 class ScriptedClock:
@@ -51,7 +52,7 @@ class Run:
         self.outcome = Outcome()
 
     def __call__(self, clock: Callable[[], float] | None = None,
-                 writer: Writer | None = None) -> Started:
+                 writer: Writer | None = None, survey: Survey | None = None) -> Started:
         conn = open_writer(self.db)
         apply_migrations(conn, self.db)
         conn.close()
@@ -60,6 +61,8 @@ class Run:
                                   outcome=self.outcome)
         writer.start()
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+        if survey is not None:
+            kwargs["survey"] = survey
         startup = Startup(self.config, self.stories.root, self.db, writer,
                           lambda n: self.in_sync.append((n, rows(self.db))), **kwargs)
         try:
@@ -157,10 +160,11 @@ class TestInSync:
 class TestClock:
     def test_durations_come_from_the_injected_clock(
             self, run: Run, log_events: Callable[[], list[dict[str, Any]]]) -> None:
-        """stat_ms and ms are read from the clock given, not from the wall."""
+        """stat_ms and ms are read from the clock given, not from the wall: the start,
+        the survey's stat pass from 100.1 to 100.35, the end."""
         run()
         log_events()
-        run(ScriptedClock(100.0, 100.25, 101.5))
+        run(ScriptedClock(100.0, 100.1, 100.35, 101.5))
         (line,) = [e for e in log_events() if e["event"] == "daemon.startup"]
         assert (line["stat_ms"], line["ms"]) == (250, 1500)
 
