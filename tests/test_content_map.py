@@ -45,6 +45,7 @@ def test_texts_wait_in_memory_until_committed(tmp_path: Path) -> None:
         assert content.pending() == 0  # the first import is committed
 
         blocker = apsw.Connection(str(db))
+        blocker.set_busy_timeout(int(DEADLINE_S * 1000))  # the writer may be merging
         blocker.execute("BEGIN IMMEDIATE")  # the writer's commits now wait and retry
         try:
             # 1. The file sets retry_count 5.
@@ -86,6 +87,7 @@ def test_a_deleted_story_has_no_text(tmp_path: Path) -> None:
         reconciler = startup.run().reconciler
         path.unlink()
         blocker = apsw.Connection(str(db))
+        blocker.set_busy_timeout(int(DEADLINE_S * 1000))  # the writer may be merging
         blocker.execute("BEGIN IMMEDIATE")
         try:
             seq = writer.submit(reconciler.reconcile({"1_story_a"}, confirm_absent=True).batch)

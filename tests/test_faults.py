@@ -12,7 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import DaemonProcess, Stories, folder_matches_db, wait_until
+from conftest import DEADLINE_S, DaemonProcess, Stories, folder_matches_db, wait_until
 
 
 def _can_mount_tmpfs(tmp: Path) -> bool:
@@ -111,6 +111,7 @@ class TestLockedDatabase:
         stories.write("1_backlog", "1_story_a", name="before")
         daemon.start()
         other = apsw.Connection(str(daemon.db))
+        other.set_busy_timeout(int(DEADLINE_S * 1000))  # the writer may be merging
         other.execute("BEGIN IMMEDIATE")
         try:
             for n in range(5):

@@ -33,7 +33,7 @@ from pipelined.store.integrity import (
     stopped_clean,
     unmark,
 )
-from pipelined.store.search_build import SEARCH_CURSOR, search_step
+from pipelined.store.search_build import SEARCH_CURSOR, merge_search_slice, search_step
 
 if TYPE_CHECKING:  # batches come only after READY on an unchanged restart
     from pipelined.store.batch import Batch, Compaction
@@ -204,6 +204,9 @@ class Writer(threading.Thread):
         # Set once the connection is open: from then on this process holds the
         # database (and its -wal, which SQLite deletes only with the last one).
         self.connected = threading.Event()
+        # Rows were indexed since the search index's segments were last merged: the
+        # writer merges them in slices while its queue is empty (migration 0009).
+        self.merging_search = False
         self.commits = 0
         self.attempts = 0  # commit attempts finished, failed ones included
         self.last_commit_monotonic = time.monotonic()
@@ -379,16 +382,14 @@ class Writer(threading.Thread):
     def _serve(self) -> bool:
         """Commit what is queued until closing (True) or a commit fails, the writer is
         abandoned or its check found damage (False); between batches, the slices of a
-        search index build."""
+        search index build, then of the index's merging (`_tidy`)."""
         building = False  # a search index build in slices is under way
         while not self._stopping():
             try:
-                first = (self._queue.get_nowait() if building
+                first = (self._queue.get_nowait() if building or self.merging_search
                          else self._queue.get(timeout=0.1))
             except queue.Empty:
-                if self._fold_unmark and not self._checking():
-                    self._fold_unmark = False  # the check's read no longer holds it back
-                    self._checkpoint(passive=True)
+                self._tidy(building)
                 if self._closing.is_set():
                     return True  # closing, and everything queued is committed
                 if building:  # nothing waits: the next slice of the index
@@ -404,6 +405,8 @@ class Writer(threading.Thread):
                     break
             if not self._commit([batch for _, batch in group]):
                 return False
+            if any(batch.upserts or batch.deletes for _, batch in group):
+                self.merging_search = True  # before waiters wake: they may ask (tests do)
             with self._seq_cond:
                 self._committed = group[-1][0]
                 self._seq_cond.notify_all()
@@ -424,6 +427,31 @@ class Writer(threading.Thread):
         except apsw.Error as exc:
             log.warning("writer.search_build_unknown", error=f"{type(exc).__name__}: {exc}")
             return True
+
+    def _tidy(self, building: bool) -> None:
+        """Nothing waits: what is not syncing. The checkpoint of the mark's deletion once
+        the check no longer reads; a slice of the search index's merging, unless a
+        build of the index goes on (its slices first) or the writer is closing."""
+        if self._fold_unmark and not self._checking():
+            self._fold_unmark = False  # the check's read no longer holds it back
+            self._checkpoint(passive=True)
+        if self.merging_search and not building and not self._closing.is_set():
+            self.merging_search = self._merge_search_slice()
+
+    def _merge_search_slice(self) -> bool:
+        """One slice of merging the search index's segments, in a transaction of its own,
+        while nothing waits; True while more remains. Merging is tidying, not syncing:
+        a slice that fails is logged and not retried (the next commit of rows asks
+        again). Only a commit of rows asks for it, and that commit cleared the
+        clean-stop mark already."""
+        assert self._conn is not None
+        try:
+            with transaction(self._conn):
+                return merge_search_slice(self._conn)
+        except apsw.Error as exc:
+            log.warning("writer.search_merge_failed", error=f"{type(exc).__name__}: {exc}",
+                        action="merged after the next commit of rows")
+            return False
 
     def _commit(self, group: list[Batch]) -> bool:
         """Commit a group, retrying with back-off until it lands or the writer stops
