@@ -104,7 +104,7 @@ class ApplyLoop(threading.Thread):
         """The start-up; False when it failed (reported to the Outcome) or was stopped."""
         survey, self._survey = self._survey, None
         startup = Startup(self.config, self.root, self.db_path, self.writer, self._in_sync,
-                          survey=survey)
+                          survey=survey, paths_ok=self._paths_ok)
         del survey
         try:
             started = startup.run()

@@ -1,12 +1,14 @@
-"""The daemon's lifecycle: lock, migrate, load, watch, stat pass, apply, stop.
+"""The daemon's lifecycle: lock, migrate, watch, survey (READY when nothing changed),
+load, catch up, apply, stop.
 
 The only module that wires the daemon's threads (but one: a big catch-up's
 parse-ahead worker process has a reader thread, started and stopped by the
 start-up, see `pipelined.parse_ahead`):
 
 - main thread: signals (SIGHUP reloads the config), the watches (it alone
-  schedules them), health checks, and all sd_notify but READY (WATCHDOG=1
-  only while every thread makes progress, see `pipelined.health`);
+  schedules them), the survey (`pipelined.survey`), health checks, and all
+  sd_notify but a READY that must wait for a catch-up (WATCHDOG=1 only while
+  every thread makes progress, see `pipelined.health`);
 - watchdog observer: `StoryEventHandler` hands ids to the `Coalescer`;
 - apply thread (`ApplyLoop`, in `pipelined.apply`): the only owner of the pycrdt document and the
   content map's writes; one reconcile per settled burst, one batch each;
@@ -120,6 +122,7 @@ class Daemon:
         self._status = StatusReporter(self.notifier, self._read_counts, self._started)
         self._last_watch_check = self._last_unwatched_rescan = 0.0
         self._ready_at: float | None = None  # when READY=1 went out (monotonic)
+        self._stories_at_ready = 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only flags here: a handler that logs could re-enter the logging setup
@@ -154,19 +157,24 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        held = [self._migrate(db_path)]  # the writer's first connection
+        conn = self._migrate(db_path)  # the writer's first connection
+        watching: _Watching | None = None
         try:
             self._remember_paths(root, db_path)
             watching = self._start_watching(root)  # before the survey's stat pass
             survey = take_survey(db_path, root, self.config.stages, self.config.max_file_bytes)
             if survey.unchanged:  # before the sync, the writer and pycrdt are imported
                 self._ready_before_parts(survey.stored.story_count)
-            parts = self._start_parts(root, db_path, survey, held, watching)
-            del survey  # the apply thread's start-up frees its listings
         except BaseException:
-            if held:  # the writer never started
-                held.pop().close()
+            conn.close()
+            self._stop_before_parts(watching)
             raise
+        try:
+            parts = self._start_parts(root, db_path, survey, conn, watching)  # owns conn
+        except BaseException:
+            self._stop_before_parts(watching)
+            raise
+        del survey  # the apply thread's start-up frees its listings
         self._watch_health(parts)
         try:
             # The first log line here (which imports structlog) waits until the apply
@@ -207,31 +215,53 @@ class Daemon:
         watcher.start()
         return _Watching(watcher, coalescer, overflow)
 
+    def _stop_before_parts(self, watching: _Watching | None) -> None:
+        """The start failed before the writer and apply threads ran: the watches stopped,
+        the hook detached, STOPPING=1, the heartbeat closed (the caller raises)."""
+        if watching is not None:
+            try:
+                watching.watcher.stop()
+            except Exception:
+                log.exception("watch.stop_failed")
+            watching.overflow.detach()
+        self.notifier.send("STOPPING=1")
+        self._heartbeat.close()
+
     def _start_parts(self, root: Path, db_path: Path, survey: Survey,
-                     held: list[apsw.Connection], watching: _Watching) -> _Parts:
+                     conn: apsw.Connection, watching: _Watching) -> _Parts:
         """The writer, then the apply thread (which waits on it), once the survey is
         taken (and READY maybe sent): their modules, with pycrdt and the parser the
         apply thread imports, are most of the daemon's imports.
 
-        The writer takes the connection `held` open since the migrations; it opens
-        any later one itself.
+        The writer takes `conn`, open since the migrations, as its first connection
+        (and opens any later one itself); if the threads cannot start, `conn` is
+        closed here.
         """
         from pipelined.apply import ApplyLoop  # noqa: PLC0415
         from pipelined.store.writer import Writer  # noqa: PLC0415
 
         watcher, coalescer, overflow = watching
-        writer = Writer(lambda: held.pop() if held else open_writer(db_path),
+        first = [conn]
+        writer = Writer(lambda: first.pop() if first else open_writer(db_path),
                         self.config.writer_queue,
                         check=lambda conn: check_integrity(conn, db_path), path=db_path,
                         outcome=self._outcome, open_reader=lambda: open_read_only(db_path))
-        # It runs PRAGMA quick_check once the apply thread has taken the survey over
-        # (Writer.begin): before its first write, or beside it when the last writer
-        # stopped cleanly on a checked file.
-        writer.start()
-        apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready,
-                          self._outcome, survey,
-                          paths_ok=lambda: self._guard.check() is None)
-        apply.start()
+        try:
+            # It runs PRAGMA quick_check once the apply thread has taken the survey over
+            # (Writer.begin): before its first write, or beside it when the last writer
+            # stopped cleanly on a checked file.
+            writer.start()
+            apply = ApplyLoop(self.config, root, db_path, coalescer, writer, self._send_ready,
+                              self._outcome, survey,
+                              paths_ok=lambda: self._guard.check() is None)
+            apply.start()
+        except BaseException:
+            if writer.is_alive():  # it closes the connection it took
+                writer.abandon()
+                writer.join(HEALTH_EVERY_S)
+            elif first:
+                first.pop().close()
+            raise
         return _Parts(watcher, coalescer, writer, apply, overflow)
 
     def _wait_for(self, future: Future[Any], parts: _Parts) -> bool:
@@ -349,6 +379,7 @@ class Daemon:
         stops the daemon with one line right after READY.
         """
         if self._ready_at is None:
+            self._stories_at_ready = stories
             self._ready_at = time.monotonic()
             self.notifier.send("READY=1", f"STATUS=in sync: {stories} stories")
 
@@ -393,7 +424,7 @@ class Daemon:
         problems = self._liveness()
         self._pinger.tick(healthy=not problems)
         writer = parts.writer
-        if parts.apply.in_sync.done():
+        if self._ready_at is not None:
             self._status.running(problems, writer.commits, writer.last_error, writer.pending(),
                                  self._folder_problems(parts))
         else:
@@ -469,8 +500,9 @@ class Daemon:
             apply, writer = parts.apply, parts.writer
             failing, folder_problems = writer.failing_since, self._folder_problems(parts)
             writer_error, pending = writer.last_error, writer.pending()
-            ready, stat_pass_owed = apply.in_sync.done(), parts.coalescer.rescan_owed()
-            stories = apply.stories
+            # READY may have gone out before the apply thread knew (the survey's count).
+            ready, stat_pass_owed = self._ready_at is not None, parts.coalescer.rescan_owed()
+            stories = apply.stories if apply.in_sync.done() else self._stories_at_ready
         self._heartbeat.beat({
             "pid": os.getpid(),
             "started_unix": self._started_unix,

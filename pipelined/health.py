@@ -246,7 +246,8 @@ class PathGuard:
     folder moved away leaves the watches on a folder nobody looks for. Checked
     by the main thread on every health tick (a stat each): the daemon then
     stops with one line and a non-zero exit, and systemd restarts it on what
-    the paths name now.
+    the paths name now. The apply thread checks too, before it confirms a
+    delete: none is while a path fails (a replaced root looks empty).
     """
 
     def __init__(self) -> None:

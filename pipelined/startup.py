@@ -83,9 +83,13 @@ class Startup:
     def __init__(self, config: Config, root: Path, db_path: Path, writer: Writer,
                  on_in_sync: Callable[[int], None],
                  clock: Callable[[], float] = time.monotonic,
-                 survey: Survey | None = None) -> None:
+                 survey: Survey | None = None,
+                 paths_ok: Callable[[], bool] = lambda: True) -> None:
         self.config = config
         self._survey = survey
+        # False while the root or the database is not what the daemon started on: the
+        # catch-up then deletes nothing at once (the daemon stops on it).
+        self._paths_ok = paths_ok
         self.root = root
         self.db_path = db_path
         self.writer = writer
@@ -108,9 +112,10 @@ class Startup:
                                              self.config.max_file_bytes, self._clock)
         self._survey = None  # its two listings of every file are freed below
         stored, stored_with, unlistable = survey.stored, survey.stored_with, survey.unlistable
-        if survey.unchanged:
+        in_sync_early = survey.unchanged
+        if in_sync_early:
             self._in_sync(stored.story_count)
-        if not unlistable and survey.seen == stored.by_path:
+        if not unlistable and survey.same_files:
             touched: set[str] = set()  # every known file there, unchanged
         else:
             from pipelined.sync import changed_story_ids
@@ -124,7 +129,7 @@ class Startup:
         # The two listings of every file are done with: freed before the state's
         # long-lived objects are made, they leave no holes among them (10,000
         # stories: the daemon's RSS after a restart 84 -> 79 MiB, its peak 85 -> 80).
-        files_checked, in_sync_early, stat_ms = len(survey.seen), survey.unchanged, survey.stat_ms
+        files_checked, stat_ms = len(survey.seen), survey.stat_ms
         del survey
         stored = stored._replace(by_path={})
         self.writer.begin()  # its quick_check: after the stat pass
@@ -254,7 +259,8 @@ class Startup:
         seq = None
         for begin in range(0, max(1, len(ids)), STARTUP_CHUNK):
             chunk = ids[begin:begin + STARTUP_CHUNK]
-            result = reconciler.reconcile(chunk, confirm_absent=confirm_absent,
+            result = reconciler.reconcile(chunk,
+                                          confirm_absent=confirm_absent and self._paths_ok(),
                                           repair=mismatch.intersection(chunk),
                                           log_each=log_each,
                                           ahead=ahead.take() if ahead and begin else None)

@@ -53,6 +53,16 @@ class TestIntegrity:
         assert last.startswith(f"Error: database {synced.db}: ")
         assert "pipelined rebuild" in last
 
+    def test_damaged_file_signatures_give_the_same_line(self, synced: DaemonProcess) -> None:
+        """The stored signatures are read by the start's survey, before the check runs:
+        their damage is the same one line and exit 78, not a traceback."""
+        corrupt_pages(synced.db, "file_signatures")
+        assert synced.spawn().wait(30) == EXIT_NEEDS_A_PERSON
+        last = synced.log_tail(1)
+        assert last.startswith(f"Error: database {synced.db}: ")
+        assert "pipelined rebuild" in last
+        assert "Traceback" not in synced.log_tail(100)
+
     def test_garbage_file_gives_one_line_naming_rebuild(self, synced: DaemonProcess) -> None:
         """A file that is not SQLite at all: the same one line."""
         synced.db.write_bytes(b"not a database " * 1000)

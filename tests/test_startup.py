@@ -52,7 +52,8 @@ class Run:
         self.outcome = Outcome()
 
     def __call__(self, clock: Callable[[], float] | None = None,
-                 writer: Writer | None = None, survey: Survey | None = None) -> Started:
+                 writer: Writer | None = None, survey: Survey | None = None,
+                 paths_ok: Callable[[], bool] | None = None) -> Started:
         conn = open_writer(self.db)
         apply_migrations(conn, self.db)
         conn.close()
@@ -63,6 +64,8 @@ class Run:
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
         if survey is not None:
             kwargs["survey"] = survey
+        if paths_ok is not None:
+            kwargs["paths_ok"] = paths_ok
         startup = Startup(self.config, self.stories.root, self.db, writer,
                           lambda n: self.in_sync.append((n, rows(self.db))), **kwargs)
         try:

@@ -1,9 +1,10 @@
-"""The start's survey (pipelined.survey), taken before the watches exist, and what
-covers the moments after it: the stat pass the daemon asks for once it watches,
-and the root check before a delete is confirmed.
+"""The start's survey (pipelined.survey): the stored signatures against one stat
+pass, taken by the daemon's main thread once the watches run; a stat pass racing
+a root moved away; the path check before any delete is confirmed.
 
-Real SQLite files built by the real start-up, real folders; the daemon itself as
-a subprocess only for its life (READY, the first stat pass).
+Real SQLite files built by the real start-up, real folders, the real writer and
+apply threads in-process (the daemon's start as a process: test_recovery,
+test_paths_under_daemon, test_systemd).
 """
 
 from __future__ import annotations
@@ -172,6 +173,20 @@ class GuardedApply:
 
 
 class TestRootCheckBeforeDeletes:
+    def test_the_start_up_deletes_nothing_while_the_paths_are_not_its_own(
+            self, run: Run) -> None:
+        """A root replaced between the survey and the catch-up looks like every story
+        deleted while stopped: the catch-up hands the absent ones to the delete policy
+        (the daemon stops on the path guard first) instead of deleting them."""
+        run()
+        run.stories.path("2_current", "2_story_b").unlink()
+        started = run(paths_ok=lambda: False)
+        try:
+            assert started.deferred == {"2_story_b"}
+            assert names(run.db) == {"1_story_a": "a", "2_story_b": "b"}
+        finally:
+            started.reconciler.content.close()
+
     def test_no_delete_is_confirmed_while_the_paths_are_not_the_daemons(self, run: Run) -> None:
         """A root moved away and replaced (its stage folders empty) looks like every story
         deleted: the apply thread confirms no delete until the paths are its own again."""
