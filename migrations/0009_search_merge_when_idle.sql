@@ -6,6 +6,6 @@
 -- at 10,000 (30 without it), 1,000 in 0.9 s at 100,000 (0.43). The writer now
 -- runs that merging itself in small slices ('merge', store/search_build.py
 -- MERGE_PAGES) between batches, once its queue is empty (docs/design.md, "The
--- search index"). crisismerge (16 segments on one level) still bounds the index
--- when the writer is never idle.
+-- search index, merged when the writer is idle"). crisismerge (16 segments on one
+-- level) still bounds the index when the writer is never idle.
 INSERT INTO pipeline_search(pipeline_search, rank) VALUES ('automerge', 0);

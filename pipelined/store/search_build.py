@@ -1,6 +1,7 @@
 """A first import's search index: suspended during the import, then built in slices
 between the writer's batches (docs/design.md, "The search index on a first import");
-and the merging of the index's segments, in slices while the writer is idle.
+and the merging of the index's segments, in slices while the writer is idle (the
+next section there).
 
 Each function runs inside the writer's transaction (`writer.write_batches`):
 `suspend_search_index` before a batch's rows, `start_search_build` or
