@@ -212,7 +212,11 @@ class Daemon:
         handler = StoryEventHandler(root, self.config.stages, coalescer, self._watches_dirty.set)
         overflow = OverflowHook.attach(coalescer)
         watcher = StageWatcher(root, self.config.stages, handler)
-        watcher.start()
+        try:
+            watcher.start()
+        except BaseException:  # e.g. the inotify limits: one line, the hook gone
+            overflow.detach()
+            raise
         return _Watching(watcher, coalescer, overflow)
 
     def _stop_before_parts(self, watching: _Watching | None) -> None:

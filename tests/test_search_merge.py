@@ -11,10 +11,10 @@ from typing import Any
 import apsw
 import pytest
 from conftest import DEADLINE_S, wait_until
+from test_writer_errors import fresh_db
 
 from pipelined.store.batch import Batch, RowUpsert
 from pipelined.store.connection import open_read_only, open_writer
-from pipelined.store.migrations import apply_migrations
 from pipelined.store.search import search
 from pipelined.store.writer import Writer
 
@@ -32,11 +32,7 @@ def row(number: int, word: str) -> RowUpsert:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    db = tmp_path / "s.db"
-    conn = open_writer(db)
-    apply_migrations(conn, db)
-    conn.close()
-    return db
+    return fresh_db(tmp_path)
 
 
 @pytest.fixture
