@@ -13,9 +13,11 @@ import pytest
 from conftest import DEADLINE_S, wait_until
 from test_writer_errors import fresh_db
 
+from pipelined.errors import DatabaseCorrupt
 from pipelined.store.batch import Batch, RowUpsert
 from pipelined.store.connection import open_read_only, open_writer
 from pipelined.store.search import search
+from pipelined.store.search_build import SEARCH_SLICE_ROWS
 from pipelined.store.writer import Writer
 
 FIELDS = {"agent": None, "retry_count": 0, "blocked": None, "depends_on": None}
@@ -44,7 +46,8 @@ def writer(db: Path) -> Iterator[Writer]:
 
 
 def commit_apart(writer: Writer, batches: int) -> None:
-    """`batches` commits of rows, each waited for: one new segment of the index each."""
+    """`batches` commits of 20 rows, each waited for (FTS5 adds a segment for each
+    statement that indexes a row: 20 each)."""
     for n in range(batches):
         seq = writer.submit(Batch(upserts=[row(100 * n + k, WORDS[k % len(WORDS)])
                                            for k in range(20)]))
@@ -100,8 +103,16 @@ def test_commits_leave_segments_that_the_idle_writer_merges(db: Path) -> None:
 
 
 def test_search_finds_every_row_after_merging(db: Path, writer: Writer) -> None:
+    """The merged index agrees with the rows (FTS5's own check, against the content
+    table) and finds what it should."""
     commit_apart(writer, 6)
     wait_until(lambda: not writer.merging_search, what="the idle merging")
+    check = apsw.Connection(str(db))  # a command, written as an INSERT: not read-only
+    try:
+        check.execute("INSERT INTO pipeline_search(pipeline_search, rank) "
+                      "VALUES ('integrity-check', 1)")
+    finally:
+        check.close()
     conn = open_read_only(db)
     try:
         hits = search(conn, "charlie", limit=None)
@@ -114,26 +125,76 @@ def test_search_finds_every_row_after_merging(db: Path, writer: Writer) -> None:
                                         for n in range(6) for k in (2, 10, 18)}
 
 
-def test_a_merge_that_fails_is_logged_and_the_writer_goes_on(
+def test_a_merge_a_busy_database_holds_off_is_one_warning(
         db: Path, log_events: Callable[[], list[dict[str, Any]]]) -> None:
-    """With the index gone (dropped by another program), a commit of rows still lands
-    and its merge fails: one warning, no retry loop, the next batch committed."""
+    """Another program's write lock (as a commit would, the merge waits out the busy
+    timeout): one warning, no retry until the next commit of rows, no stop. The
+    slice is called as the writer's loop calls it, while the lock is held."""
+    writer = Writer(lambda: open_writer(db), 8, path=db)
+    conn = open_writer(db)
+    conn.set_busy_timeout(10)
+    writer._conn = conn  # the writer's connection, its thread not started
+    other = apsw.Connection(str(db))
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert writer._merge_search_slice() is False
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        conn.close()
+    assert writer.first_error is None
+    (failed,) = [e for e in log_events() if e["event"] == "writer.search_merge_failed"]
+    assert failed["error"].startswith("BusyError")
+
+
+def test_the_index_a_first_import_builds_is_merged(db: Path, writer: Writer) -> None:
+    """A first import suspends the index and builds it in slices after READY (rows are
+    committed before, none after): the segments the slices add (one a slice, four
+    slices of SEARCH_SLICE_ROWS here) are merged too."""
+    for n in range(4):  # each chunk committed, then an idle writer (nothing to merge)
+        batch = Batch(upserts=[row(1000 * n + k, WORDS[k % len(WORDS)])
+                               for k in range(SEARCH_SLICE_ROWS)])
+        batch.search_index = "suspend" if n == 0 else None
+        assert writer.wait_committed(writer.submit(batch), DEADLINE_S)
+        wait_until(lambda: not writer.merging_search, what="the idle writer")
+    assert writer.wait_committed(writer.submit(Batch(search_index="resume")), DEADLINE_S)
+
+    def built_and_merged() -> bool:
+        conn = open_read_only(db)
+        try:
+            owed = conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
+                                ).fetchone()
+        finally:
+            conn.close()
+        return owed is None and not writer.merging_search
+
+    wait_until(built_and_merged, what="the build, then its merging")
+    assert not merge_left(db)
+
+
+def test_damage_a_merge_finds_stops_the_writer(db: Path) -> None:
+    """A damaged segment read by an idle merge stops the writer with DatabaseCorrupt
+    (one line naming rebuild), as a commit reading it would, not a warning a time."""
     conn = open_writer(db)
     try:
-        for name in ("pipeline_search_ai", "pipeline_search_ad", "pipeline_search_au"):
-            conn.execute(f"DROP TRIGGER {name}")
-        conn.execute("DROP TABLE pipeline_search")
+        for n in range(3):  # three segments, one row each
+            with conn:
+                conn.execute("INSERT INTO pipeline_items(id, stage, name, content, created_at, "
+                             "updated_at) VALUES (?, '1_backlog', ?, ?, 'x', 'x')",
+                             (f"{n + 1}_story_s", f"s{n}", f"c{n} lorem"))
+        (leaf,) = conn.execute("SELECT min(id) FROM pipeline_search_data WHERE id > 10"
+                               ).fetchall()[0]
+        conn.execute("UPDATE pipeline_search_data SET block = zeroblob(50) || x'ffffffff' "
+                     "WHERE id = ?", (leaf,))
     finally:
         conn.close()
     writer = Writer(lambda: open_writer(db), 8, path=db)
     writer.start()
-    try:
-        commit_apart(writer, 1)
-        wait_until(lambda: not writer.merging_search, what="the merge to give up")
-        commit_apart(writer, 1)
-        wait_until(lambda: not writer.merging_search, what="the merge to give up again")
-        assert writer.is_alive() and writer.first_error is None
+    try:  # one row: a fourth segment, which the commit adds and the merge reads
+        assert writer.wait_committed(writer.submit(Batch(upserts=[row(50, "alpha")])),
+                                     DEADLINE_S)
+        wait_until(lambda: not writer.is_alive(), what="the writer to stop")
     finally:
         writer.close(DEADLINE_S)
-    failed = [e for e in log_events() if e["event"] == "writer.search_merge_failed"]
-    assert len(failed) == 2 and "no such table" in failed[0]["error"]
+    assert isinstance(writer.first_error, DatabaseCorrupt)
+    assert "pipelined rebuild" in str(writer.first_error)

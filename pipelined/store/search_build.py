@@ -30,8 +30,9 @@ __all__ = [
 SEARCH_SUSPENDED = "search_suspended"  # daemon_meta: the triggers' SQL while suspended
 SEARCH_CURSOR = "search_build_cursor"  # daemon_meta: the next rowid a sliced build indexes
 SEARCH_SLICE_ROWS = 500  # rows a slice of the build indexes in one transaction
-# Pages of merged segments one idle slice writes (FTS5 'merge'): 1-10 ms at 10,000
-# stories, up to ~20 at 100,000, which is as long as a batch may wait behind one.
+# Pages of merged segments one idle slice writes (FTS5 'merge'; it stops only between
+# terms, so at least one term's doclist): 1-10 ms at 10,000 stories, up to ~30 at
+# 100,000, which is as long as a batch may wait behind one.
 MERGE_PAGES = 32
 
 # While the index is built in slices (build_search_slice), the triggers keep it for
@@ -150,9 +151,10 @@ def merge_search_slice(conn: apsw.Connection) -> bool:
     """Merge about MERGE_PAGES pages of the search index's segments, in the caller's
     transaction; True if it did (more may remain), False once nothing is left to merge.
 
-    Migration 0009 turned FTS5's automerge off: commits only add segments, and the
-    writer merges them with this between batches. Only levels holding `usermerge`
-    (4) segments or more are merged, as automerge did.
+    Migration 0009 turned FTS5's automerge off: commits add segments (one for each
+    statement that indexes a row; `crisismerge` still merges 16 on a level at once)
+    and the writer merges them with this between batches. Only levels holding
+    `usermerge` (4) segments or more are merged, as automerge did.
     """
     before = conn.total_changes()
     conn.execute("INSERT INTO pipeline_search(pipeline_search, rank) VALUES ('merge', ?)",

@@ -389,13 +389,15 @@ class Writer(threading.Thread):
                 first = (self._queue.get_nowait() if building or self.merging_search
                          else self._queue.get(timeout=0.1))
             except queue.Empty:
-                self._tidy(building)
+                if not self._tidy(building):
+                    return False
                 if self._closing.is_set():
                     return True  # closing, and everything queued is committed
                 if building:  # nothing waits: the next slice of the index
                     if not self._commit([_slice_batch()]):
                         return False
                     building = self._search_building()
+                    self.merging_search = True  # each slice adds segments
                 continue
             group: list[tuple[int, Batch]] = [first]
             while len(group) < MAX_GROUP:
@@ -428,30 +430,49 @@ class Writer(threading.Thread):
             log.warning("writer.search_build_unknown", error=f"{type(exc).__name__}: {exc}")
             return True
 
-    def _tidy(self, building: bool) -> None:
+    def _tidy(self, building: bool) -> bool:
         """Nothing waits: what is not syncing. The checkpoint of the mark's deletion once
         the check no longer reads; a slice of the search index's merging, unless a
-        build of the index goes on (its slices first) or the writer is closing."""
+        build of the index goes on (its slices first) or the writer is closing.
+        False when the writer must stop (a merge found damage)."""
         if self._fold_unmark and not self._checking():
             self._fold_unmark = False  # the check's read no longer holds it back
             self._checkpoint(passive=True)
         if self.merging_search and not building and not self._closing.is_set():
-            self.merging_search = self._merge_search_slice()
+            try:  # cleared only once the slice is done: a reader may be waiting for it
+                self.merging_search = self._merge_search_slice()
+            except _StopWriting:
+                self.merging_search = False
+                return False
+        return True
 
     def _merge_search_slice(self) -> bool:
         """One slice of merging the search index's segments, in a transaction of its own,
         while nothing waits; True while more remains. Merging is tidying, not syncing:
-        a slice that fails is logged and not retried (the next commit of rows asks
-        again). Only a commit of rows asks for it, and that commit cleared the
-        clean-stop mark already."""
+        a slice that fails as a commit could retry (busy, full, I/O) is one warning and
+        is not retried until the next commit of rows asks again; damage, or any other
+        error, stops the writer as a failed commit does (_StopWriting). Only a commit
+        of rows asks for it, and that commit cleared the clean-stop mark already."""
         assert self._conn is not None
         try:
             with transaction(self._conn):
                 return merge_search_slice(self._conn)
-        except apsw.Error as exc:
+        except Exception as exc:
+            if not _passes_by_itself(exc):
+                self._fail_for_good(exc, batches=0)
+                raise _StopWriting from exc
             log.warning("writer.search_merge_failed", error=f"{type(exc).__name__}: {exc}",
                         action="merged after the next commit of rows")
             return False
+
+    def _fail_for_good(self, exc: BaseException, batches: int) -> None:
+        """An error no retry can outlive (a constraint, a bug, damage): reported as the
+        writer's stop, DatabaseCorrupt for damaged pages."""
+        error = as_corrupt(self._path, exc) if self._path else exc
+        self._stopped_by(error if isinstance(error, DatabaseCorrupt) else CommitFailed(exc))
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("writer.failed", error=self.last_error, batches=batches,
+                  action="stopping; a restart catches up from the folders")
 
     def _commit(self, group: list[Batch]) -> bool:
         """Commit a group, retrying with back-off until it lands or the writer stops
@@ -469,12 +490,7 @@ class Writer(threading.Thread):
                 self.attempts += 1
                 if not _passes_by_itself(exc):
                     # A constraint, a bug: retrying forever would look like a full disk.
-                    error = as_corrupt(self._path, exc) if self._path else exc
-                    self._stopped_by(error if isinstance(error, DatabaseCorrupt)
-                                     else CommitFailed(exc))
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.error("writer.failed", error=self.last_error, batches=len(group),
-                              action="stopping; a restart catches up from the folders")
+                    self._fail_for_good(exc, batches=len(group))
                     return False
                 failures += 1
                 now = time.monotonic()
@@ -531,6 +547,10 @@ class Writer(threading.Thread):
             self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
         except apsw.Error as exc:
             log.warning("writer.checkpoint_failed", error=str(exc))
+
+
+class _StopWriting(Exception):
+    """An idle merge failed for good: the writer stops (reported by _fail_for_good)."""
 
 
 def _slice_batch() -> Batch:
