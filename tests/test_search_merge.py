@@ -69,14 +69,16 @@ def merge_left(db: Path) -> bool:
         conn.close()
 
 
-def test_the_migration_turns_automerge_off(db: Path) -> None:
+def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = open_read_only(db)
     try:
-        value = conn.execute("SELECT v FROM pipeline_search_config WHERE k = 'automerge'"
-                             ).fetchall()
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
-    assert value == [(0,)]
+
+
+def test_the_migration_turns_automerge_off(db: Path) -> None:
+    assert query(db, "SELECT v FROM pipeline_search_config WHERE k = 'automerge'") == [(0,)]
 
 
 def test_commits_leave_segments_that_the_idle_writer_merges(db: Path) -> None:
@@ -160,13 +162,8 @@ def test_the_index_a_first_import_builds_is_merged(db: Path, writer: Writer) -> 
     assert writer.wait_committed(writer.submit(Batch(search_index="resume")), DEADLINE_S)
 
     def built_and_merged() -> bool:
-        conn = open_read_only(db)
-        try:
-            owed = conn.execute("SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'"
-                                ).fetchone()
-        finally:
-            conn.close()
-        return owed is None and not writer.merging_search
+        owed = query(db, "SELECT 1 FROM daemon_meta WHERE key = 'search_suspended'")
+        return not owed and not writer.merging_search
 
     wait_until(built_and_merged, what="the build, then its merging")
     assert not merge_left(db)
