@@ -62,6 +62,8 @@ class TestIntegrity:
         assert last.startswith(f"Error: database {synced.db}: ")
         assert "pipelined rebuild" in last
         assert "Traceback" not in synced.log_tail(100)
+        assert synced.stop() == EXIT_NEEDS_A_PERSON  # collects what it told systemd
+        assert any("STOPPING=1" in m for m in synced.messages)  # its watches stopped too
 
     def test_garbage_file_gives_one_line_naming_rebuild(self, synced: DaemonProcess) -> None:
         """A file that is not SQLite at all: the same one line."""
