@@ -62,6 +62,19 @@ def no_reader() -> apsw.Connection:
     raise apsw.CantOpenError("cannot open")
 
 
+def stopped_by_damage(db: Path,
+                      open_reader: Callable[[], apsw.Connection] | None = None) -> Writer:
+    """A writer whose check finds damage at once, once it has stopped."""
+    check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
+    check.release.set()
+    writer = start_writer(db, check, open_reader)
+    try:
+        wait_until(lambda: not writer.is_alive(), what="the writer to stop")
+    finally:
+        writer.close(10)
+    return writer
+
+
 def stop_cleanly(db: Path) -> None:
     """A writer that passes its check, commits, and stops: it leaves the mark."""
     check = HeldCheck()
@@ -92,13 +105,7 @@ class TestBeforeTheFirstWrite:
 
     def test_a_failed_check_writes_nothing(self, tmp_path: Path) -> None:
         db = fresh_db(tmp_path)
-        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
-        check.release.set()
-        writer = start_writer(db, check)
-        try:
-            wait_until(lambda: not writer.is_alive(), what="the writer to stop")
-        finally:
-            writer.close(10)
+        writer = stopped_by_damage(db)
         assert isinstance(writer.first_error, DatabaseCorrupt)
         assert writer.commits == 0 and not stopped_clean(db)
 
@@ -160,13 +167,7 @@ class TestBesideTheFirstWrites:
         is no second signal) and deletes the mark, so the next start checks first."""
         db = fresh_db(tmp_path)
         stop_cleanly(db)
-        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
-        check.release.set()
-        writer = start_writer(db, check)
-        try:
-            wait_until(lambda: not writer.is_alive(), what="the writer to stop")
-        finally:
-            writer.close(10)
+        writer = stopped_by_damage(db)
         assert writer.commits == 0 and not writer.abandoned
         assert isinstance(writer.first_error, DatabaseCorrupt)
         assert not stopped_clean(db)
@@ -242,11 +243,7 @@ class TestBesideTheFirstWrites:
         would not open) and found damage: the mark goes, as after a check beside."""
         db = fresh_db(tmp_path)
         stop_cleanly(db)
-        check = HeldCheck(DatabaseCorrupt(db, "quick_check found: damage"))
-        check.release.set()
-        writer = start_writer(db, check, no_reader)
-        writer.join(30)
-        assert not writer.is_alive()
+        writer = stopped_by_damage(db, no_reader)
         assert isinstance(writer.first_error, DatabaseCorrupt)
         assert not stopped_clean(db)
 
