@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from pipelined.layout import check_root, git_busy
 from pipelined.logs import configure_logging, dropped_lines, get_logger
 from pipelined.notify import Notifier, monotonic_usec, watchdog_usec
 from pipelined.outcome import Outcome
+from pipelined.signals import DaemonSignals
 from pipelined.store.connection import (
     check_integrity,
     open_read_only,
@@ -59,7 +59,6 @@ from pipelined.terminal import end_ctrl_c_line
 
 if TYPE_CHECKING:  # imported once the survey is taken (READY may go out before)
     from concurrent.futures import Future
-    from types import FrameType
 
     import apsw
 
@@ -102,8 +101,7 @@ class Daemon:
                  reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        self._stop = threading.Event()
-        self._signals = 0
+        self._signals = DaemonSignals()  # SIGTERM/SIGINT stop, SIGHUP reloads
         self._watches_dirty = threading.Event()
         self._started = time.monotonic()
         self._started_unix = time.time()
@@ -111,11 +109,9 @@ class Daemon:
         self._guard = PathGuard()
         self._outcome = Outcome()  # how this run ends: every thread reports here
         self._wal_remembered = False
-        self._signal_name = ""
         # What systemd hears (see _watch_health, _tick, _reload). SIGHUP reads the
         # settings again through reload_config (flags, environment, file).
         self._reload_config = reload_config or (lambda: resolve({}))
-        self._reload_requested = False
         self._liveness = Liveness([])
         self._pinger = WatchdogPinger(self.notifier, None)  # the real one: _watch_health()
         self._tick_in = HEALTH_EVERY_S
@@ -123,16 +119,6 @@ class Daemon:
         self._last_watch_check = self._last_unwatched_rescan = 0.0
         self._ready_at: float | None = None  # when READY=1 went out (monotonic)
         self._stories_at_ready = 0
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        # Only flags here: a handler that logs could re-enter the logging setup
-        # the main thread was in the middle of when the signal arrived.
-        self._signals += 1
-        self._signal_name = signal.Signals(signum).name
-        self._stop.set()
-
-    def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self._reload_requested = True  # only a flag, as above; the health loop reloads
 
     def run(self) -> int:
         started = self._started
@@ -154,9 +140,7 @@ class Daemon:
 
     def _run_locked(self, root: Path, db_path: Path, started: float) -> int:
         """The main thread's whole life once the lock is held."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        self._signals.install()
         conn = self._migrate(db_path)  # the writer's first connection
         watching: _Watching | None = None
         try:
@@ -273,12 +257,12 @@ class Daemon:
         (a signal, a failure reported to the Outcome, a thread gone, a path replaced)."""
         from concurrent.futures import wait  # noqa: PLC0415 - after the survey
 
-        while not self._stop.is_set():
+        while not self._signals.stopping:
             # `status` reads the heartbeat from the start: a writer failing during a
             # first import (a full disk) shows as degraded, not as starting for ever.
             self._beat(parts)
             if wait([future], self._tick(parts)).done:
-                return not self._stop.is_set() and not self._outcome.failed
+                return not self._signals.stopping and not self._outcome.failed
             problem = self._problem(parts)  # a long first import is no time to lose the file
             if problem is not None:
                 self._outcome.fail(problem)
@@ -301,14 +285,14 @@ class Daemon:
         watches."""
         self._beat(parts)
         self._last_watch_check = self._last_unwatched_rescan = time.monotonic()
-        while not self._stop.wait(0.01 if self._watches_dirty.is_set() else self._tick_in):
+        while not self._signals.wait(0.01 if self._watches_dirty.is_set() else self._tick_in):
             self._beat(parts)
             self._remember_wal(parts.writer)
             problem = self._problem(parts)
             if problem is not None:
                 self._outcome.fail(problem)
                 return
-            if self._reload_requested:
+            if self._signals.reload_requested:
                 self._reload()
             self._tick(parts)
             self._keep_watching(parts)
@@ -443,7 +427,7 @@ class Daemon:
         Log format and level change at once; any other changed setting is
         logged as needing a restart and keeps its running value.
         """
-        self._reload_requested = False
+        self._signals.reload_requested = False
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
                            "STATUS=reloading the configuration")
         try:
@@ -528,10 +512,11 @@ class Daemon:
         at once and the writer stops retrying.
         """
         apply, writer, coalescer = parts.apply, parts.writer, parts.coalescer
-        if self._signal_name == "SIGINT":
+        signals = self._signals
+        if signals.name == "SIGINT":
             end_ctrl_c_line()
-        if self._signals:
-            log.info("daemon.stopping", signal=self._signal_name)
+        if signals.stopping:
+            log.info("daemon.stopping", signal=signals.name)
         try:
             parts.watcher.stop()
         except Exception:
@@ -545,9 +530,9 @@ class Daemon:
             if thread is writer:
                 writer.close(timeout=0)
             while thread.is_alive():
-                if self._signals > 1 and not hurried:
+                if signals.count > 1 and not hurried:
                     hurried = True
-                    log.warning("daemon.stopping_now", signal=self._signal_name)
+                    log.warning("daemon.stopping_now", signal=signals.name)
                     coalescer.stop(hurry=True)
                     writer.abandon()
                 thread.join(HEALTH_EVERY_S)

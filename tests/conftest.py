@@ -169,12 +169,26 @@ class DaemonProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
             self.proc.kill()
             self.proc.wait()
-            pytest.fail(f"daemon did not stop within {timeout}s:\n{self.log_tail()}")
+            pytest.fail(f"daemon did not stop within {timeout}s:\n{self.log_tail(150)}")
         self._drain()
         self._close()
         return code
+
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the daemon's log (faulthandler on SIGUSR1), for
+        the failure message of a daemon that hangs."""
+        assert self.proc is not None
+        log_size = self._log_path.stat().st_size if self._log_path.exists() else 0
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            size = self._log_path.stat().st_size if self._log_path.exists() else 0
+            if size > log_size and b"File " in self._log_path.read_bytes()[log_size:]:
+                break
+            time.sleep(0.1)
 
     def _drain(self) -> None:
         """Keep the messages sent after READY (STOPPING=1, …)."""
