@@ -18,7 +18,7 @@ import select
 import signal
 from types import FrameType
 
-_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+_NAMES: dict[int, str] = {signal.SIGTERM.value: "SIGTERM", signal.SIGINT.value: "SIGINT"}
 
 
 class DaemonSignals:
