@@ -153,6 +153,12 @@ class Daemon:
             conn.close()
             self._stop_before_parts(watching)
             raise
+        if self._signals.stopping:  # asked to stop during the start: nothing synced yet
+            conn.close()
+            log.info("daemon.stopping", signal=self._signals.name,
+                     action="stopped before syncing; the next start catches up")
+            self._stop_before_parts(watching)
+            return self._verdict()
         try:
             parts = self._start_parts(root, db_path, survey, conn, watching)  # owns conn
         except BaseException:

@@ -9,14 +9,16 @@ flood test below hung within about a thousand signals with that handler.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
-from conftest import DEADLINE_S
+from conftest import DEADLINE_S, DaemonProcess, Stories
 
 from pipelined.signals import DaemonSignals
 
@@ -85,3 +87,51 @@ def test_a_wait_without_a_signal_sleeps_its_timeout() -> None:
     assert signals.wait(0.05) is False
     assert time.monotonic() - started >= 0.05
     assert not signals.reload_requested and not signals.stopping
+
+
+SURVEY_THEN_SIGTERM = textwrap.dedent("""
+    import os, signal, sys
+    import pipelined.daemon as daemon
+
+    take_survey = daemon.take_survey
+
+    def survey_then_sigterm(*args, **kwargs):
+        survey = take_survey(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as if systemd stopped the unit right then
+        return survey
+
+    daemon.take_survey = survey_then_sigterm
+    sys.argv = ["pipelined", *sys.argv[1:]]
+    from pipelined.entry import main
+    main()
+""")
+
+
+def test_a_stop_during_the_start_ends_it_before_syncing(
+        stories: Stories, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A SIGTERM that comes while the daemon surveys the folders stops it there, exit 0,
+    without starting the writer and the apply thread; the next start syncs what the
+    stopped one saw."""
+    stories.write("1_backlog", "1_first")
+    stories.write("2_current", "2_second")
+    log_path = tmp_path / "stopped-start.log"
+    with log_path.open("wb") as log:
+        run = subprocess.run(
+            [sys.executable, "-c", SURVEY_THEN_SIGTERM, "run", "--root", str(stories.root),
+             "--db", str(daemon.db), "--log-format", "json"],
+            stdout=log, stderr=log, timeout=DEADLINE_S, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PIPELINED_")})
+    lines = log_path.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert run.returncode == 0, lines
+    names = [event["event"] for event in events]
+    assert names[-2:] == ["daemon.stopping", "daemon.stopped"], names
+    assert events[-2]["signal"] == "SIGTERM"
+    assert "stopped before syncing" in events[-2]["action"]
+    assert not {"daemon.startup", "daemon.ready", "story.created"} & set(names)
+    assert daemon.query("SELECT count(*) FROM pipeline_items") == [(0,)]
+
+    daemon.start()
+    assert daemon.wait_row("1_first")["stage"] == "1_backlog"
+    assert daemon.wait_row("2_second")["stage"] == "2_current"
+    assert daemon.stop() == 0
