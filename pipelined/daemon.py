@@ -143,22 +143,22 @@ class Daemon:
         self._signals.install()
         conn = self._migrate(db_path)  # the writer's first connection
         watching: _Watching | None = None
+        survey: Survey | None = None
         try:
-            self._remember_paths(root, db_path)
-            watching = self._start_watching(root)  # before the survey's stat pass
-            survey = take_survey(db_path, root, self.config.stages, self.config.max_file_bytes)
-            if survey.unchanged:  # before the sync, the writer and pycrdt are imported
+            if not self._signals.stopping:
+                self._remember_paths(root, db_path)
+                watching = self._start_watching(root)  # before the survey's stat pass
+                survey = take_survey(db_path, root, self.config.stages,
+                                     self.config.max_file_bytes)
+            if survey is not None and survey.unchanged and not self._signals.stopping:
+                # READY before the sync, the writer and pycrdt are even imported
                 self._ready_before_parts(survey.stored.story_count)
         except BaseException:
             conn.close()
             self._stop_before_parts(watching)
             raise
-        if self._signals.stopping:  # asked to stop during the start: nothing synced yet
-            conn.close()
-            log.info("daemon.stopping", signal=self._signals.name,
-                     action="stopped before syncing; the next start catches up")
-            self._stop_before_parts(watching)
-            return self._verdict()
+        if survey is None or watching is None or self._signals.stopping:
+            return self._stop_before_syncing(conn, watching)
         try:
             parts = self._start_parts(root, db_path, survey, conn, watching)  # owns conn
         except BaseException:
@@ -220,6 +220,20 @@ class Daemon:
             watching.overflow.detach()
         self.notifier.send("STOPPING=1")
         self._heartbeat.close()
+
+    def _stop_before_syncing(self, conn: apsw.Connection, watching: _Watching | None) -> int:
+        """A stop asked for during the migrations or the survey: the start ends there,
+        exit 0, before the writer and the apply thread load and sync anything (the
+        next start's survey finds what this one saw)."""
+        try:
+            conn.close()
+        finally:
+            if self._signals.name == "SIGINT":
+                end_ctrl_c_line()
+            log.info("daemon.stopping", signal=self._signals.name,
+                     action="stopped before syncing; the next start catches up")
+            self._stop_before_parts(watching)
+        return self._verdict()
 
     def _start_parts(self, root: Path, db_path: Path, survey: Survey,
                      conn: apsw.Connection, watching: _Watching) -> _Parts:

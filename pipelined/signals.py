@@ -5,9 +5,11 @@ whatever that thread was doing. A handler that takes a lock can find it held
 by the very code it interrupted: `threading.Event.set()` from a handler that
 interrupted the main thread's own `Event.wait()`, between the wait taking the
 event's lock and releasing it, blocks the main thread for ever (a SIGTERM then
-never stopped the daemon). So the handlers here only set flags and write a
-byte into a non-blocking pipe, and the main thread waits on that pipe with
-`poll`: no lock is ever shared between a handler and what it interrupts.
+never stopped the daemon). So the handlers here only set flags, and the main
+thread sleeps in `poll` on a pipe that CPython's own C-level handler writes a
+byte into (`signal.set_wakeup_fd`) for every signal, whichever thread the
+kernel delivered it to: no lock is ever shared between a handler and what it
+interrupts, and no signal leaves the main thread asleep.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class DaemonSignals:
         self.count = 0  # SIGTERM and SIGINT received; a second one hurries the stop
         self.name = ""  # the last of them, e.g. "SIGTERM"
         self.reload_requested = False
-        # Never closed: a handler may run until the process exits, and a byte written
+        # Never closed: a signal may come until the process exits, and a byte written
         # to a closed descriptor could land in whatever file took its number.
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller = select.poll()
@@ -44,28 +46,25 @@ class DaemonSignals:
         return self.count > 0
 
     def install(self) -> None:
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        # Flags and a byte only: no lock, no logging (see the module's docstring).
+        # Flags only: no lock, no logging, no I/O (see the module's docstring).
         self.count += 1
         self.name = _NAMES.get(signum, str(signum))
-        self._wake()
 
     def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload_requested = True
-        self._wake()
-
-    def _wake(self) -> None:
-        try:  # noqa: SIM105 - no context manager's calls in a handler: the fewer bytecodes the better
-            os.write(self._write, b"!")
-        except BlockingIOError:  # the pipe is full: a wake is pending anyway
-            pass
 
     def wait(self, timeout: float) -> bool:
-        """Sleep up to `timeout` seconds, less if a signal comes; True if stopping."""
+        """Sleep up to `timeout` seconds, less if a signal comes; True if stopping.
+
+        A signal's byte ends the sleep at once; its handler has run by the time
+        the caller looks at the flags again, or at the latest by the next wait.
+        """
         if self.stopping:
             return True
         if self._poller.poll(max(0, math.ceil(timeout * 1000))):
