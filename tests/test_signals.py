@@ -46,7 +46,9 @@ FLOODED = textwrap.dedent("""
 def run_child(script: str, *, flood: int = 0) -> str:
     """Run `script` (it prints its pid first), with `flood` SIGHUPs then a SIGTERM sent
     to it when asked; its output after the pid."""
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    # Unbuffered: the pid's line is read byte by byte, so nothing after it is left in a
+    # buffer that communicate() (which reads the pipe itself) would never see.
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, bufsize=0)
     try:
         assert child.stdout is not None
         assert int(child.stdout.readline()) == child.pid  # its handlers are installed
@@ -67,7 +69,7 @@ def run_child(script: str, *, flood: int = 0) -> str:
             child.kill()
             child.wait()
     assert child.returncode == 0, f"the child ended with {child.returncode}: {out!r}"
-    return out
+    return out.decode()
 
 
 def test_a_flood_of_signals_never_wedges_the_wait() -> None:
