@@ -24,10 +24,11 @@ from pipelined.errors import DatabaseError
 from pipelined.layout import check_readable_stages, check_root
 from pipelined.schema import parse_number
 from pipelined.shaping import stored_with_settings
-from pipelined.store.connection import open_read_only, open_writer
+from pipelined.store.connection import open_read_only, open_writer, transaction
 from pipelined.store.lock import DaemonLock
 from pipelined.store.migrations import apply_migrations
 from pipelined.store.preflight import check_before_reading, check_before_writing
+from pipelined.store.search_build import merge_search_slice
 from pipelined.store.writer import write_batches
 
 __all__ = ["BackupResult", "RebuildResult", "backup", "rebuild"]
@@ -124,6 +125,9 @@ def rebuild(config: Config) -> RebuildResult:
             batch.meta["stored_with"] = stored_with_settings(config.max_file_bytes)
             batch.high_water = max(high_water, reconciler.high_water)
             write_batches(conn, [batch])
+            with transaction(conn):  # what the daemon's writer would merge once idle
+                while merge_search_slice(conn):
+                    pass
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         finally:
             conn.close()

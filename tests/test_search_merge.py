@@ -10,10 +10,12 @@ from typing import Any
 
 import apsw
 import pytest
-from conftest import DEADLINE_S, wait_until
+from conftest import DEADLINE_S, Stories, wait_until
 from test_writer_errors import fresh_db
 
+from pipelined.config import resolve
 from pipelined.errors import DatabaseCorrupt
+from pipelined.maintenance import rebuild
 from pipelined.store.batch import Batch, RowUpsert
 from pipelined.store.connection import open_read_only, open_writer
 from pipelined.store.search import search
@@ -195,3 +197,21 @@ def test_damage_a_merge_finds_stops_the_writer(db: Path) -> None:
         writer.close(DEADLINE_S)
     assert isinstance(writer.first_error, DatabaseCorrupt)
     assert "pipelined rebuild" in str(writer.first_error)
+
+
+def test_a_rebuild_leaves_the_index_merged(stories: Stories, tmp_path: Path) -> None:
+    """`pipelined rebuild` merges what its one big commit left, as the daemon's writer
+    would once idle: a daemon that starts on it finds nothing changed, commits no
+    rows, and would otherwise never be asked to merge."""
+    for number in range(1, 201):
+        word = WORDS[number % len(WORDS)]
+        stories.write("1_backlog", f"{number}_story_{word}",
+                      text=f"---\nname: {word} {number}\n---\n{word} " + "lorem ipsum " * 40)
+    db = tmp_path / "rebuilt.db"
+    rebuild(resolve({"root": stories.root, "db": db}, env={}))
+    assert not merge_left(db)
+    conn = open_read_only(db)
+    try:
+        assert len(search(conn, "charlie", limit=500)) == 25
+    finally:
+        conn.close()
