@@ -16,6 +16,7 @@ altogether (`commands.quick`, called from `pipelined.entry`).
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
@@ -150,6 +151,7 @@ _CLICK_WORDS = (("is not a valid integer range", "is not a whole number"),
                 ("is not a valid integer", "is not a whole number"),
                 ("is not a valid float range", "is not a number"),
                 ("is not a valid float", "is not a number"))
+_RANGE = re.compile(r"is not in the range (-?\d+)<=x<=(-?\d+)")  # click.IntRange's
 
 
 def _usage_message(exc: click.UsageError) -> str:
@@ -162,6 +164,7 @@ def _usage_message(exc: click.UsageError) -> str:
         message = str(exc.message)
         for theirs, ours in _CLICK_WORDS:
             message = message.replace(theirs, ours)
+        message = _RANGE.sub(r"is not from \1 to \2", message)
         text = f"bad value for {str(hint).strip(chr(39))}: {message}" if hint else message
     else:
         text = exc.format_message()

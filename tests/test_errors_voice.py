@@ -23,6 +23,18 @@ def root(stories: Stories) -> Path:
      "'id', 'name', 'updated', 'created' (see `pipelined ls --help`)"),
     (["ls", "--limit", "x"], "Error: bad value for --limit: 'x' is not a whole number "
      "(see `pipelined ls --help`)"),
+    (["ls", "--limit", "0"], "Error: bad value for --limit: 0 is not from 1 to "
+     "9223372036854775807 (see `pipelined ls --help`)"),
+    # Beyond SQLite's integers: one line, not an OverflowError's traceback.
+    (["ls", "--limit", str(2**63)], "Error: bad value for --limit: 9223372036854775808 is "
+     "not from 1 to 9223372036854775807 (see `pipelined ls --help`)"),
+    (["search", "x", "--limit", str(2**63)], "Error: bad value for --limit: "
+     "9223372036854775808 is not from 1 to 9223372036854775807 (see `pipelined search "
+     "--help`)"),
+    (["log", "--limit", str(2**64)], "Error: bad value for --limit: 18446744073709551616 is "
+     "not from 1 to 9223372036854775807 (see `pipelined log --help`)"),
+    (["events", "--since", str(2**63)], "Error: bad value for --since: 9223372036854775808 "
+     "is not from 0 to 9223372036854775807 (see `pipelined events --help`)"),
     (["log", "--since", "yesterday"], "Error: bad value for --since: 'yesterday' is not a "
      "date or time; expected a date such as 2026-11-29 or an RFC 3339 time such as "
      "2026-11-29T09:30:00Z (see `pipelined log --help`)"),

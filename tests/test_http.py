@@ -74,9 +74,18 @@ class TestReads:
 
     def test_errors_are_one_line_with_a_fitting_status(self, served: Served) -> None:
         for path, status in (("/api/stories/99", 404), ("/api/stories?stage=nope", 400),
-                             ("/api/stories?limit=0", 400), ("/api/search?q=%22", 400)):
+                             ("/api/stories?limit=0", 400), ("/api/search?q=%22", 400),
+                             # int() refuses 4,301 digits; SQLite stops at 2**63 - 1
+                             ("/api/stories?limit=" + "9" * 4301, 400),
+                             (f"/api/log?limit={2**64}", 400),
+                             (f"/api/events?since={2**63}", 400),
+                             ("/api/events?since=" + "9" * 4301, 400),
+                             ("/api/events?since=soon", 400)):
             code, _headers, body = served.request("GET", path)
             assert code == status and "\n" not in body["error"], (path, code, body)
+        code, _headers, body = served.request("GET", "/api/events",
+                                              headers={"Last-Event-ID": str(2**64)})
+        assert code == 400 and body["error"].startswith("since="), body
 
     def test_story_text_is_never_markup(self, served: Served) -> None:
         """The markdown is rendered with raw HTML off and unsafe links dropped; names

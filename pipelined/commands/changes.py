@@ -12,6 +12,7 @@ import click
 
 from pipelined.commands.common import (
     complete_story_id,
+    int_from,
     json_option,
     load_config,
     print_json,
@@ -33,7 +34,7 @@ __all__ = ["events", "log_command", "stats"]
 @click.argument("story_id", required=False, shell_complete=complete_story_id)
 @click.option("--since", default=None,
               help="Only changes at or after this date or RFC 3339 time (UTC if no offset).")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
+@click.option("--limit", type=int_from(1), default=None,
               help="Only the newest N changes (still printed oldest first).")
 @json_option
 def log_command(root: Path | None, db: Path | None, stages: str | None,
@@ -72,7 +73,7 @@ def log_command(root: Path | None, db: Path | None, stages: str | None,
 @settings_options
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing new changes as they are committed (until SIGINT/SIGTERM).")
-@click.option("--since", "since_seq", type=click.IntRange(min=0), default=None,
+@click.option("--since", "since_seq", type=int_from(0), default=None,
               help="Start after this sequence number (0: from the start; default: from now).")
 @json_option
 def events(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,

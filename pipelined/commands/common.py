@@ -55,6 +55,15 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# SQLite's integers (and `itertools.islice`) stop at 2**63 - 1: a count or sequence
+# number beyond it is a bad command line (one line, exit 2), not a traceback.
+LARGEST_INT = 2**63 - 1
+
+
+def int_from(least: int) -> click.IntRange:
+    """An integer option's type: from `least` to LARGEST_INT."""
+    return click.IntRange(min=least, max=LARGEST_INT)
+
 
 def settings_options(func: F) -> F:
     """--root, --db, --stages, --config: where the stories and the database are."""

@@ -17,6 +17,7 @@ from pipelined.commands.common import (
     complete_stage,
     complete_story_id,
     cut,
+    int_from,
     json_option,
     load_config,
     output_width,
@@ -47,7 +48,7 @@ __all__ = ["board", "ls_command", "search", "show"]
 @click.option("--sort", "sort_key", type=click.Choice(SORT_KEYS), default="stage",
               show_default=True,
               help="Order: stage then number, number, name; updated/created newest first.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
+@click.option("--limit", type=int_from(1), default=None,
               help="At most this many stories (after filtering and sorting).")
 @json_option
 def ls_command(root: Path | None, db: Path | None, stages: str | None,
@@ -114,7 +115,7 @@ def board(root: Path | None, db: Path | None, stages: str | None, config_file: P
 @click.argument("query")
 @click.option("--stage", default=None, shell_complete=complete_stage,
               help="Only stories in this stage.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--limit", type=int_from(1), default=20, show_default=True,
               help="At most this many results, best first.")
 @json_option
 def search(root: Path | None, db: Path | None, stages: str | None, config_file: Path | None,
