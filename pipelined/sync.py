@@ -574,7 +574,11 @@ class Reconciler:
             after = {**prev, **values}
         if values:
             work.puts[story_id] = values
-        content_changed = old_text != parsed.content or not known
+        # Too large, a file has no content: its error (with its size) is all that tells
+        # two versions apart, so a new version is written with its error. (It is read
+        # only when its signature changed; an unreadable file is read again and again.)
+        content_changed = old_text != parsed.content or not known or (
+            parsed.content is None and not record.unreadable)
         if values or content_changed or repair or prev is None:
             work.contents[story_id] = parsed.content
             result.batch.upserts.append(RowUpsert(

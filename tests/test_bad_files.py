@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import DaemonProcess, Stories
+from conftest import DaemonProcess, Stories, wait_until
 
 
 class TestBadFiles:
@@ -49,6 +49,22 @@ class TestBadFiles:
         stories.write("2_current", "7_story_fix", name="Fixed")
         daemon.wait_row("7_story_fix", lambda r: r["name"] == "Fixed")
         assert daemon.errors("7_story_fix") == []
+
+    def test_an_oversized_file_that_changes_says_its_new_size(
+            self, stories: Stories, daemon: DaemonProcess) -> None:
+        """The error of a file over the limit follows the file: its content and fields
+        stay null whatever its size, so only the error tells the edits apart (the row
+        kept the size of the first read)."""
+        daemon.start("--max-file-bytes", "2000")
+        path = stories.write("1_backlog", "11_story_big", "x" * 3000)
+        daemon.wait_row("11_story_big")
+        assert daemon.errors("11_story_big") == [
+            ("too_large", "file is 3000 bytes, over the 2000-byte limit")]
+        path.write_text("x" * 5000)
+        wait_until(lambda: daemon.errors("11_story_big") == [
+            ("too_large", "file is 5000 bytes, over the 2000-byte limit")],
+            what="the new size in the error")
+        assert daemon.stop() == 0
 
     def test_symlink_out_of_root_is_not_followed(self, stories: Stories,
                                                  daemon: DaemonProcess) -> None:
