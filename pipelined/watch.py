@@ -329,13 +329,21 @@ class StageWatcher:
             raise limit from None
 
     def ensure_watches(self) -> bool:
-        """(Re)watch each stage folder that exists; True if any watch changed."""
+        """(Re)watch each stage folder that exists; True if any watch changed.
+
+        A folder deleted and made again may get its old inode back (ext4 reuses
+        them): its watch is then told apart by its emitter, which stopped with
+        the old folder.
+        """
         changed = False
+        running = ({e.watch for e in self.observer.emitters if e.is_alive()}
+                   if self.observer.is_alive() else None)  # None: not started yet
         for stage in self.stages:
             folder = self.root / stage
             inode = _inode(folder)
             current = self._watches.get(stage)
-            if current is not None and current[1] == inode:
+            if current is not None and current[1] == inode and (
+                    running is None or current[0] in running):
                 continue
             if current is not None:
                 self._unschedule(current[0])
@@ -383,16 +391,16 @@ class StageWatcher:
             self.observer.unschedule(watch)
 
     def is_alive(self) -> bool:
-        """The observer thread and every emitter that should run are running.
+        """The observer thread and the root's emitter are running.
 
         A stage folder's emitter stops by itself when the folder is deleted or
-        moved away; that is `ensure_watches`' business, not a dead observer.
+        moved away (even when it is made again at once, with the same inode);
+        that is `ensure_watches`' business, not a dead observer.
         """
         if not self.observer.is_alive():
             return False
-        gone = {watch for stage, (watch, inode) in self._watches.items()
-                if _inode(self.root / stage) != inode}
-        return all(e.is_alive() for e in self.observer.emitters if e.watch not in gone)
+        stage_watches = {watch for watch, _inode in self._watches.values()}
+        return all(e.is_alive() for e in self.observer.emitters if e.watch not in stage_watches)
 
     def ensure_alive(self) -> bool:
         """Re-create a dead observer; True if it had died (a stat pass is then owed)."""

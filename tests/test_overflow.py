@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -87,5 +88,33 @@ class TestObserverHealth:
             stories.write("2_current", "5_story_after")
             settled = wait_until(lambda: coalescer.take(0.1).story_ids, what="an event")
             assert settled == {"5_story_after"}
+        finally:
+            watcher.stop()
+
+    def test_a_stage_folder_made_again_is_watched_again(self, tmp_path: Path) -> None:
+        """`rm -r 2_current && mkdir 2_current`: the folder may come back with its old
+        inode (ext4 reuses them). Its old emitter stops; that is no dead observer (it
+        was logged as one, at error level, and the whole observer re-created), and the
+        new folder is watched again."""
+        from pipelined.watch import Coalescer, StageWatcher, StoryEventHandler
+
+        stories = Stories(tmp_path / "root")
+        coalescer = Coalescer(settle_s=0.01, cap_s=1.0)
+        handler = StoryEventHandler(stories.root, STAGES, coalescer, lambda: None)
+        watcher = StageWatcher(stories.root, STAGES, handler)
+        watcher.start()
+        try:
+            folder = stories.root / "2_current"
+            shutil.rmtree(folder)
+            folder.mkdir()
+            wait_until(lambda: not all(e.is_alive() for e in watcher.observer.emitters),
+                       what="the old folder's emitter to stop")
+            assert watcher.is_alive()
+            assert watcher.ensure_watches() is True
+            assert all(e.is_alive() for e in watcher.observer.emitters)
+            coalescer.take(0.1)  # the folder's own events
+            stories.write("2_current", "6_story_again")
+            settled = wait_until(lambda: coalescer.take(0.1).story_ids, what="an event")
+            assert settled == {"6_story_again"}
         finally:
             watcher.stop()
