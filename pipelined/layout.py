@@ -10,7 +10,7 @@ import errno
 import os
 import re
 import stat as stat_mod
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,6 +106,16 @@ def _inside(root_real: str, path: str | Path) -> bool:
 
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 ROOT_GONE = "the root folder is gone"  # why a stat pass could not list a stage
+OUT_OF_ROOT = "the stage folder is a symlink out of the root"
+
+
+def _refuse_out_of_root(root: str | Path, folder: str) -> None:
+    """OSError for a stage folder swapped for a symlink out of the root while the
+    daemon runs (a start refuses one, see check_root): its stories cannot be read
+    (`DirReader` refuses the folder), so it is unreadable, not a list of them, and
+    nothing in it or missing from it is synced until it comes back."""
+    if os.path.islink(folder) and not _inside(os.path.realpath(root), folder):
+        raise OSError(errno.EACCES, OUT_OF_ROOT)
 S_IFMT, S_IFLNK, S_IFREG = 0o170000, stat_mod.S_IFLNK, stat_mod.S_IFREG
 
 
@@ -207,12 +217,28 @@ class StageDirs:
         self._folders.clear()
 
 
-def stat_story(root: Path, stage: str, story_id: str) -> StoryFile | None:
+def stages_out_of_root(root: Path, stages: Iterable[str]) -> frozenset[str]:
+    """The stage folders that are symlinks out of the root now (see
+    `_refuse_out_of_root`): looked up once per pass, not once per story."""
+    refused = set()
+    for stage in stages:
+        try:
+            _refuse_out_of_root(root, os.path.join(root, stage))
+        except OSError:
+            refused.add(stage)
+    return frozenset(refused)
+
+
+def stat_story(root: Path, stage: str, story_id: str,
+               refused: Collection[str] = ()) -> StoryFile | None:
     """Stat one candidate path; None if absent, not a regular file, or a symlink out of root.
 
     Raises OSError when absence cannot be told (a stage folder that cannot be
-    searched, an I/O error): the story must then not be taken for deleted.
+    searched, or is in `refused`, see `stages_out_of_root`; an I/O error): the
+    story must then not be taken for deleted.
     """
+    if stage in refused:
+        raise OSError(errno.EACCES, OUT_OF_ROOT)
     path = os.path.join(root, stage, story_id + ".md")
     try:
         st = os.lstat(path)
@@ -264,6 +290,7 @@ def stat_signatures(
 def _stat_stage(root: Path, stage: str, found: dict[str, tuple[int, int, int]]) -> None:
     fullmatch = _STORY_FILE.fullmatch
     lstat = os.lstat
+    _refuse_out_of_root(root, os.path.join(root, stage))
     folder = os.open(os.path.join(root, stage), os.O_RDONLY | os.O_DIRECTORY)
     try:
         prefix = stage + "/"
@@ -295,6 +322,7 @@ def stage_problem(root: Path, stage: str) -> str | None:
     """
     folder = os.path.join(root, stage)
     try:
+        _refuse_out_of_root(root, folder)
         os.close(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # read
         os.lstat(os.path.join(folder, "."))  # search: resolving "." needs it
     except OSError as exc:

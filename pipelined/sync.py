@@ -23,6 +23,7 @@ from pipelined.layout import (
     open_story,
     read_at_most,
     split_rel_path,
+    stages_out_of_root,
     stat_signatures,
     stat_story,
 )
@@ -105,6 +106,7 @@ class _Pass:
     confirm_absent: bool
     high_water: int
     ahead: Ahead  # files parsed by another process: path -> (digest, story)
+    refused: frozenset[str] = frozenset()  # stage folders now symlinks out of the root
     puts: dict[str, dict[str, Any]] = field(default_factory=dict)
     removes: list[str] = field(default_factory=list)
     tracked: dict[str, Tracked] = field(default_factory=dict)
@@ -274,7 +276,8 @@ class Reconciler:
         the very bytes read here.
         """
         repair_set = set(repair)
-        work = _Pass(SyncResult(Batch()), confirm_absent, self.high_water, ahead or {})
+        work = _Pass(SyncResult(Batch()), confirm_absent, self.high_water, ahead or {},
+                     stages_out_of_root(self.root, self.stages))
         ids = sorted(set(story_ids) | repair_set | self.symlinked)
         # A first import or a big checkout: one line per story would be thousands
         # of lines (and a good part of an import's time); the caller logs the counts.
@@ -358,7 +361,8 @@ class Reconciler:
                 return parsed_ahead[1]
         return parse_story(raw, self.max_file_bytes)
 
-    def _find_files(self, story_id: str, record: Tracked) -> list[StoryFile] | None:
+    def _find_files(self, story_id: str, record: Tracked,
+                    refused: frozenset[str]) -> list[StoryFile] | None:
         """The id's files in every stage folder, or None when absence cannot be told.
 
         A folder that cannot be searched is a problem of that folder alone, but
@@ -371,7 +375,7 @@ class Reconciler:
         unsearchable = False
         for stage in self.stages:
             try:
-                story_file = stat_story(self.root, stage, story_id)
+                story_file = stat_story(self.root, stage, story_id, refused)
             except OSError as exc:
                 self.note_stage_problem(stage, exc.strerror or str(exc))
                 if any(kf.stage == stage for kf in record.files):
@@ -386,7 +390,7 @@ class Reconciler:
         """One id into `work`; its `record` (a copy) is updated in place."""
         result = work.result
         batch = result.batch
-        found = self._find_files(story_id, record)
+        found = self._find_files(story_id, record, work.refused)
         if found is None:
             result.skipped.add(story_id)  # maybe in a folder that cannot be searched: kept
             return

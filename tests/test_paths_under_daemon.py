@@ -131,6 +131,38 @@ class TestRootDeleted:
         assert daemon.row("4_story_moved") is not None
 
 
+def test_a_stage_folder_swapped_for_a_symlink_out_of_the_root(
+        stories: Stories, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`mv 2_current ../elsewhere && ln -s ../elsewhere 2_current` under a running
+    daemon (a start refuses such a folder): its stories cannot be read, so the folder
+    is unreadable, not a list of them. A file deleted or created through the link
+    changes nothing (before, the delete landed and the new file did not), status
+    says degraded and names the folder; once the folder is back, both land."""
+    stories.write("2_current", "20_story_kept", name="kept")
+    stories.write("2_current", "21_story_other", name="other")
+    daemon.start()
+    daemon.wait_row("21_story_other")
+    folder, elsewhere = stories.root / "2_current", tmp_path / "elsewhere"
+    folder.rename(elsewhere)
+    folder.symlink_to(elsewhere)
+    (elsewhere / "20_story_kept.md").unlink()
+    (elsewhere / "22_story_new.md").write_text(story_text(name="new"))
+    info = wait_until(lambda: (s := status(daemon))["state"] == "degraded" and s,
+                      timeout=10, what="status degraded")
+    assert any(p.startswith("2_current: ") and "symlink out of the root" in p
+               for p in info["folder_problems"]), info["folder_problems"]
+    stories.write("1_backlog", "23_story_elsewhere", name="the other folders go on")
+    daemon.wait_row("23_story_elsewhere", timeout=10)
+    assert daemon.row("20_story_kept") is not None  # not taken for deleted
+    assert daemon.row("22_story_new") is None
+    folder.unlink()
+    elsewhere.rename(folder)
+    daemon.wait_gone("20_story_kept", timeout=10)
+    daemon.wait_row("22_story_new", timeout=10)
+    wait_until(lambda: status(daemon)["state"] == "ready", timeout=10, what="ready again")
+    assert daemon.stop() == 0
+
+
 @needs_permissions
 class TestUnreadableStageFolder:
     def test_other_folders_go_on_and_the_folder_catches_up(self, stories: Stories,
