@@ -49,6 +49,7 @@ def stopped_clean(db: Path) -> bool:
 
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
+        conn.set_busy_timeout(5000)
         return integrity.stopped_clean(conn)
     finally:
         conn.close()

@@ -34,6 +34,9 @@ class ScriptedClock:
 def rows(db: Path) -> dict[str, tuple[str, str]]:
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
+        # The writer may be merging the search index meanwhile: a read can meet a
+        # moment of SQLITE_BUSY (seen under load), as the product's readers wait out.
+        conn.set_busy_timeout(5000)
         return {sid: (stage, name) for sid, stage, name
                 in conn.execute("SELECT id, stage, name FROM pipeline_items")}
     finally:
