@@ -164,6 +164,7 @@ def rows_state(db: Path) -> dict[str, dict[str, Any]]:
     """The rows as a reader of the room must see them."""
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
+        conn.set_busy_timeout(5000)  # the daemon's writer may be committing
         columns = ", ".join(FIELDS)
         state = {}
         for row in conn.execute(f"SELECT id, {columns} FROM pipeline_items"):

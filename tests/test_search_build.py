@@ -197,6 +197,7 @@ class TestTheWriterBuildsBetweenBatches:
         writer.start()
         writer.begin()
         reader = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+        reader.set_busy_timeout(5000)  # the writer commits slices meanwhile
         try:
             writer.submit(Batch(search_index="resume"))
             wait_until(lambda: int(meta(reader, SEARCH_CURSOR) or 0) > 0,
