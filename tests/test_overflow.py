@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from conftest import STAGES, DaemonProcess, Stories, folder_matches_db, story_text, wait_until
+
+from pipelined.watch import Coalescer, StageWatcher, StoryEventHandler
 
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
 
@@ -68,53 +72,53 @@ class TestBigBurst:
                    what="no drift")
 
 
+class Watching(NamedTuple):
+    stories: Stories
+    coalescer: Coalescer
+    watcher: StageWatcher
+
+
+@pytest.fixture
+def watching(tmp_path: Path) -> Iterator[Watching]:
+    """A StageWatcher in-process on a fresh root, its events into a fast Coalescer."""
+    stories = Stories(tmp_path / "root")
+    coalescer = Coalescer(settle_s=0.01, cap_s=1.0)
+    watcher = StageWatcher(stories.root, STAGES,
+                           StoryEventHandler(stories.root, STAGES, coalescer, lambda: None))
+    watcher.start()
+    yield Watching(stories, coalescer, watcher)
+    watcher.stop()
+
+
 class TestObserverHealth:
-    def test_dead_observer_is_recreated(self, tmp_path: Path) -> None:
+    def test_dead_observer_is_recreated(self, watching: Watching) -> None:
         """A dead observer is noticed, re-created, and its new watches deliver events."""
-        from pipelined.watch import Coalescer, StageWatcher, StoryEventHandler
+        stories, coalescer, watcher = watching
+        assert watcher.ensure_alive() is False
+        watcher.observer.stop()  # what an exception in the observer thread amounts to
+        watcher.observer.join(10)
+        assert not watcher.is_alive()
+        assert watcher.ensure_alive() is True
+        assert watcher.is_alive()
+        stories.write("2_current", "5_story_after")
+        settled = wait_until(lambda: coalescer.take(0.1).story_ids, what="an event")
+        assert settled == {"5_story_after"}
 
-        stories = Stories(tmp_path / "root")
-        coalescer = Coalescer(settle_s=0.01, cap_s=1.0)
-        handler = StoryEventHandler(stories.root, STAGES, coalescer, lambda: None)
-        watcher = StageWatcher(stories.root, STAGES, handler)
-        watcher.start()
-        try:
-            assert watcher.ensure_alive() is False
-            watcher.observer.stop()  # what an exception in the observer thread amounts to
-            watcher.observer.join(10)
-            assert not watcher.is_alive()
-            assert watcher.ensure_alive() is True
-            assert watcher.is_alive()
-            stories.write("2_current", "5_story_after")
-            settled = wait_until(lambda: coalescer.take(0.1).story_ids, what="an event")
-            assert settled == {"5_story_after"}
-        finally:
-            watcher.stop()
-
-    def test_a_stage_folder_made_again_is_watched_again(self, tmp_path: Path) -> None:
+    def test_a_stage_folder_made_again_is_watched_again(self, watching: Watching) -> None:
         """`rm -r 2_current && mkdir 2_current`: the folder may come back with its old
         inode (ext4 reuses them). Its old emitter stops; that is no dead observer (it
         was logged as one, at error level, and the whole observer re-created), and the
         new folder is watched again."""
-        from pipelined.watch import Coalescer, StageWatcher, StoryEventHandler
-
-        stories = Stories(tmp_path / "root")
-        coalescer = Coalescer(settle_s=0.01, cap_s=1.0)
-        handler = StoryEventHandler(stories.root, STAGES, coalescer, lambda: None)
-        watcher = StageWatcher(stories.root, STAGES, handler)
-        watcher.start()
-        try:
-            folder = stories.root / "2_current"
-            shutil.rmtree(folder)
-            folder.mkdir()
-            wait_until(lambda: not all(e.is_alive() for e in watcher.observer.emitters),
-                       what="the old folder's emitter to stop")
-            assert watcher.is_alive()
-            assert watcher.ensure_watches() is True
-            assert all(e.is_alive() for e in watcher.observer.emitters)
-            coalescer.take(0.1)  # the folder's own events
-            stories.write("2_current", "6_story_again")
-            settled = wait_until(lambda: coalescer.take(0.1).story_ids, what="an event")
-            assert settled == {"6_story_again"}
-        finally:
-            watcher.stop()
+        stories, coalescer, watcher = watching
+        folder = stories.root / "2_current"
+        shutil.rmtree(folder)
+        folder.mkdir()
+        wait_until(lambda: not all(e.is_alive() for e in watcher.observer.emitters),
+                   what="the old folder's emitter to stop")
+        assert watcher.is_alive()
+        assert watcher.ensure_watches() is True
+        assert all(e.is_alive() for e in watcher.observer.emitters)
+        coalescer.take(0.1)  # the folder's own events
+        stories.write("2_current", "6_story_again")
+        settled = wait_until(lambda: coalescer.take(0.1).story_ids, what="an event")
+        assert settled == {"6_story_again"}
