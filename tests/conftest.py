@@ -401,7 +401,10 @@ class Served:
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + self.proc.stderr.read()
+        if match is None:  # it did not start: no server left behind
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"pipelined serve did not start: {line}{self.proc.stderr.read()}")
         self.port = int(match.group(1))
         self.host = f"127.0.0.1:{self.port}"
 

@@ -95,6 +95,7 @@ def test_ctrl_c_on_a_terminal_ends_the_line(stories: Stories, tmp_path: Path) ->
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         os.close(master)
     text = output.decode(errors="replace")
     assert "^C" in text, text
