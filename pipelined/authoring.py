@@ -38,7 +38,7 @@ from pipelined.errors import (
     StoryNotFound,
     TitleError,
 )
-from pipelined.layout import is_story_name, stat_story
+from pipelined.layout import check_inside, is_story_name, stages_out_of_root, stat_story
 from pipelined.schema import MAX_TEXT, STORY_TYPES, parse_number
 from pipelined.story import story_number
 
@@ -176,6 +176,7 @@ def check_stage(root: Path, stages: Sequence[str], stage: str) -> Path:
     folder = root / resolve_stage(stage, stages)
     if not folder.is_dir():
         raise RootError(folder, "stage folder is missing (create it, or run `pipelined init`)")
+    check_inside(root, folder)  # nothing is written out of the root
     return folder
 
 
@@ -282,6 +283,8 @@ def find_story_file(root: Path, stages: Sequence[str], ref: str) -> tuple[str, s
         raise StoryNotFound(ref)  # no file name holds these
     matches: list[tuple[str, str]] = []
     number = parse_number(ref)
+    refused = stages_out_of_root(root, stages)  # its files are not the pipeline's
+    stages = [stage for stage in stages if stage not in refused]
     if number is not None:
         for stage in stages:
             try:

@@ -207,7 +207,8 @@ class StageDirs:
                               f"{exc.strerror})") from None
             if not real.startswith(self._root_real + os.sep):
                 os.close(fd)
-                raise RefusedFile(stage, "the stage folder is a symlink out of the root")
+                # The folder, not the file: unreadable (kept), never absent (deleted).
+                raise OSError(errno.EACCES, OUT_OF_ROOT)
             self._folders[stage] = fd
         return fd
 
@@ -378,10 +379,16 @@ def check_root(root: Path, stages: Iterable[str]) -> Path:
         if not folder.is_dir():
             raise RootError(folder, "stage folder is missing "
                             f"(create it, or set --stages; watched: {','.join(stages)})")
-        if not folder.resolve().is_relative_to(root):
-            raise RootError(folder, f"stage folder is a symlink out of the root "
-                            f"(to {folder.resolve()}); symlinks are not followed out of it")
+        check_inside(root, folder)
     return root
+
+
+def check_inside(root: Path, folder: Path) -> None:
+    """RootError if the stage folder is a symlink out of the root (a start, and a
+    command that writes into it, refuse it; a running daemon takes it as unreadable)."""
+    if not folder.resolve().is_relative_to(root.resolve()):
+        raise RootError(folder, f"stage folder is a symlink out of the root "
+                        f"(to {folder.resolve()}); symlinks are not followed out of it")
 
 
 def check_readable_stages(root: Path, stages: Iterable[str]) -> None:

@@ -195,6 +195,27 @@ class TestMove:
         assert json.loads(result.stdout)["synced"] is None
         assert stories.path("4_merge", "5_story_x").is_file()
 
+    def test_nothing_goes_out_of_the_root_through_a_stage_symlink(
+            self, stories: Stories, tmp_path: Path) -> None:
+        """A stage folder that is a symlink out of the root (a daemon refuses it at the
+        start, and takes it as unreadable when it appears later): `new` and `move`
+        write nothing out there, and a file out there is no story to move in."""
+        stories.write("1_backlog", "5_story_x")
+        folder, elsewhere = stories.root / "2_current", tmp_path / "elsewhere"
+        folder.rename(elsewhere)
+        folder.symlink_to(elsewhere)
+        (elsewhere / "6_story_outside.md").write_text("---\nname: outside\n---\n")
+        db = tmp_path / "none.db"
+        for args in (("new", "Escapee", "--stage", "2_current"), ("move", "5", "2_current")):
+            result = pipelined(stories, db, *args)
+            assert result.returncode == 1, result
+            ((line,),) = [result.stderr.strip().splitlines()]
+            assert line.startswith("Error: ") and "symlink out of the root" in line, line
+        result = pipelined(stories, db, "move", "6", "1_backlog")
+        assert (result.returncode, result.stderr.strip()) == (1, "Error: no story '6'")
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["6_story_outside.md"]
+        assert stories.path("1_backlog", "5_story_x").is_file()
+
     def test_unknown_id_or_stage(self, running: DaemonProcess, stories: Stories) -> None:
         """An unknown id, stage, or an ambiguous number: one line, exit 1, nothing moved."""
         stories.write("2_current", "12_story_other")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import STAGES, Stories
 
+from pipelined import sync
 from pipelined.content import ContentMap
 from pipelined.state import PipelineState
 from pipelined.sync import Reconciler
@@ -113,3 +114,27 @@ class TestFailedReconcileRestoresEverything:
             reconciler.reconcile({"1_a", "2_b", "3_c", "4_d", "5_e", "60_f", "900_g"},
                                  confirm_absent=True)
         assert memory(reconciler) == before
+
+
+class TestStageFolderSwappedOutOfTheRoot:
+    def test_a_swap_during_a_pass_deletes_nothing(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A stage folder swapped for a symlink out of the root after a pass looked the
+        folders up (so the stat still finds the file, through the link) is refused when
+        the file is opened: that makes the story unreadable, kept, not vanished (a
+        catch-up, which confirms absence at once, deleted it)."""
+        stories = Stories(tmp_path / "root")
+        stories.write("2_current", "20_kept", name="kept")
+        reconciler, state, _content = make(stories)
+        reconciler.reconcile({"20_kept"}, confirm_absent=True)
+        folder, elsewhere = stories.root / "2_current", tmp_path / "elsewhere"
+        folder.rename(elsewhere)
+        folder.symlink_to(elsewhere)
+        stories.write("2_current", "20_kept", name="edited out there")  # a new signature
+        # The pass's lookup of refused folders, as if it ran just before the swap.
+        monkeypatch.setattr(sync, "stages_out_of_root", lambda _root, _stages: frozenset())
+        result = reconciler.reconcile({"20_kept"}, confirm_absent=True)
+        assert result.batch.deletes == [] and result.deleted == 0
+        assert state.get("20_kept") is not None
+        assert [row.errors[0].code for row in result.batch.upserts] == ["unreadable"]
+        assert "symlink out of the root" in result.batch.upserts[0].errors[0].message
