@@ -578,11 +578,13 @@ class Reconciler:
             after = {**prev, **values}
         if values:
             work.puts[story_id] = values
-        # Too large, a file has no content: its error (with its size) is all that tells
-        # two versions apart, so a new version is written with its error. (It is read
-        # only when its signature changed; an unreadable file is read again and again.)
+        # Too large or unreadable, a file has no content: its error is all that tells
+        # two versions apart, so a new one is written with its error; but not one
+        # unreadable again (it is read again at every pass: `self.tracked` is the
+        # record before this pass).
+        was_unreadable = (before := self.tracked.get(story_id)) is not None and before.unreadable
         content_changed = old_text != parsed.content or not known or (
-            parsed.content is None and not record.unreadable)
+            parsed.content is None and not (record.unreadable and was_unreadable))
         if values or content_changed or repair or prev is None:
             work.contents[story_id] = parsed.content
             result.batch.upserts.append(RowUpsert(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,33 @@ class TestStageFolderSwappedOutOfTheRoot:
         assert state.get("20_kept") is not None
         assert [row.errors[0].code for row in result.batch.upserts] == ["unreadable"]
         assert "symlink out of the root" in result.batch.upserts[0].errors[0].message
+
+
+class TestFilesWithoutContent:
+    def test_too_large_and_unreadable_each_write_their_error_once(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A file with no content (too large, unreadable) is told apart only by its
+        error: a change between the two writes the row with the new error, and an
+        unreadable file read again (every pass does) writes nothing more."""
+        stories = Stories(tmp_path / "root")
+        stories.write("1_backlog", "30_big", text="x" * 300)
+        reconciler = Reconciler(stories.root, STAGES, PipelineState(client_id=5), ContentMap(),
+                                {}, 100)
+
+        def errors() -> list[list[str]]:
+            result = reconciler.reconcile({"30_big"}, confirm_absent=True)
+            return [[error.code for error in row.errors] for row in result.batch.upserts]
+
+        assert errors() == [["too_large"]]
+        stories.write("1_backlog", "30_big", text="x" * 400)  # a new version...
+        real_read = sync._read_fd
+
+        def denied(fd: int, limit: int) -> bytes:  # ...that cannot be read (fault injection)
+            os.close(fd)
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(sync, "_read_fd", denied)
+        assert errors() == [["unreadable"]]
+        assert errors() == []  # read again, unreadable again: nothing to write
+        monkeypatch.setattr(sync, "_read_fd", real_read)
+        assert errors() == [["too_large"]]
