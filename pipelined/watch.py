@@ -372,8 +372,11 @@ class StageWatcher:
         if why is not None:
             return None, f"cannot be read ({why})"
         try:
+            # A stage folder may be a symlink inside the root (a start refuses one out
+            # of it, and `stage_problem` above one swapped in since): watch where it
+            # leads. The events still name the folder's path under the root.
             return self.observer.schedule(self.handler, str(folder), recursive=False,
-                                          event_filter=EVENT_KINDS), ""
+                                          event_filter=EVENT_KINDS, follow_symlink=True), ""
         except OSError as exc:
             limit = inotify_limit_error(folder, exc)
             return None, str(limit) if limit is not None else (exc.strerror or str(exc))

@@ -131,6 +131,23 @@ class TestRootDeleted:
         assert daemon.row("4_story_moved") is not None
 
 
+def test_a_stage_folder_symlinked_inside_the_root_is_watched(
+        stories: Stories, daemon: DaemonProcess) -> None:
+    """`2_current -> folders/current`, inside the root (a start accepts it): a file
+    written there lands within seconds (it waited for the 300 s safety-net rescan:
+    the watch did not follow the symlink)."""
+    folder, real = stories.root / "2_current", stories.root / "folders" / "current"
+    real.parent.mkdir()
+    folder.rename(real)
+    folder.symlink_to(Path("folders") / "current")
+    daemon.start()
+    stories.write("2_current", "24_story_linked", name="through the link")
+    assert daemon.wait_row("24_story_linked", timeout=10)["stage"] == "2_current"
+    stories.write("2_current", "24_story_linked", name="edited")
+    daemon.wait_row("24_story_linked", lambda r: r["name"] == "edited", timeout=10)
+    assert daemon.stop() == 0
+
+
 def test_a_stage_folder_swapped_for_a_symlink_out_of_the_root(
         stories: Stories, daemon: DaemonProcess, tmp_path: Path) -> None:
     """`mv 2_current ../elsewhere && ln -s ../elsewhere 2_current` under a running
