@@ -107,16 +107,16 @@ def _inside(root_real: str, path: str | Path) -> bool:
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 ROOT_GONE = "the root folder is gone"  # why a stat pass could not list a stage
 OUT_OF_ROOT = "the stage folder is a symlink out of the root"
+S_IFMT, S_IFLNK, S_IFREG = 0o170000, stat_mod.S_IFLNK, stat_mod.S_IFREG
 
 
 def _refuse_out_of_root(root: str | Path, folder: str) -> None:
     """OSError for a stage folder swapped for a symlink out of the root while the
     daemon runs (a start refuses one, see check_root): its stories cannot be read
-    (`DirReader` refuses the folder), so it is unreadable, not a list of them, and
+    (`StageDirs` refuses the folder), so it is unreadable, not a list of them, and
     nothing in it or missing from it is synced until it comes back."""
     if os.path.islink(folder) and not _inside(os.path.realpath(root), folder):
         raise OSError(errno.EACCES, OUT_OF_ROOT)
-S_IFMT, S_IFLNK, S_IFREG = 0o170000, stat_mod.S_IFLNK, stat_mod.S_IFREG
 
 
 class RefusedFile(Exception):
