@@ -115,8 +115,10 @@ def _refuse_out_of_root(root: str | Path, folder: str) -> None:
     daemon runs (a start refuses one, see check_root): its stories cannot be read
     (`StageDirs` refuses the folder), so it is unreadable, not a list of them, and
     nothing in it or missing from it is synced until it comes back."""
-    if os.path.islink(folder) and not _inside(os.path.realpath(root), folder):
-        raise OSError(errno.EACCES, OUT_OF_ROOT)
+    if os.path.islink(folder):
+        root_real = os.path.realpath(root)
+        if os.path.realpath(folder) == root_real or not _inside(root_real, folder):
+            raise OSError(errno.EACCES, OUT_OF_ROOT)  # the root itself is no stage either
 
 
 class RefusedFile(Exception):
@@ -384,11 +386,13 @@ def check_root(root: Path, stages: Iterable[str]) -> Path:
 
 
 def check_inside(root: Path, folder: Path) -> None:
-    """RootError if the stage folder is a symlink out of the root (a start, and a
-    command that writes into it, refuse it; a running daemon takes it as unreadable)."""
-    if not folder.resolve().is_relative_to(root.resolve()):
+    """RootError if the stage folder is a symlink out of the root, or to the root
+    itself (a start, and a command that writes into it, refuse it; a running daemon
+    takes it as unreadable)."""
+    real, root_real = folder.resolve(), root.resolve()
+    if real == root_real or not real.is_relative_to(root_real):
         raise RootError(folder, f"stage folder is a symlink out of the root "
-                        f"(to {folder.resolve()}); symlinks are not followed out of it")
+                        f"(to {real}); symlinks are not followed out of it")
 
 
 def check_readable_stages(root: Path, stages: Iterable[str]) -> None:

@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from pipelined.errors import RootError
 from pipelined.layout import (
+    OUT_OF_ROOT,
     FileSignature,
     _read_small_file,
+    check_root,
     find_git_dir,
     is_story_name,
+    stage_problem,
+    stages_out_of_root,
     stat_pass,
+    stat_signatures,
     story_ref,
 )
 
@@ -293,3 +299,33 @@ class TestFindGitDir:
         finally:
             with contextlib.suppress(OSError):  # frees a reader stuck in open()
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+class TestStageFolderSymlinks:
+    @pytest.mark.parametrize("leads_to", ["a folder out of the root", "the root itself"])
+    def test_refused_at_the_start_and_unreadable_while_running(
+            self, root: Path, tmp_path: Path, leads_to: str) -> None:
+        """A stage folder that is a symlink out of the root, or to the root itself (whose
+        files its reads refuse): a start refuses it with one line, and for a running
+        daemon it is an unreadable folder. One to a folder inside the root is a stage."""
+        target = tmp_path / "elsewhere" if leads_to != "the root itself" else root
+        target.mkdir(exist_ok=True)
+        (root / "2_current").rmdir()
+        (root / "2_current").symlink_to(target)
+        with pytest.raises(RootError, match="stage folder is a symlink out of the root"):
+            check_root(root, STAGES)
+        assert stage_problem(root, "2_current") == OUT_OF_ROOT
+        assert stages_out_of_root(root, STAGES) == {"2_current"}
+        unlistable: dict[str, str] = {}
+        stat_signatures(root, STAGES, unlistable)
+        assert unlistable == {"2_current": OUT_OF_ROOT}
+
+    def test_one_inside_the_root_is_a_stage(self, root: Path) -> None:
+        (root / "2_current").rmdir()
+        (root / "folders" / "current").mkdir(parents=True)
+        (root / "2_current").symlink_to(Path("folders") / "current")
+        (root / "folders" / "current" / "5_story_x.md").write_text("---\nname: x\n---\n")
+        assert check_root(root, STAGES) == root.resolve()
+        assert stage_problem(root, "2_current") is None
+        assert stages_out_of_root(root, STAGES) == frozenset()
+        assert list(stat_signatures(root, STAGES)) == ["2_current/5_story_x.md"]
