@@ -389,10 +389,12 @@ def check_inside(root: Path, folder: Path) -> None:
     """RootError if the stage folder is a symlink out of the root, or to the root
     itself (a start, and a command that writes into it, refuse it; a running daemon
     takes it as unreadable)."""
-    real, root_real = folder.resolve(), root.resolve()
-    if real == root_real or not real.is_relative_to(root_real):
+    try:
+        _refuse_out_of_root(root, str(folder))  # one rule for a start and a running daemon
+    except OSError:
         raise RootError(folder, f"stage folder is a symlink out of the root "
-                        f"(to {real}); symlinks are not followed out of it")
+                        f"(to {folder.resolve()}); symlinks are not followed out of it"
+                        ) from None
 
 
 def check_readable_stages(root: Path, stages: Iterable[str]) -> None:

@@ -173,11 +173,18 @@ def _int(request: Request, name: str, default: int, lowest: int = 1) -> int:
     value = request.query_params.get(name)
     if value is None:
         return default
-    # The length first: int() refuses more than 4,300 digits with a ValueError.
-    if not (value.isascii() and value.isdigit() and len(value) <= 18
-            and lowest <= int(value) <= MAX_LIMIT):
+    number = _whole_number(value)
+    if number is None or not lowest <= number <= MAX_LIMIT:
         raise FieldError(name, value, f"expected {lowest} to {MAX_LIMIT}")
-    return int(value)
+    return number
+
+
+def _whole_number(value: str) -> int | None:
+    """Up to 18 ASCII digits as an int (SQLite's integers stop at 2**63 - 1, and int()
+    refuses more than 4,300 digits), else None."""
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -251,11 +258,9 @@ class _Api:
 
     async def events(self, request: Request) -> Response:
         last = request.headers.get("last-event-id") or request.query_params.get("since")
-        after = None  # from now
-        if last:
-            if not (last.isascii() and last.isdigit() and len(last) <= 18):  # SQLite's int
-                return _error(FieldError("since", last, "expected a change's sequence number"))
-            after = int(last)
+        after = _whole_number(last) if last else None  # None: from now
+        if last and after is None:
+            return _error(FieldError("since", last, "expected a change's sequence number"))
 
         async def stream() -> AsyncIterator[dict[str, Any]]:
             async for row in self.feed.rows(after):
